@@ -1,0 +1,84 @@
+//! `/v1/datasets`: declare and inspect datasets.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tenantsync_core::DatasetName;
+use tenantsync_processor::{Declared, ProcessorConfig};
+use tenantsync_store::Dataset;
+
+use crate::extract;
+use crate::{ApiError, AppState};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclareBody {
+    partitions: u32,
+}
+
+fn dataset_json(d: &Dataset) -> serde_json::Value {
+    json!({"name": d.name, "partitions": d.partitions})
+}
+
+/// `PUT /v1/datasets/{dataset}` with `{"partitions": N}`: 201 when created, 200 when it existed
+/// with the same partition count, 409 when it exists with another.
+pub async fn declare(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let name = DatasetName::new(name)?;
+    let body = extract::body(body, state.config.max_body_bytes)?;
+    let DeclareBody { partitions } = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadBody(format!(
+            "the body must be {{\"partitions\": N}} with N from 1 to 1024: {e}"
+        ))
+    })?;
+    let dataset = Dataset { name, partitions };
+    let status = match state.datasets.declare(&dataset).await? {
+        Declared::Created => StatusCode::CREATED,
+        Declared::Existing => StatusCode::OK,
+    };
+    Ok((status, Json(dataset_json(&dataset))).into_response())
+}
+
+/// `GET /v1/datasets/{dataset}`: the dataset and, per partition, how far the processor got:
+/// `end_offset` of the changes log, `applied` (the master store's position) and `committed`
+/// (the processor group's position, reached once the states are published). The processor has
+/// caught up when all three are equal.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let dataset = extract::dataset(&state, &name).await?;
+    let topic = state.datasets.topics().changes(&dataset.name);
+    let mut partitions = Vec::with_capacity(dataset.partitions as usize);
+    for p in 0..dataset.partitions {
+        let end = state.log.end_offset(&topic, p).await?;
+        let applied = state.store.position(&dataset.name, p).await?;
+        let committed = state
+            .log
+            .committed(ProcessorConfig::DEFAULT_GROUP, &topic, p)
+            .await?
+            .unwrap_or(0);
+        partitions.push(json!({
+            "partition": p, "end_offset": end, "applied": applied, "committed": committed,
+        }));
+    }
+    let mut body = dataset_json(&dataset);
+    body["progress"] = json!(partitions);
+    Ok(Json(body).into_response())
+}
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let all = state.datasets.all().await?;
+    let all: Vec<_> = all.iter().map(dataset_json).collect();
+    Ok(Json(json!({ "datasets": all })).into_response())
+}

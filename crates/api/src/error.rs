@@ -1,0 +1,174 @@
+//! The API's one error type and its RFC 9457 rendering. Details of internal failures are logged
+//! here and never sent to the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use tenantsync_core::InvalidInput;
+use tenantsync_log::LogError;
+use tenantsync_processor::ProcessorError;
+use tenantsync_store::StoreError;
+use tracing::error;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// A path segment, header, query parameter or body field is not acceptable.
+    Invalid(InvalidInput),
+    /// The body is not what the route takes (malformed JSON, not an object, ...).
+    BadBody(String),
+    UnknownDataset(String),
+    NotFound(String),
+    /// The change's precondition failed.
+    VersionConflict {
+        detail: String,
+        current_version: u64,
+    },
+    /// The dataset exists with another partition count.
+    Conflict(String),
+    PayloadTooLarge { limit: usize },
+    /// Accepted, durably logged, but not applied within the wait.
+    ApplyTimeout { change_id: String, status_url: String },
+    /// The log or the store is unreachable right now.
+    Unavailable(String),
+    Internal(String),
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String, Map<String, Value>) {
+        let mut ext = Map::new();
+        let (status, kind, detail) = match self {
+            ApiError::Invalid(e) => {
+                ext.insert("field".into(), json!(e.field));
+                (StatusCode::BAD_REQUEST, "invalid-input", e.to_string())
+            }
+            ApiError::BadBody(d) => (StatusCode::BAD_REQUEST, "invalid-body", d.clone()),
+            ApiError::UnknownDataset(d) => (
+                StatusCode::NOT_FOUND,
+                "unknown-dataset",
+                format!("dataset {d} is not declared; declare it with PUT /v1/datasets/{d} and a body like {{\"partitions\": 8}}"),
+            ),
+            ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "not-found", d.clone()),
+            ApiError::VersionConflict {
+                detail,
+                current_version,
+            } => {
+                ext.insert("current_version".into(), json!(current_version));
+                (StatusCode::CONFLICT, "version-conflict", detail.clone())
+            }
+            ApiError::Conflict(d) => (StatusCode::CONFLICT, "conflict", d.clone()),
+            ApiError::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                format!("the request body is larger than the limit of {limit} bytes; split it or raise max_body_bytes"),
+            ),
+            ApiError::ApplyTimeout {
+                change_id,
+                status_url,
+            } => {
+                ext.insert("change_id".into(), json!(change_id));
+                ext.insert("status_url".into(), json!(status_url));
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "apply-timeout",
+                    format!("change {change_id} is durably accepted but was not applied in time; poll {status_url} for its outcome"),
+                )
+            }
+            ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", d.clone()),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an internal error occurred; it has been logged".to_owned(),
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this route does not support that method".to_owned(),
+            ),
+        };
+        (status, kind, detail, ext)
+    }
+}
+
+impl ApiError {
+    /// The problem document (RFC 9457) and its status. Internal details are logged here.
+    pub(crate) fn problem(&self) -> (StatusCode, Value) {
+        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = self {
+            error!(%detail, "request failed");
+        }
+        let (status, kind, detail, ext) = self.parts();
+        let mut body = json!({
+            "type": format!("urn:tenantsync:problem:{kind}"),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        body.as_object_mut().expect("object").extend(ext);
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.problem();
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(e: InvalidInput) -> Self {
+        ApiError::Invalid(e)
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        if e.is_transient() {
+            ApiError::Unavailable(format!("the log is unavailable, retry shortly: {e}"))
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::DatasetMismatch { .. } => ApiError::Conflict(e.to_string()),
+            e if e.is_transient() => {
+                ApiError::Unavailable(format!("the master store is unavailable, retry shortly: {e}"))
+            }
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ProcessorError> for ApiError {
+    fn from(e: ProcessorError) -> Self {
+        match e {
+            ProcessorError::Log(e) => e.into(),
+            ProcessorError::Store(e) => e.into(),
+            e @ ProcessorError::InvalidPartitions { .. } => ApiError::BadBody(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see the README for the API".to_owned())
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,333 @@
+//! `tenantsync bench`: measurements, never tests. Each subcommand sets up its own backends (a
+//! temp dir, or an in-process Kafka mock cluster), drives load, and prints figures.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use serde_json::json;
+use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Op, TenantId, Topics};
+use tenantsync_processor::{Datasets, Processor, ProcessorConfig, changes};
+use tenantsync_store::Dataset;
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::{open_log, open_store};
+use crate::config::{FileConfig, ServeArgs, Settings};
+use crate::serve;
+
+const DATASET: &str = "bench";
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Processor throughput: pre-fill the changes log, then time the processor draining it.
+    Processor(ProcessorArgs),
+    /// HTTP: single-record PUTs accepted per second, then accept->applied latency at a fixed rate.
+    Http(HttpArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogBackend {
+    /// The embedded log in a temp dir.
+    Embedded,
+    /// An in-process librdkafka mock cluster (3 brokers).
+    KafkaMock,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Which log to measure.
+    #[arg(long, value_enum, default_value = "embedded")]
+    log: LogBackend,
+    /// Master store URL [default: SQLite in the temp dir].
+    #[arg(long)]
+    store: Option<String>,
+    /// Partitions of the bench dataset.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Distinct tenants in the workload.
+    #[arg(long, default_value_t = 1000)]
+    tenants: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ProcessorArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Changes to process.
+    #[arg(long, default_value_t = 200_000)]
+    changes: u64,
+    /// Processor batch size.
+    #[arg(long, default_value_t = ProcessorConfig::DEFAULT_MAX_BATCH)]
+    batch: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Seconds of each phase.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent connections in the throughput phase.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Requests per second in the latency phase (PUT ?wait=applied, open loop).
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+}
+
+/// Backends for one run; keeps the temp dir and mock cluster alive.
+struct Env {
+    dir: tempfile::TempDir,
+    log_url: String,
+    store_url: String,
+    _cluster: Option<MockCluster<'static, DefaultProducerContext>>,
+}
+
+impl Env {
+    fn new(common: &Common) -> anyhow::Result<Env> {
+        let dir = tempfile::tempdir().context("cannot create a temp dir")?;
+        let store_url = common
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("store.sqlite3").display()));
+        let (log_url, cluster) = match common.log {
+            LogBackend::Embedded => (format!("embedded://{}", dir.path().display()), None),
+            LogBackend::KafkaMock => {
+                let cluster = MockCluster::new(3).context("cannot start the mock cluster")?;
+                let topics = Topics::default();
+                let name = DatasetName::new(DATASET)?;
+                for topic in [topics.changes(&name), topics.state(&name)] {
+                    cluster.create_topic(&topic, common.partitions as i32, 3)?;
+                }
+                (format!("kafka://{}", cluster.bootstrap_servers()), Some(cluster))
+            }
+        };
+        Ok(Env {
+            dir,
+            log_url,
+            store_url,
+            _cluster: cluster,
+        })
+    }
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Processor(args) => processor(args).await,
+        BenchCommand::Http(args) => http(args).await,
+    }
+}
+
+fn tenant(i: u32) -> TenantId {
+    TenantId::new(format!("tenant-{i}")).expect("valid")
+}
+
+async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
+    let env = Env::new(&args.common)?;
+    let log = open_log(&env.log_url, &[]).await?;
+    let store = open_store(&env.store_url).await?;
+    let datasets = Arc::new(Datasets::new(
+        log.clone(),
+        store.clone(),
+        Topics::default(),
+        Duration::from_secs(3600),
+    ));
+    let dataset = Dataset {
+        name: DatasetName::new(DATASET)?,
+        partitions: args.common.partitions,
+    };
+    datasets.declare(&dataset).await?;
+
+    eprintln!("filling the changes log with {} changes...", args.changes);
+    let mut rng = StdRng::seed_from_u64(1);
+    let topic = Topics::default().changes(&dataset.name);
+    let fill = Instant::now();
+    let mut written = 0;
+    while written < args.changes {
+        let n = (args.changes - written).min(5_000);
+        let batch = (0..n)
+            .map(|i| {
+                let change = Change {
+                    change_id: ChangeId::new(format!("c{}", written + i)).expect("valid"),
+                    op: if rng.random_bool(0.2) { Op::Patch } else { Op::Upsert },
+                    tenant: tenant(rng.random_range(0..args.common.tenants)),
+                    id: EntityId::new(format!("item-{}", rng.random_range(0..100))).expect("valid"),
+                    data: json!({"qty": rng.random_range(0..1000), "name": "widget"})
+                        .as_object()
+                        .cloned(),
+                    expected_version: None,
+                    accepted_at: Utc::now(),
+                };
+                changes::encode(&change, dataset.partitions)
+            })
+            .collect();
+        log.append(&topic, batch).await?;
+        written += n;
+    }
+    let fill = fill.elapsed();
+    eprintln!(
+        "filled in {:.2} s ({:.0} appends/s); processing...",
+        fill.as_secs_f64(),
+        args.changes as f64 / fill.as_secs_f64()
+    );
+
+    let processor = Arc::new(Processor::new(
+        log,
+        store,
+        datasets,
+        ProcessorConfig {
+            max_batch: args.batch,
+            ..ProcessorConfig::default()
+        },
+    ));
+    let shutdown = CancellationToken::new();
+    let start = Instant::now();
+    let task = tokio::spawn(processor.clone().run(shutdown.clone()));
+    let mut last_report = Instant::now();
+    while processor.stats().changes.load(Ordering::Relaxed) < args.changes {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("  {} applied", processor.stats().changes.load(Ordering::Relaxed));
+            last_report = Instant::now();
+        }
+    }
+    let elapsed = start.elapsed();
+    shutdown.cancel();
+    task.await?;
+    let stats = processor.stats();
+    println!(
+        "processor ({:?} log, {}): {} changes in {:.2} s = {:.0} changes/s; {} batches, {} states published",
+        args.common.log,
+        env.store_url.split("://").next().unwrap_or(""),
+        args.changes,
+        elapsed.as_secs_f64(),
+        args.changes as f64 / elapsed.as_secs_f64(),
+        stats.batches.load(Ordering::Relaxed),
+        stats.states_published.load(Ordering::Relaxed),
+    );
+    drop(env.dir);
+    Ok(())
+}
+
+async fn http(args: HttpArgs) -> anyhow::Result<()> {
+    let env = Env::new(&args.common)?;
+    let settings = Settings::merge(
+        ServeArgs {
+            data_dir: Some(env.dir.path().to_owned()),
+            listen: Some("127.0.0.1:0".into()),
+            log: Some(env.log_url.clone()),
+            store: Some(env.store_url.clone()),
+            ..ServeArgs::default()
+        },
+        FileConfig::default(),
+    )?;
+    let running = serve::start(&settings).await?;
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections * 2)
+        .build()?;
+    let declared = client
+        .put(format!("{base}/v1/datasets/{DATASET}"))
+        .json(&json!({"partitions": args.common.partitions}))
+        .send()
+        .await?;
+    anyhow::ensure!(declared.status().is_success(), "declare: {}", declared.status());
+
+    // Phase 1: closed loop, as many PUTs as `connections` clients get accepted.
+    eprintln!(
+        "phase 1: {} connections sending PUTs for {} s...",
+        args.connections, args.duration
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (client, base, tenants) = (client.clone(), base.clone(), args.common.tenants);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(c as u64);
+            let mut accepted = 0u64;
+            while Instant::now() < deadline {
+                let url = format!(
+                    "{base}/v1/datasets/{DATASET}/tenants/tenant-{}/records/item-{}",
+                    rng.random_range(0..tenants),
+                    rng.random_range(0..100)
+                );
+                let r = client.put(url).json(&json!({"qty": rng.random_range(0..1000)})).send().await;
+                if matches!(r, Ok(r) if r.status() == 202) {
+                    accepted += 1;
+                }
+            }
+            accepted
+        }));
+    }
+    let phase1 = Instant::now();
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += t.await?;
+    }
+    let put_rate = accepted as f64 / phase1.elapsed().as_secs_f64();
+    eprintln!("phase 1 done; letting the processor drain...");
+    while running.processor.stats().changes.load(Ordering::Relaxed) < accepted {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Phase 2: open loop at a fixed rate, PUT ?wait=applied; latency from send to applied reply.
+    eprintln!("phase 2: {} PUT ?wait=applied per second for {} s...", args.rate, args.duration);
+    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total = args.rate * args.duration;
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut handles = Vec::with_capacity(total as usize);
+    let mut rng = StdRng::seed_from_u64(99);
+    for i in 0..total {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let url = format!(
+            "{base}/v1/datasets/{DATASET}/tenants/tenant-{}/records/item-{}?wait=applied",
+            rng.random_range(0..args.common.tenants),
+            rng.random_range(0..100)
+        );
+        let (client, histogram, errors) = (client.clone(), histogram.clone(), errors.clone());
+        handles.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            match client.put(url).json(&json!({"n": i})).send().await {
+                Ok(r) if r.status() == 200 => {
+                    let micros = sent.elapsed().as_micros() as u64;
+                    histogram.lock().expect("lock").record(micros).ok();
+                }
+                _ => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let achieved = total as f64 / start.elapsed().as_secs_f64();
+    for h in handles {
+        h.await?;
+    }
+    let h = histogram.lock().expect("lock");
+    println!(
+        "http ({:?} log, {}): {:.0} PUTs/s accepted with {} connections; at {:.0} PUT ?wait=applied/s: \
+         accept->applied p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples, {} errors)",
+        args.common.log,
+        env.store_url.split("://").next().unwrap_or(""),
+        put_rate,
+        args.connections,
+        achieved,
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+        h.len(),
+        errors.load(Ordering::Relaxed),
+    );
+    running.stop().await?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! The `tenantsync` binary. Parses the command line, then hands over: configuration lives in
+//! `config`, wiring and running in `serve`, load generation in `bench`.
+
+mod backends;
+mod bench;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Keeps many independent consumers in sync with multi-tenant data.
+#[derive(Debug, Parser)]
+#[command(name = "tenantsync", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API and the processor (embedded log and SQLite store unless told otherwise).
+    Serve(config::ServeArgs),
+    /// Measure throughput and latency; prints figures, changes nothing outside a temp dir.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(config::Settings::load(args)?).await,
+            Command::Bench(command) => bench::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! Crash test: drives a workload through `tenantsync serve` while SIGKILLing it at random
+//! moments, then checks that the master store equals a reference model of the accepted changes,
+//! that the state log's last value per key equals the master store, and that no key's version
+//! ever went down on the state log.
+//!
+//! `TENANTSYNC_CRASH_KILLS` (default 20) sets the number of kills, `TENANTSYNC_CRASH_CHANGES`
+//! (default 20000) the minimum number of changes, `TENANTSYNC_CRASH_SEED` the workload's seed.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Map, Value, json};
+use tenantsync_core::{DatasetName, EntityId, Record, TenantId, Topics};
+use tenantsync_log::Log;
+use tokio::sync::Mutex;
+
+const DATASET: &str = "crash";
+const PARTITIONS: u32 = 4;
+const TENANTS: usize = 24;
+const IDS_PER_TENANT: usize = 40;
+const WORKERS: usize = 8;
+const LINES_PER_REQUEST: usize = 40;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The reference model: what the accepted changes imply, per key: (version, data or deleted).
+#[derive(Default)]
+struct Model {
+    records: HashMap<(String, String), (u64, Option<Map<String, Value>>)>,
+}
+
+/// RFC 7396, written independently of the product's implementation.
+fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (k, v) in patch {
+        match v {
+            Value::Null => {
+                target.remove(k);
+            }
+            Value::Object(p) => {
+                let entry = target.entry(k.clone()).or_insert_with(|| json!({}));
+                if !entry.is_object() {
+                    *entry = json!({});
+                }
+                merge(entry.as_object_mut().unwrap(), p);
+            }
+            other => {
+                target.insert(k.clone(), other.clone());
+            }
+        }
+    }
+}
+
+impl Model {
+    fn apply(&mut self, c: &WorkChange) {
+        let key = (c.tenant.clone(), c.id.clone());
+        let current = self.records.get(&key).cloned();
+        let live = current.as_ref().and_then(|(v, d)| d.as_ref().map(|d| (*v, d.clone())));
+        let version = current.as_ref().map_or(0, |(v, _)| *v);
+        match c.expected_version {
+            Some(0) if live.is_some() => return,
+            Some(v) if v > 0 && live.as_ref().map(|(lv, _)| *lv) != Some(v) => return,
+            _ => {}
+        }
+        let new = match c.op {
+            "upsert" => Some(c.data.clone().unwrap()),
+            "patch" => match &live {
+                None => return,
+                Some((_, d)) => {
+                    let mut d = d.clone();
+                    merge(&mut d, c.data.as_ref().unwrap());
+                    Some(d)
+                }
+            },
+            _ => {
+                if live.is_none() {
+                    return;
+                }
+                None
+            }
+        };
+        if let (Some((_, old)), Some(new)) = (&live, &new)
+            && old == new
+        {
+            return;
+        }
+        self.records.insert(key, (version + 1, new));
+    }
+}
+
+#[derive(Clone, Debug)]
+struct WorkChange {
+    key: String,
+    op: &'static str,
+    tenant: String,
+    id: String,
+    data: Option<Map<String, Value>>,
+    expected_version: Option<u64>,
+}
+
+impl WorkChange {
+    fn line(&self) -> Value {
+        json!({
+            "op": self.op, "tenant": self.tenant, "id": self.id, "data": self.data,
+            "idempotency_key": self.key, "expected_version": self.expected_version,
+        })
+    }
+}
+
+/// Generates a tenant's next change from the model's current state of that tenant.
+fn next_change(rng: &mut StdRng, model: &Model, tenant: &str, seq: usize) -> WorkChange {
+    let id = format!("item-{}", rng.random_range(0..IDS_PER_TENANT));
+    let live_version = model
+        .records
+        .get(&(tenant.to_owned(), id.clone()))
+        .and_then(|(v, d)| d.as_ref().map(|_| *v));
+    let roll = rng.random_range(0..100);
+    let op = match roll {
+        0..60 => "upsert",
+        60..85 => "patch",
+        _ => "delete",
+    };
+    let data = match op {
+        "upsert" => Some(
+            json!({"n": rng.random_range(0..5), "tag": format!("t{}", rng.random_range(0..3)), "nested": {"a": seq % 7}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ),
+        "patch" => Some(
+            json!({"n": rng.random_range(0..5), "tag": if rng.random_bool(0.2) { Value::Null } else { json!("p") }, "nested": {"b": seq % 5}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ),
+        _ => None,
+    };
+    let expected_version = match rng.random_range(0..100) {
+        0..8 => live_version,                          // a matching If-Match
+        8..11 => Some(live_version.unwrap_or(0) + 3), // a stale one: rejected
+        11..13 => Some(0),                             // If-None-Match: *
+        _ => None,
+    };
+    WorkChange {
+        key: format!("{tenant}-{seq}"),
+        op,
+        tenant: tenant.to_owned(),
+        id,
+        data,
+        expected_version,
+    }
+}
+
+/// Sends changes until every one was accepted (202), retrying through kills with the same
+/// idempotency keys. Single changes go through PUT/PATCH/DELETE, several through bulk NDJSON.
+async fn submit(client: &reqwest::Client, base: &str, changes: &[WorkChange]) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        assert!(Instant::now() < deadline, "the server did not accept changes for 180 s");
+        let sent = if changes.len() == 1 {
+            let c = &changes[0];
+            let url = format!("{base}/v1/datasets/{DATASET}/tenants/{}/records/{}", c.tenant, c.id);
+            let mut req = match c.op {
+                "upsert" => client.put(&url).json(c.data.as_ref().unwrap()),
+                "patch" => client.patch(&url).json(c.data.as_ref().unwrap()),
+                _ => client.delete(&url),
+            };
+            req = req.header("Idempotency-Key", &c.key);
+            req = match c.expected_version {
+                Some(0) => req.header("If-None-Match", "*"),
+                Some(v) => req.header("If-Match", format!("\"{v}\"")),
+                None => req,
+            };
+            match req.send().await {
+                Ok(r) if r.status() == 202 => return,
+                Ok(r) if r.status().is_server_error() => continue,
+                Ok(r) => panic!("unexpected {} for {c:?}: {:?}", r.status(), r.text().await),
+                Err(_) => None,
+            }
+        } else {
+            let body: String = changes.iter().map(|c| format!("{}\n", c.line())).collect();
+            match client
+                .post(format!("{base}/v1/datasets/{DATASET}/changes"))
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
+                Ok(r) if r.status().is_server_error() => None,
+                Ok(r) => panic!("unexpected {} for a bulk write: {:?}", r.status(), r.text().await),
+                Err(_) => None,
+            }
+        };
+        if let Some(reply) = sent {
+            let results = reply["results"].as_array().expect("results");
+            assert_eq!(results.len(), changes.len());
+            for r in results {
+                assert_eq!(r["status"], 202, "a line was refused: {r}");
+            }
+            return;
+        }
+        // The server is down or restarting: back off briefly and retry with the same keys.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+enum Backend {
+    /// The embedded log can be opened by one process at a time: the test opens it after the
+    /// server's last kill.
+    Embedded,
+    Kafka {
+        servers: String,
+        _cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    },
+}
+
+impl Backend {
+    fn args(&self) -> Vec<String> {
+        match self {
+            Backend::Embedded => vec![],
+            // A killed member holds its partitions until its session times out: keep it short.
+            Backend::Kafka { servers, .. } => [
+                "--log", &format!("kafka://{servers}"),
+                "--kafka-option", "session.timeout.ms=2000",
+                "--kafka-option", "heartbeat.interval.ms=500",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+
+    async fn open_log(&self, data_dir: &std::path::Path) -> Arc<dyn Log> {
+        match self {
+            Backend::Embedded => Arc::new(
+                tenantsync_log_embedded::EmbeddedLog::open(data_dir, Default::default())
+                    .await
+                    .unwrap(),
+            ),
+            Backend::Kafka { servers, .. } => Arc::new(
+                tenantsync_log_kafka::KafkaLog::connect(tenantsync_log_kafka::KafkaConfig {
+                    bootstrap_servers: servers.clone(),
+                    options: vec![],
+                    client_id: "crash-test".into(),
+                })
+                .await
+                .unwrap(),
+            ),
+        }
+    }
+}
+
+async fn run(backend: Backend, data_dir: &std::path::Path) {
+    let kills = env_or("TENANTSYNC_CRASH_KILLS", 20) as usize;
+    let min_changes = env_or("TENANTSYNC_CRASH_CHANGES", 20_000) as usize;
+    let seed = env_or("TENANTSYNC_CRASH_SEED", rand::random());
+    eprintln!("crash test: seed {seed} (TENANTSYNC_CRASH_SEED), {kills} kills, >= {min_changes} changes");
+
+    let args = backend.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(data_dir, &args).await;
+    common::declare(&server, DATASET, PARTITIONS).await;
+    let base = server.url("");
+    let server = Arc::new(Mutex::new(server));
+
+    let tenants: Vec<String> = (0..TENANTS).map(|t| format!("tenant-{t:02}")).collect();
+    let model = Arc::new(std::sync::Mutex::new(Model::default()));
+    let killing_done = Arc::new(AtomicBool::new(false));
+    let submitted = Arc::new(AtomicUsize::new(0));
+
+    let killer = {
+        let server = server.clone();
+        let done = killing_done.clone();
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+            for _ in 0..kills {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+                server.lock().await.restart().await;
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let my_tenants: Vec<String> = tenants.iter().skip(w).step_by(WORKERS).cloned().collect();
+        let (model, done, submitted, base) =
+            (model.clone(), killing_done.clone(), submitted.clone(), base.clone());
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap();
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
+            let mut history: Vec<WorkChange> = Vec::new();
+            let mut seq = 0;
+            while !(done.load(Ordering::SeqCst) && submitted.load(Ordering::SeqCst) >= min_changes) {
+                let tenant = &my_tenants[rng.random_range(0..my_tenants.len())];
+                let n = if rng.random_bool(0.2) { 1 } else { LINES_PER_REQUEST };
+                let mut batch = Vec::with_capacity(n);
+                {
+                    let mut model = model.lock().unwrap();
+                    for _ in 0..n {
+                        // Now and then, submit an earlier change again: a duplicate.
+                        if !history.is_empty() && rng.random_bool(0.05) {
+                            let dup = history[rng.random_range(0..history.len())].clone();
+                            if dup.tenant == *tenant {
+                                batch.push(dup);
+                                continue;
+                            }
+                        }
+                        seq += 1;
+                        let c = next_change(&mut rng, &model, tenant, seq * WORKERS + w);
+                        model.apply(&c);
+                        batch.push(c);
+                    }
+                }
+                submit(&client, &base, &batch).await;
+                submitted.fetch_add(batch.len(), Ordering::SeqCst);
+                history.extend(batch);
+            }
+        }));
+    }
+    killer.await.unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    // Every tenant's changes are in its one partition, in order: once a last write per tenant
+    // is applied, everything the tenant was sent before is too.
+    let client = reqwest::Client::new();
+    for t in &tenants {
+        let r = client
+            .put(format!("{base}/v1/datasets/{DATASET}/tenants/{t}/records/last?wait=applied"))
+            .timeout(Duration::from_secs(120))
+            .json(&json!({"done": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        model.lock().unwrap().apply(&WorkChange {
+            key: format!("{t}-last"),
+            op: "upsert",
+            tenant: t.clone(),
+            id: "last".into(),
+            data: json!({"done": true}).as_object().cloned(),
+            expected_version: None,
+        });
+    }
+    // The store commits a batch before the processor publishes it, so the state log may still
+    // lag here. Kill once more, then wait until the restarted processor has published and
+    // committed everything (which recovery after a kill must achieve on its own).
+    let mut server = Arc::try_unwrap(server).ok().unwrap().into_inner();
+    server.restart().await;
+    common::wait_caught_up(&server, DATASET).await;
+    server.kill();
+    let total = submitted.load(Ordering::SeqCst);
+    eprintln!("crash test: {total} changes submitted through {kills} kills");
+
+    let store = tenantsync_store::open(&format!(
+        "sqlite://{}",
+        data_dir.join("store.sqlite3").display()
+    ))
+    .await
+    .unwrap();
+    let dataset = DatasetName::new(DATASET).unwrap();
+    let mut stored: BTreeMap<String, Record> = BTreeMap::new();
+    for t in &tenants {
+        let tenant = TenantId::new(t.as_str()).unwrap();
+        let mut after: Option<EntityId> = None;
+        loop {
+            let page = store.scan(&dataset, &tenant, after.as_ref(), 500).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = Some(page.last().unwrap().id.clone());
+            for r in page {
+                stored.insert(r.key().to_string(), r);
+            }
+        }
+    }
+
+    // 1. Master store == reference model, record for record.
+    let model = model.lock().unwrap();
+    assert_eq!(stored.len(), model.records.len(), "number of keys");
+    for ((tenant, id), (version, data)) in &model.records {
+        let r = stored
+            .get(&format!("{tenant}:{id}"))
+            .unwrap_or_else(|| panic!("{tenant}:{id} missing from the store"));
+        assert_eq!((r.version, &r.data), (*version, data), "{tenant}:{id}");
+    }
+
+    // 2. The state log's last value per key == master store; 3. versions never went down.
+    let log = backend.open_log(data_dir).await;
+    let topic = Topics::default().state(&dataset);
+    let mut last: BTreeMap<String, Record> = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let end = log.end_offset(&topic, p).await.unwrap();
+        let mut from = 0;
+        while from < end {
+            let entries = log
+                .read(&topic, p, from, 5_000, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(!entries.is_empty(), "partition {p} stops at {from} before its end {end}");
+            for e in &entries {
+                let r = tenantsync_processor::state::decode(e).unwrap();
+                let key = r.key().to_string();
+                if let Some(prev) = last.get(&key) {
+                    assert!(r.version >= prev.version, "{key} went from version {} to {}", prev.version, r.version);
+                }
+                last.insert(key, r);
+            }
+            from = entries.last().unwrap().offset + 1;
+        }
+    }
+    assert_eq!(last.len(), stored.len(), "keys on the state log vs the store");
+    for (key, r) in &stored {
+        let l = &last[key];
+        assert_eq!((l.version, &l.data), (r.version, &r.data), "state log vs store for {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_backend_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    run(Backend::Embedded, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_backend_survives_sigkill() {
+    let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
+    let topics = Topics::default();
+    let dataset = DatasetName::new(DATASET).unwrap();
+    // The mock cluster does not implement CreateTopics.
+    for topic in [topics.changes(&dataset), topics.state(&dataset)] {
+        cluster.create_topic(&topic, PARTITIONS as i32, 3).unwrap();
+    }
+    let servers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    run(Backend::Kafka { servers, _cluster: cluster }, dir.path()).await;
+}

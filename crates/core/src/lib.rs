@@ -1,0 +1,22 @@
+//! The tenantsync domain model: dataset names, tenant and entity ids, record keys, changes,
+//! records, topic names and the tenant partitioner.
+//!
+//! This crate does no I/O. Every other crate speaks in these types, so validation happens once,
+//! at the edge, and a value of one of these types is valid by construction.
+
+mod change;
+mod error;
+mod ids;
+mod partitioner;
+mod record;
+mod topics;
+
+pub use change::{Change, ChangeId, Op, merge_patch};
+pub use error::InvalidInput;
+pub use ids::{DatasetName, EntityId, RecordKey, TenantId};
+pub use partitioner::{murmur2, partition_for_tenant};
+pub use record::{Outcome, Record, RejectReason, TOMBSTONE_HEADERS};
+pub use topics::Topics;
+
+/// A JSON object: the shape of every record's data.
+pub type Object = serde_json::Map<String, serde_json::Value>;

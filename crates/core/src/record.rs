@@ -1,0 +1,60 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{ChangeId, EntityId, Object, RecordKey, TenantId};
+
+/// The full current state of one record, as the master store holds it and the state log
+/// carries it. `data == None` is a deleted record (a tombstone): it keeps its version so a
+/// record written again after a delete continues with a higher version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub tenant: TenantId,
+    pub id: EntityId,
+    /// Starts at 1 and grows by one for every change that altered the record.
+    pub version: u64,
+    pub data: Option<Object>,
+    pub updated_at: DateTime<Utc>,
+    /// The change that produced this version.
+    pub change_id: ChangeId,
+}
+
+/// Header names on a state-log tombstone, whose value is null and so cannot say which version
+/// of which record was deleted.
+pub const TOMBSTONE_HEADERS: [&str; 3] = ["tenant", "version", "change-id"];
+
+impl Record {
+    pub fn key(&self) -> RecordKey {
+        RecordKey::new(self.tenant.clone(), self.id.clone())
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.data.is_none()
+    }
+}
+
+/// What applying one change did. Stored with the change id, so a duplicate of a change gets the
+/// same answer as the original.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The record changed and now has `version`.
+    Applied { version: u64 },
+    /// The change left the record exactly as it was (same data, or a delete of an absent
+    /// record); `version` is the record's unchanged version (0 if it never existed).
+    Unchanged { version: u64 },
+    /// The change was not applied.
+    Rejected {
+        reason: RejectReason,
+        /// The record's version when the change was considered (0 if absent or deleted).
+        current_version: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The change's `expected_version` did not match.
+    VersionConflict,
+    /// A patch addressed a record that does not exist.
+    NotFound,
+}

@@ -1,0 +1,337 @@
+//! Kafka client configuration: the typed settings tenantsync relies on, plus a pass-through list
+//! of any other librdkafka property.
+//!
+//! Every client this crate builds (producer, admin, readers, group members) gets the same
+//! pass-through options. Properties whose value the backend's guarantees depend on are
+//! *reserved*: [`KafkaConfig::validate`] rejects them in the pass-through list, naming the key,
+//! so an option can never silently weaken durability or offset handling. This module must never
+//! do I/O: building a librdkafka configuration is done in memory.
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use tenantsync_log::LogError;
+
+/// The `client.id` used when none is configured.
+pub const DEFAULT_CLIENT_ID: &str = "tenantsync";
+
+/// URL scheme that selects this backend (`kafka://host:port,host:port`).
+pub const URL_SCHEME: &str = "kafka://";
+
+/// Pass-through keys that conflict with what the backend sets itself, with the reason.
+///
+/// Keys are compared case-insensitively after trimming. Aliases librdkafka accepts for a
+/// reserved property are reserved too.
+pub const RESERVED_KEYS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set from the kafka:// URL"),
+    ("metadata.broker.list", "alias of bootstrap.servers, set from the kafka:// URL"),
+    ("client.id", "set from the client_id setting"),
+    ("group.id", "set per consumer group by tenantsync"),
+    (
+        "group.instance.id",
+        "static membership would make this process's group members collide",
+    ),
+    ("enable.idempotence", "always true: retries must not duplicate or reorder"),
+    ("acks", "always all: an append is acknowledged by every in-sync replica"),
+    ("request.required.acks", "alias of acks, always all"),
+    ("transactional.id", "tenantsync does not use transactions"),
+    ("enable.auto.commit", "always false: offsets are committed after the work is durable"),
+    ("auto.commit.enable", "alias of enable.auto.commit, always false"),
+    ("enable.auto.offset.store", "always false: offsets are committed explicitly"),
+    ("auto.offset.reset", "always earliest: a new group starts at the start of a partition"),
+    ("isolation.level", "always read_committed"),
+    (
+        "allow.auto.create.topics",
+        "always false: topics are created with their partition count and cleanup policy",
+    ),
+    ("enable.partition.eof", "always false"),
+];
+
+/// How to reach a Kafka-protocol cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list (librdkafka's `bootstrap.servers`).
+    pub bootstrap_servers: String,
+    /// Any other librdkafka property (`KEY=VALUE`), passed to every client in order. Reserved
+    /// keys ([`RESERVED_KEYS`]) are rejected by [`validate`](Self::validate).
+    pub options: Vec<(String, String)>,
+    /// `client.id` of every client, shown in broker logs and quotas.
+    pub client_id: String,
+}
+
+impl KafkaConfig {
+    /// A configuration for `bootstrap_servers` with no pass-through options.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            options: Vec::new(),
+            client_id: DEFAULT_CLIENT_ID.to_string(),
+        }
+    }
+
+    /// Parses `kafka://host:port[,host:port...]`.
+    pub fn from_url(url: &str) -> Result<Self, LogError> {
+        let Some(servers) = url.strip_prefix(URL_SCHEME) else {
+            return Err(LogError::Config(format!(
+                "log url {url:?} does not start with {URL_SCHEME}"
+            )));
+        };
+        let config = KafkaConfig::new(servers);
+        config.validate_servers()?;
+        Ok(config)
+    }
+
+    /// Adds a pass-through librdkafka property.
+    pub fn with_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.push((key.into(), value.into()));
+        self
+    }
+
+    /// Checks the configuration without any I/O: servers well formed, client id present, no
+    /// reserved or duplicate pass-through key, and every option accepted by librdkafka (unknown
+    /// property names and invalid values are reported here rather than at connect time).
+    pub fn validate(&self) -> Result<(), LogError> {
+        self.validate_servers()?;
+        if self.client_id.trim().is_empty() {
+            return Err(LogError::Config("kafka client_id must not be empty".into()));
+        }
+        let mut seen: Vec<String> = Vec::with_capacity(self.options.len());
+        for (key, _) in &self.options {
+            let normalized = key.trim().to_ascii_lowercase();
+            if normalized.is_empty() {
+                return Err(LogError::Config("kafka option with an empty key".into()));
+            }
+            if let Some((reserved, why)) = RESERVED_KEYS.iter().find(|(k, _)| *k == normalized) {
+                return Err(LogError::Config(format!(
+                    "kafka option {key:?} is reserved ({reserved}: {why})"
+                )));
+            }
+            if seen.contains(&normalized) {
+                return Err(LogError::Config(format!(
+                    "kafka option {key:?} is given more than once"
+                )));
+            }
+            seen.push(normalized);
+        }
+        // librdkafka checks names and values when a property is set, in memory.
+        self.client_config(ClientRole::Producer)
+            .create_native_config()
+            .map_err(|error| match error {
+                rdkafka::error::KafkaError::ClientConfig(_, description, key, value) => {
+                    LogError::Config(format!(
+                        "kafka option {key:?} = {value:?} is rejected by librdkafka: {description}"
+                    ))
+                }
+                other => LogError::Config(format!("kafka options are rejected: {other}")),
+            })?;
+        Ok(())
+    }
+
+    fn validate_servers(&self) -> Result<(), LogError> {
+        let servers = self.bootstrap_servers.trim();
+        if servers.is_empty() {
+            return Err(LogError::Config(
+                "kafka bootstrap_servers must list at least one host:port".into(),
+            ));
+        }
+        for server in servers.split(',') {
+            let server = server.trim();
+            let well_formed = !server.is_empty()
+                && !server.contains(['/', '?', '#', ' '])
+                && server
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !well_formed {
+                return Err(LogError::Config(format!(
+                    "kafka bootstrap_servers entry {server:?} is not host:port"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The librdkafka configuration for one kind of client: tuning defaults first, then the
+    /// pass-through options (which may override the defaults), then the reserved properties.
+    pub(crate) fn client_config(&self, role: ClientRole) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set_log_level(log_level());
+        match role {
+            ClientRole::Producer => {
+                // Many sends in flight (the idempotent producer keeps order with up to 5), and a
+                // short linger so that concurrent appends share requests.
+                config
+                    .set("max.in.flight.requests.per.connection", "5")
+                    .set("linger.ms", "2");
+            }
+            ClientRole::Admin => {}
+            ClientRole::Reader | ClientRole::Group { .. } | ClientRole::OffsetLookup { .. } => {
+                // A fetch waiting at the end of a partition returns early on new data on a real
+                // broker; a short cap keeps latency low where it does not (the mock cluster).
+                // Small prefetch per consumer: readers are pooled, so there may be many.
+                config
+                    .set("fetch.wait.max.ms", "100")
+                    .set("queued.max.messages.kbytes", "4096");
+            }
+        }
+        for (key, value) in &self.options {
+            config.set(key.trim(), value);
+        }
+        config
+            .set("bootstrap.servers", self.bootstrap_servers.trim())
+            .set("client.id", self.client_id.trim())
+            .set("allow.auto.create.topics", "false");
+        match role {
+            ClientRole::Producer => {
+                config
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all");
+            }
+            ClientRole::Admin => {}
+            ClientRole::Reader => {
+                set_consumer_properties(&mut config);
+                // librdkafka assigns partitions by hand only in a consumer with a group id. A
+                // reader never subscribes or commits, so it never joins this group.
+                config.set("group.id", format!("{}-reader", self.client_id.trim()));
+            }
+            ClientRole::Group { group } | ClientRole::OffsetLookup { group } => {
+                set_consumer_properties(&mut config);
+                config.set("group.id", group);
+            }
+        }
+        config
+    }
+}
+
+fn set_consumer_properties(config: &mut ClientConfig) {
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+}
+
+/// Which client a configuration is for.
+#[derive(Debug, Clone)]
+pub(crate) enum ClientRole {
+    Producer,
+    Admin,
+    /// A pooled random-access reader: no group, partitions assigned by hand.
+    Reader,
+    /// A member of a consumer group.
+    Group { group: String },
+    /// A client that only looks up a group's committed offsets, never joining it.
+    OffsetLookup { group: String },
+}
+
+/// librdkafka only emits log lines at or above this level, so it follows what `tracing` would
+/// keep for the `librdkafka` target.
+fn log_level() -> RDKafkaLogLevel {
+    use tracing::Level;
+    if tracing::enabled!(target: "librdkafka", Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(target: "librdkafka", Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else if tracing::enabled!(target: "librdkafka", Level::WARN) {
+        RDKafkaLogLevel::Warning
+    } else {
+        RDKafkaLogLevel::Error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> KafkaConfig {
+        KafkaConfig::new("localhost:9092")
+    }
+
+    fn config_error(config: &KafkaConfig) -> String {
+        match config.validate() {
+            Err(LogError::Config(message)) => message,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_config_is_valid() {
+        config().validate().expect("valid");
+        config()
+            .with_option("compression.type", "lz4")
+            .with_option("session.timeout.ms", "10000")
+            .validate()
+            .expect("valid with tuning options");
+    }
+
+    #[test]
+    fn every_reserved_key_is_rejected_naming_it() {
+        for (key, _) in RESERVED_KEYS {
+            let message = config_error(&config().with_option(*key, "x"));
+            assert!(message.contains(key), "{message}");
+            // Case and surrounding spaces do not hide a reserved key.
+            let shouted = format!(" {} ", key.to_ascii_uppercase());
+            let message = config_error(&config().with_option(shouted, "x"));
+            assert!(message.contains("reserved"), "{message}");
+        }
+    }
+
+    #[test]
+    fn duplicate_and_empty_keys_are_rejected() {
+        let message = config_error(
+            &config()
+                .with_option("linger.ms", "1")
+                .with_option("Linger.ms", "2"),
+        );
+        assert!(message.contains("more than once"), "{message}");
+        let message = config_error(&config().with_option(" ", "1"));
+        assert!(message.contains("empty key"), "{message}");
+    }
+
+    #[test]
+    fn librdkafka_rejects_unknown_keys_and_bad_values() {
+        let message = config_error(&config().with_option("no.such.property", "1"));
+        assert!(message.contains("no.such.property"), "{message}");
+        let message = config_error(&config().with_option("linger.ms", "soon"));
+        assert!(message.contains("linger.ms"), "{message}");
+    }
+
+    #[test]
+    fn servers_must_be_host_port() {
+        for bad in ["", "localhost", "localhost:port", "a:1,,b:2", "kafka://a:1", ":9092"] {
+            let message = config_error(&KafkaConfig::new(bad));
+            assert!(message.contains("bootstrap_servers"), "{bad:?}: {message}");
+        }
+        KafkaConfig::new("a:1, b:2").validate().expect("two servers");
+        let message = config_error(&KafkaConfig {
+            client_id: " ".into(),
+            ..config()
+        });
+        assert!(message.contains("client_id"), "{message}");
+    }
+
+    #[test]
+    fn url_is_parsed() {
+        let config = KafkaConfig::from_url("kafka://a:9092,b:9093").expect("url");
+        assert_eq!(config.bootstrap_servers, "a:9092,b:9093");
+        assert_eq!(config.client_id, DEFAULT_CLIENT_ID);
+        assert!(KafkaConfig::from_url("embedded://x").is_err());
+        assert!(KafkaConfig::from_url("kafka://").is_err());
+    }
+
+    #[test]
+    fn reserved_properties_win_and_options_override_defaults() {
+        let config = config().with_option("linger.ms", "7");
+        let producer = config.client_config(ClientRole::Producer);
+        assert_eq!(producer.get("linger.ms"), Some("7"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("acks"), Some("all"));
+        let group = config.client_config(ClientRole::Group {
+            group: "g".into(),
+        });
+        assert_eq!(group.get("group.id"), Some("g"));
+        assert_eq!(group.get("enable.auto.commit"), Some("false"));
+        assert_eq!(group.get("auto.offset.reset"), Some("earliest"));
+        let reader = config.client_config(ClientRole::Reader);
+        assert_eq!(reader.get("group.id"), Some("tenantsync-reader"));
+        assert_eq!(reader.get("allow.auto.create.topics"), Some("false"));
+    }
+}

@@ -1,0 +1,155 @@
+//! The dataset registry: declares datasets (their log topics first, then their row in the
+//! master store) and answers "does this dataset exist, with how many partitions" from a cache.
+//!
+//! The master store is the source of truth, so every instance sharing a store sees datasets
+//! declared by any of them; the cache only avoids a store round trip per request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tenantsync_core::{DatasetName, Topics};
+use tenantsync_log::{Cleanup, Log, TopicSpec};
+use tenantsync_store::{Dataset, MasterStore};
+use tokio::sync::watch;
+
+use crate::ProcessorError;
+
+/// The most partitions a dataset may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// Whether [`Datasets::declare`] created the dataset or found it declared already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declared {
+    Created,
+    Existing,
+}
+
+pub struct Datasets {
+    log: Arc<dyn Log>,
+    store: Arc<dyn MasterStore>,
+    topics: Topics,
+    tombstone_retention: Duration,
+    cache: RwLock<HashMap<DatasetName, u32>>,
+    /// Bumped whenever this instance learns of a new dataset, so the processor starts on it.
+    changed: watch::Sender<u64>,
+}
+
+impl Datasets {
+    pub fn new(
+        log: Arc<dyn Log>,
+        store: Arc<dyn MasterStore>,
+        topics: Topics,
+        tombstone_retention: Duration,
+    ) -> Self {
+        Self {
+            log,
+            store,
+            topics,
+            tombstone_retention,
+            cache: RwLock::new(HashMap::new()),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Declares a dataset: creates (or checks) its changes and state topics, then records it in
+    /// the master store. Declaring it again with the same partition count is harmless.
+    pub async fn declare(&self, dataset: &Dataset) -> Result<Declared, ProcessorError> {
+        if dataset.partitions == 0 || dataset.partitions > MAX_PARTITIONS {
+            return Err(ProcessorError::InvalidPartitions {
+                dataset: dataset.name.to_string(),
+                partitions: dataset.partitions,
+                max: MAX_PARTITIONS,
+            });
+        }
+        let existing = self.get(&dataset.name).await?;
+        if let Some(existing) = &existing
+            && existing.partitions != dataset.partitions
+        {
+            return Err(tenantsync_store::StoreError::DatasetMismatch {
+                dataset: dataset.name.to_string(),
+                existing: existing.partitions,
+                requested: dataset.partitions,
+            }
+            .into());
+        }
+        // Topics first: a dataset visible in the store always has its topics.
+        for spec in self.topic_specs(dataset) {
+            self.log.ensure_topic(&spec).await?;
+        }
+        self.store.declare_dataset(dataset).await?;
+        self.remember(dataset);
+        Ok(if existing.is_some() {
+            Declared::Existing
+        } else {
+            Declared::Created
+        })
+    }
+
+    fn topic_specs(&self, dataset: &Dataset) -> [TopicSpec; 2] {
+        [
+            TopicSpec {
+                name: self.topics.changes(&dataset.name),
+                partitions: dataset.partitions,
+                cleanup: Cleanup::Delete,
+            },
+            TopicSpec {
+                name: self.topics.state(&dataset.name),
+                partitions: dataset.partitions,
+                cleanup: Cleanup::Compact {
+                    tombstone_retention: self.tombstone_retention,
+                },
+            },
+        ]
+    }
+
+    /// The dataset, if declared (by this instance or any other sharing the store).
+    pub async fn get(&self, name: &DatasetName) -> Result<Option<Dataset>, ProcessorError> {
+        if let Some(&partitions) = self.cache.read().expect("cache lock").get(name) {
+            return Ok(Some(Dataset {
+                name: name.clone(),
+                partitions,
+            }));
+        }
+        let found = self
+            .store
+            .datasets()
+            .await?
+            .into_iter()
+            .find(|d| &d.name == name);
+        if let Some(d) = &found {
+            self.remember(d);
+        }
+        Ok(found)
+    }
+
+    /// Every declared dataset, refreshed from the store.
+    pub async fn all(&self) -> Result<Vec<Dataset>, ProcessorError> {
+        let all = self.store.datasets().await?;
+        for d in &all {
+            self.remember(d);
+        }
+        Ok(all)
+    }
+
+    /// A receiver that changes whenever a dataset becomes known to this instance.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn remember(&self, dataset: &Dataset) {
+        let new = self
+            .cache
+            .write()
+            .expect("cache lock")
+            .insert(dataset.name.clone(), dataset.partitions)
+            .is_none();
+        if new {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+}

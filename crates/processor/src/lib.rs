@@ -1,0 +1,18 @@
+//! The processor and the dataset registry.
+//!
+//! The processor consumes each dataset's changes log as a member of one consumer group, applies
+//! each batch to the master store (which records the consumed position in the same transaction),
+//! publishes the resulting full records, or tombstones, to the dataset's state log keyed
+//! `tenant:id`, and only then commits its position in the changes log. It must never publish a
+//! state that the master store has not committed, and never commit a position whose states are
+//! not yet published: that ordering is what makes a SIGKILL at any instant harmless.
+
+pub mod changes;
+mod datasets;
+mod error;
+mod processor;
+pub mod state;
+
+pub use datasets::{Datasets, Declared};
+pub use error::ProcessorError;
+pub use processor::{Processor, ProcessorConfig, ProcessorStats};

@@ -1,0 +1,246 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tenantsync_log::{Entry, GroupConsumer, Log, LogError, Offset, Partition};
+use tenantsync_store::{Dataset, LoggedChange, MasterStore};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{Datasets, ProcessorError, changes, state};
+
+/// Tuning of the processor. The defaults suit both backends.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// Consumer group of the processors; every instance sharing a log and store uses the same.
+    pub group: String,
+    /// Most changes consumed and applied in one batch (one store transaction).
+    pub max_batch: usize,
+    /// How long one poll of the changes log waits for new entries.
+    pub poll_wait: Duration,
+    /// How often consumed positions are committed to the log. The master store holds the exact
+    /// position, so committing less often only means re-publishing a little more after a crash.
+    pub commit_interval: Duration,
+}
+
+impl ProcessorConfig {
+    pub const DEFAULT_GROUP: &'static str = "tenantsync-processor";
+    pub const DEFAULT_MAX_BATCH: usize = 2_000;
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            group: Self::DEFAULT_GROUP.to_owned(),
+            max_batch: Self::DEFAULT_MAX_BATCH,
+            poll_wait: Duration::from_millis(500),
+            commit_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Counters of the processor's work since start.
+#[derive(Debug, Default)]
+pub struct ProcessorStats {
+    pub changes: AtomicU64,
+    pub batches: AtomicU64,
+    pub states_published: AtomicU64,
+    pub undecodable: AtomicU64,
+}
+
+/// Applies every dataset's changes to the master store and publishes the results.
+pub struct Processor {
+    log: Arc<dyn Log>,
+    store: Arc<dyn MasterStore>,
+    datasets: Arc<Datasets>,
+    config: ProcessorConfig,
+    stats: ProcessorStats,
+    /// Bumped after every applied batch, so writers waiting for their change can re-check.
+    progress: watch::Sender<u64>,
+}
+
+impl Processor {
+    pub fn new(
+        log: Arc<dyn Log>,
+        store: Arc<dyn MasterStore>,
+        datasets: Arc<Datasets>,
+        config: ProcessorConfig,
+    ) -> Self {
+        Self {
+            log,
+            store,
+            datasets,
+            config,
+            stats: ProcessorStats::default(),
+            progress: watch::Sender::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> &ProcessorStats {
+        &self.stats
+    }
+
+    /// Changes after every batch this instance applies.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    /// Runs until `shutdown`: one task per declared dataset, started as datasets appear.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut running = HashMap::new();
+        let mut declared = self.datasets.subscribe();
+        loop {
+            match self.datasets.all().await {
+                Ok(all) => {
+                    for dataset in all {
+                        if !running.contains_key(&dataset.name) {
+                            info!(dataset = %dataset.name, partitions = dataset.partitions, "processing dataset");
+                            let task =
+                                tokio::spawn(self.clone().run_dataset(dataset.clone(), shutdown.clone()));
+                            running.insert(dataset.name, task);
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "cannot list datasets"),
+            }
+            // Other instances may declare datasets in a shared store; look again now and then.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = declared.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        for (_, task) in running {
+            let _ = task.await;
+        }
+    }
+
+    /// Processes one dataset until shutdown, starting over (from the last committed position)
+    /// after any error. Every step is idempotent, so starting over is always safe.
+    async fn run_dataset(self: Arc<Self>, dataset: Dataset, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.consume(&dataset, &shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    warn!(%error, dataset = %dataset.name, retry_in = ?backoff, "processing failed; restarting from the last committed position");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn consume(
+        &self,
+        dataset: &Dataset,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ProcessorError> {
+        let topics = self.datasets.topics();
+        let mut consumer = self
+            .log
+            .consume(&self.config.group, &topics.changes(&dataset.name))
+            .await?;
+        let state_topic = topics.state(&dataset.name);
+        let mut uncommitted = BTreeMap::new();
+        let mut last_commit = Instant::now();
+        loop {
+            let entries = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    commit(consumer.as_mut(), &mut uncommitted).await;
+                    return Ok(());
+                }
+                entries = consumer.poll(self.config.max_batch, self.config.poll_wait) => entries?,
+            };
+            let idle = entries.is_empty();
+            if !idle {
+                let mut by_partition: BTreeMap<Partition, Vec<Entry>> = BTreeMap::new();
+                for entry in entries {
+                    by_partition.entry(entry.partition).or_default().push(entry);
+                }
+                for (partition, entries) in by_partition {
+                    let next = self
+                        .process(dataset, &state_topic, partition, entries)
+                        .await?;
+                    uncommitted.insert(partition, next);
+                }
+                self.progress.send_modify(|n| *n += 1);
+            }
+            if idle || last_commit.elapsed() >= self.config.commit_interval {
+                commit(consumer.as_mut(), &mut uncommitted).await;
+                last_commit = Instant::now();
+            }
+        }
+    }
+
+    /// Applies one partition's entries and publishes the resulting states; returns the offset
+    /// to commit once they are published.
+    async fn process(
+        &self,
+        dataset: &Dataset,
+        state_topic: &str,
+        partition: Partition,
+        entries: Vec<Entry>,
+    ) -> Result<Offset, ProcessorError> {
+        let next = entries.last().map_or(0, |e| e.offset + 1);
+        let mut batch = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            match changes::decode(entry) {
+                Ok(change) => batch.push(LoggedChange {
+                    offset: entry.offset,
+                    change,
+                }),
+                Err(reason) => {
+                    // Not ours to fix and never going to decode: skip it, loudly.
+                    self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                    warn!(dataset = %dataset.name, partition, offset = entry.offset, %reason, "skipping undecodable change");
+                }
+            }
+        }
+        let applied = self
+            .store
+            .apply(&dataset.name, partition, &batch, next)
+            .await?;
+        let messages: Vec<_> = applied
+            .states
+            .iter()
+            .map(|record| state::encode(record, dataset.partitions))
+            .collect();
+        let published = messages.len() as u64;
+        if !messages.is_empty() {
+            self.log.append(state_topic, messages).await?;
+        }
+        self.stats
+            .changes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .states_published
+            .fetch_add(published, Ordering::Relaxed);
+        Ok(next)
+    }
+}
+
+/// Commits what is pending. A failed commit is not an error of the processor: the master store
+/// holds the exact position, and a later commit (or the next owner) covers it.
+async fn commit(consumer: &mut dyn GroupConsumer, uncommitted: &mut BTreeMap<Partition, Offset>) {
+    if uncommitted.is_empty() {
+        return;
+    }
+    let offsets: Vec<_> = uncommitted.iter().map(|(&p, &o)| (p, o)).collect();
+    match consumer.commit(&offsets).await {
+        Ok(()) => uncommitted.clear(),
+        Err(LogError::NotOwner { partition, .. }) => {
+            debug!(partition, "partition moved to another processor; dropping its commit");
+            uncommitted.clear();
+        }
+        Err(error) => warn!(%error, "committing consumed positions failed; will retry"),
+    }
+}

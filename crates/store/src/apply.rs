@@ -1,0 +1,742 @@
+//! The rules of applying changes, written once for both backends: what one change does to one
+//! record ([`decide`]) and what a batch does to the records it addresses ([`plan_batch`]).
+//!
+//! Everything here is pure: no I/O, no clock, no randomness. A backend loads the current state
+//! of every key and the stored outcome of every change id a batch mentions, calls
+//! [`plan_batch`], and writes the plan back in the same transaction. Keeping the rules out of
+//! the backends is what makes SQLite and PostgreSQL agree record for record; this module must
+//! never grow backend-specific behaviour.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use tenantsync_core::{
+    Change, ChangeId, DatasetName, Object, Op, Outcome, Record, RecordKey, RejectReason, TenantId,
+    merge_patch,
+};
+use tracing::warn;
+
+use crate::{Applied, LoggedChange, Offset};
+
+/// What one change does to one record.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Decision {
+    /// The record becomes this (a tombstone when `data` is `None`); the outcome is
+    /// [`Outcome::Applied`] with the record's new version.
+    Write(Record),
+    /// The record stays as it is; the outcome is [`Outcome::Unchanged`] or
+    /// [`Outcome::Rejected`].
+    Keep(Outcome),
+}
+
+impl Decision {
+    pub(crate) fn outcome(&self) -> Outcome {
+        match self {
+            Decision::Write(record) => Outcome::Applied {
+                version: record.version,
+            },
+            Decision::Keep(outcome) => outcome.clone(),
+        }
+    }
+}
+
+/// Decides what `change` does to a record whose current state is `current` (`None`: never
+/// existed; `Some` with `data == None`: a tombstone).
+///
+/// The rules, in order:
+/// 1. The precondition. `expected_version == Some(0)` requires the record to be absent or
+///    deleted; `Some(v)` requires it live at version `v`. Otherwise the change is rejected
+///    `version_conflict` with the live version (0 when absent or deleted).
+/// 2. The operation. Upsert replaces the data. Patch merges (RFC 7396) into the live data and
+///    is rejected `not_found` without live data. Delete leaves a tombstone; deleting an absent or
+///    deleted record is `unchanged`.
+/// 3. A result equal to the current data is `unchanged` and keeps the version; anything else
+///    gets the current version (a tombstone's included) plus one.
+///
+/// A change that breaks [`Change::validate`] (the edge rejects those) never destroys data here:
+/// an upsert without data changes nothing, a patch without data is an empty patch, and data on
+/// a delete is ignored.
+pub(crate) fn decide(current: Option<&Record>, change: &Change, now: DateTime<Utc>) -> Decision {
+    let live: Option<(&Object, u64)> =
+        current.and_then(|r| r.data.as_ref().map(|data| (data, r.version)));
+    let live_version = live.map_or(0, |(_, version)| version);
+    // The version a new write continues from: a tombstone keeps its version.
+    let stored_version = current.map_or(0, |r| r.version);
+
+    if let Some(expected) = change.expected_version {
+        let holds = match (expected, live) {
+            (0, None) => true,
+            (0, Some(_)) => false,
+            (v, Some((_, version))) => v == version,
+            (_, None) => false,
+        };
+        if !holds {
+            return Decision::Keep(Outcome::Rejected {
+                reason: RejectReason::VersionConflict,
+                current_version: live_version,
+            });
+        }
+    }
+
+    let write = |data: Option<Object>| {
+        Decision::Write(Record {
+            tenant: change.tenant.clone(),
+            id: change.id.clone(),
+            version: stored_version + 1,
+            data,
+            updated_at: now,
+            change_id: change.change_id.clone(),
+        })
+    };
+    let unchanged = Decision::Keep(Outcome::Unchanged {
+        version: stored_version,
+    });
+
+    match change.op {
+        Op::Upsert => match (&change.data, live) {
+            (None, _) => unchanged,
+            (Some(new), Some((old, _))) if new == old => unchanged,
+            (Some(new), _) => write(Some(new.clone())),
+        },
+        Op::Patch => match live {
+            None => Decision::Keep(Outcome::Rejected {
+                reason: RejectReason::NotFound,
+                current_version: 0,
+            }),
+            Some((old, _)) => {
+                let Some(patch) = &change.data else {
+                    return unchanged;
+                };
+                let new = merge_patch(old, patch);
+                if &new == old {
+                    unchanged
+                } else {
+                    write(Some(new))
+                }
+            }
+        },
+        Op::Delete => match live {
+            None => unchanged,
+            Some(_) => write(None),
+        },
+    }
+}
+
+/// The idempotency key of a change within a dataset.
+pub(crate) type OutcomeKey = (TenantId, ChangeId);
+
+/// What a backend must load before planning a batch: each distinct key and change id it
+/// mentions, in order of first appearance.
+#[derive(Debug, Default)]
+pub(crate) struct Lookups {
+    pub keys: Vec<RecordKey>,
+    pub change_ids: Vec<OutcomeKey>,
+}
+
+pub(crate) fn lookups(changes: &[LoggedChange]) -> Lookups {
+    let mut seen_keys = HashSet::with_capacity(changes.len());
+    let mut seen_ids = HashSet::with_capacity(changes.len());
+    let mut out = Lookups::default();
+    for logged in changes {
+        let c = &logged.change;
+        if seen_keys.insert((&c.tenant, &c.id)) {
+            out.keys.push(c.key());
+        }
+        if seen_ids.insert((&c.tenant, &c.change_id)) {
+            out.change_ids.push((c.tenant.clone(), c.change_id.clone()));
+        }
+    }
+    out
+}
+
+/// What a batch does, ready to be written in one transaction.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// What [`crate::MasterStore::apply`] returns.
+    pub applied: Applied,
+    /// The final state of every record the batch altered, each once, sorted by key so that
+    /// concurrent writers lock rows in the same order.
+    pub record_writes: Vec<Record>,
+    /// The outcomes of the changes this batch applied for the first time.
+    pub outcome_writes: Vec<(OutcomeKey, Outcome)>,
+    /// The partition's new position: never below the stored one.
+    pub position: Offset,
+}
+
+/// Plans a batch: `records` holds the stored state of the batch's keys (missing: never
+/// existed), `outcomes` the stored outcomes of its change ids (missing: never applied),
+/// `position` the partition's stored position.
+///
+/// A change whose id already has an outcome, in the store or earlier in this batch, reports that
+/// outcome and changes nothing. A change at an offset below `position` is not applied again; if
+/// it has no stored outcome the log no longer holds what was applied there (a recreated topic),
+/// so it is reported `unchanged`, not stored, and a warning is logged.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_batch(
+    dataset: &DatasetName,
+    partition: u32,
+    changes: &[LoggedChange],
+    position: Offset,
+    next_offset: Offset,
+    mut records: HashMap<RecordKey, Record>,
+    mut outcomes: HashMap<OutcomeKey, Outcome>,
+    now: DateTime<Utc>,
+) -> Plan {
+    let now = truncate_to_micros(now);
+    let mut results = Vec::with_capacity(changes.len());
+    let mut last_seen: HashMap<RecordKey, usize> = HashMap::with_capacity(changes.len());
+    let mut dirty: HashSet<RecordKey> = HashSet::new();
+    let mut outcome_writes = Vec::new();
+
+    for (index, logged) in changes.iter().enumerate() {
+        let change = &logged.change;
+        let key = change.key();
+        let outcome_key = (change.tenant.clone(), change.change_id.clone());
+        if let Some(outcome) = outcomes.get(&outcome_key) {
+            results.push(outcome.clone());
+        } else if logged.offset < position {
+            warn!(
+                %dataset, partition, offset = logged.offset, position, tenant = %change.tenant,
+                change_id = %change.change_id,
+                "change below the stored position has no stored outcome; not applying it"
+            );
+            let version = records.get(&key).map_or(0, |r| r.version);
+            results.push(Outcome::Unchanged { version });
+        } else {
+            let decision = decide(records.get(&key), change, now);
+            let outcome = decision.outcome();
+            if let Decision::Write(record) = decision {
+                records.insert(key.clone(), record);
+                dirty.insert(key.clone());
+            }
+            outcomes.insert(outcome_key.clone(), outcome.clone());
+            outcome_writes.push((outcome_key, outcome.clone()));
+            results.push(outcome);
+        }
+        last_seen.insert(key, index);
+    }
+
+    let mut addressed: Vec<(RecordKey, usize)> = last_seen.into_iter().collect();
+    addressed.sort_unstable_by_key(|(_, index)| *index);
+    let states = addressed
+        .iter()
+        .filter_map(|(key, _)| records.get(key).cloned())
+        .collect();
+
+    let mut dirty: Vec<RecordKey> = dirty.into_iter().collect();
+    dirty.sort_unstable();
+    let record_writes = dirty
+        .into_iter()
+        .filter_map(|key| records.remove(&key))
+        .collect();
+
+    Plan {
+        applied: Applied {
+            outcomes: results,
+            states,
+        },
+        record_writes,
+        outcome_writes,
+        position: position.max(next_offset),
+    }
+}
+
+/// Both backends store microseconds; truncating before deciding keeps what `apply` returns
+/// equal to what a later `get` reads.
+pub(crate) fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use tenantsync_core::EntityId;
+
+    use super::*;
+
+    fn obj(v: serde_json::Value) -> Object {
+        v.as_object().unwrap().clone()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap()
+    }
+
+    fn change(
+        id: &str,
+        op: Op,
+        data: Option<serde_json::Value>,
+        expected_version: Option<u64>,
+    ) -> Change {
+        Change {
+            change_id: ChangeId::new(id).unwrap(),
+            op,
+            tenant: TenantId::new("acme").unwrap(),
+            id: EntityId::new("sku-1").unwrap(),
+            data: data.map(obj),
+            expected_version,
+            accepted_at: now(),
+        }
+    }
+
+    fn upsert(id: &str, data: serde_json::Value) -> Change {
+        change(id, Op::Upsert, Some(data), None)
+    }
+
+    fn record(version: u64, data: Option<serde_json::Value>) -> Record {
+        Record {
+            tenant: TenantId::new("acme").unwrap(),
+            id: EntityId::new("sku-1").unwrap(),
+            version,
+            data: data.map(obj),
+            updated_at: Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
+            change_id: ChangeId::new("old").unwrap(),
+        }
+    }
+
+    fn written(decision: Decision) -> Record {
+        match decision {
+            Decision::Write(r) => r,
+            Decision::Keep(o) => panic!("expected a write, got {o:?}"),
+        }
+    }
+
+    fn kept(decision: Decision) -> Outcome {
+        match decision {
+            Decision::Keep(o) => o,
+            Decision::Write(r) => panic!("expected no write, got {r:?}"),
+        }
+    }
+
+    const CONFLICT: RejectReason = RejectReason::VersionConflict;
+
+    #[test]
+    fn upsert_creates_at_version_1() {
+        let r = written(decide(None, &upsert("c1", json!({"a": 1})), now()));
+        assert_eq!(r.version, 1);
+        assert_eq!(r.data, Some(obj(json!({"a": 1}))));
+        assert_eq!(r.change_id.as_str(), "c1");
+        assert_eq!(r.updated_at, now());
+    }
+
+    #[test]
+    fn upsert_replaces_data_and_bumps_version() {
+        let cur = record(4, Some(json!({"a": 1, "b": 2})));
+        let r = written(decide(Some(&cur), &upsert("c", json!({"a": 2})), now()));
+        assert_eq!(r.version, 5);
+        assert_eq!(r.data, Some(obj(json!({"a": 2}))), "upsert replaces, never merges");
+    }
+
+    #[test]
+    fn identical_upsert_is_unchanged() {
+        let cur = record(4, Some(json!({"a": 1})));
+        let o = kept(decide(Some(&cur), &upsert("c", json!({"a": 1})), now()));
+        assert_eq!(o, Outcome::Unchanged { version: 4 });
+    }
+
+    #[test]
+    fn upsert_after_delete_continues_above_the_tombstone() {
+        let cur = record(7, None);
+        let r = written(decide(Some(&cur), &upsert("c", json!({})), now()));
+        assert_eq!(r.version, 8);
+        assert_eq!(r.data, Some(Object::new()));
+    }
+
+    #[test]
+    fn patch_merges_into_live_record() {
+        let cur = record(2, Some(json!({"a": 1, "b": {"c": 1, "d": 2}})));
+        let p = change(
+            "p",
+            Op::Patch,
+            Some(json!({"a": null, "b": {"c": 5}, "e": [1]})),
+            None,
+        );
+        let r = written(decide(Some(&cur), &p, now()));
+        assert_eq!(r.version, 3);
+        assert_eq!(r.data, Some(obj(json!({"b": {"c": 5, "d": 2}, "e": [1]}))));
+    }
+
+    #[test]
+    fn patch_that_changes_nothing_is_unchanged() {
+        let cur = record(2, Some(json!({"a": 1})));
+        for patch in [json!({}), json!({"a": 1}), json!({"zzz": null})] {
+            let p = change("p", Op::Patch, Some(patch), None);
+            assert_eq!(
+                kept(decide(Some(&cur), &p, now())),
+                Outcome::Unchanged { version: 2 }
+            );
+        }
+    }
+
+    #[test]
+    fn patch_of_absent_or_deleted_is_not_found() {
+        let p = change("p", Op::Patch, Some(json!({"a": 1})), None);
+        let not_found = Outcome::Rejected {
+            reason: RejectReason::NotFound,
+            current_version: 0,
+        };
+        assert_eq!(kept(decide(None, &p, now())), not_found);
+        assert_eq!(kept(decide(Some(&record(3, None)), &p, now())), not_found);
+    }
+
+    #[test]
+    fn delete_tombstones_live_record() {
+        let cur = record(3, Some(json!({"a": 1})));
+        let r = written(decide(Some(&cur), &change("d", Op::Delete, None, None), now()));
+        assert_eq!(r.version, 4);
+        assert_eq!(r.data, None);
+        assert_eq!(r.change_id.as_str(), "d");
+    }
+
+    #[test]
+    fn delete_of_absent_or_deleted_is_unchanged() {
+        let d = change("d", Op::Delete, None, None);
+        assert_eq!(
+            kept(decide(None, &d, now())),
+            Outcome::Unchanged { version: 0 }
+        );
+        assert_eq!(
+            kept(decide(Some(&record(3, None)), &d, now())),
+            Outcome::Unchanged { version: 3 }
+        );
+    }
+
+    #[test]
+    fn expected_version_zero_means_absent_or_deleted() {
+        let c = change("c", Op::Upsert, Some(json!({"a": 1})), Some(0));
+        assert_eq!(written(decide(None, &c, now())).version, 1);
+        assert_eq!(written(decide(Some(&record(5, None)), &c, now())).version, 6);
+        assert_eq!(
+            kept(decide(Some(&record(5, Some(json!({})))), &c, now())),
+            Outcome::Rejected {
+                reason: CONFLICT,
+                current_version: 5
+            }
+        );
+    }
+
+    #[test]
+    fn expected_version_must_match_the_live_version() {
+        let cur = record(5, Some(json!({"a": 1})));
+        let ok = change("c", Op::Upsert, Some(json!({"a": 2})), Some(5));
+        assert_eq!(written(decide(Some(&cur), &ok, now())).version, 6);
+        for (op, data) in [
+            (Op::Upsert, Some(json!({"a": 2}))),
+            (Op::Patch, Some(json!({"a": 2}))),
+            (Op::Delete, None),
+        ] {
+            let stale = change("c", op, data.clone(), Some(4));
+            assert_eq!(
+                kept(decide(Some(&cur), &stale, now())),
+                Outcome::Rejected {
+                    reason: CONFLICT,
+                    current_version: 5
+                }
+            );
+            // Absent and deleted records have no live version: current_version is 0.
+            let expect = change("c", op, data, Some(5));
+            for absent in [None, Some(&record(5, None))] {
+                assert_eq!(
+                    kept(decide(absent, &expect, now())),
+                    Outcome::Rejected {
+                        reason: CONFLICT,
+                        current_version: 0
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn precondition_is_checked_before_identical_data() {
+        let cur = record(5, Some(json!({"a": 1})));
+        let c = change("c", Op::Upsert, Some(json!({"a": 1})), Some(4));
+        assert!(matches!(
+            kept(decide(Some(&cur), &c, now())),
+            Outcome::Rejected { .. }
+        ));
+        let c = change("c", Op::Upsert, Some(json!({"a": 1})), Some(5));
+        assert_eq!(
+            kept(decide(Some(&cur), &c, now())),
+            Outcome::Unchanged { version: 5 }
+        );
+    }
+
+    #[test]
+    fn delete_with_if_none_match_on_tombstone_is_unchanged() {
+        let c = change("d", Op::Delete, None, Some(0));
+        assert_eq!(
+            kept(decide(Some(&record(2, None)), &c, now())),
+            Outcome::Unchanged { version: 2 }
+        );
+    }
+
+    #[test]
+    fn invalid_changes_never_destroy_data() {
+        let cur = record(2, Some(json!({"a": 1})));
+        let no_data = change("c", Op::Upsert, None, None);
+        assert_eq!(
+            kept(decide(Some(&cur), &no_data, now())),
+            Outcome::Unchanged { version: 2 }
+        );
+        let empty_patch = change("c", Op::Patch, None, None);
+        assert_eq!(
+            kept(decide(Some(&cur), &empty_patch, now())),
+            Outcome::Unchanged { version: 2 }
+        );
+        let delete_with_data = change("c", Op::Delete, Some(json!({"x": 1})), None);
+        assert_eq!(
+            written(decide(Some(&cur), &delete_with_data, now())).data,
+            None
+        );
+    }
+
+    fn logged(offset: Offset, c: Change) -> LoggedChange {
+        LoggedChange { offset, change: c }
+    }
+
+    fn keyed(c: Change, id: &str) -> Change {
+        Change {
+            id: EntityId::new(id).unwrap(),
+            ..c
+        }
+    }
+
+    fn plan(
+        changes: &[LoggedChange],
+        position: Offset,
+        next: Offset,
+        records: HashMap<RecordKey, Record>,
+        outcomes: HashMap<OutcomeKey, Outcome>,
+    ) -> Plan {
+        let dataset = DatasetName::new("items").unwrap();
+        plan_batch(&dataset, 0, changes, position, next, records, outcomes, now())
+    }
+
+    #[test]
+    fn batch_reads_each_key_once_and_orders_states_by_last_appearance() {
+        let changes = vec![
+            logged(0, keyed(upsert("c1", json!({"v": 1})), "a")),
+            logged(1, keyed(upsert("c2", json!({"v": 1})), "b")),
+            logged(2, keyed(upsert("c3", json!({"v": 2})), "a")),
+            logged(3, keyed(change("c4", Op::Delete, None, None), "never")),
+        ];
+        let l = lookups(&changes);
+        assert_eq!(l.keys.len(), 3);
+        assert_eq!(l.change_ids.len(), 4);
+        let p = plan(&changes, 0, 4, HashMap::new(), HashMap::new());
+        assert_eq!(
+            p.applied.outcomes,
+            vec![
+                Outcome::Applied { version: 1 },
+                Outcome::Applied { version: 1 },
+                Outcome::Applied { version: 2 },
+                Outcome::Unchanged { version: 0 },
+            ]
+        );
+        let ids: Vec<_> = p.applied.states.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["b", "a"], "last appearance order; never-existing keys left out");
+        assert_eq!(p.record_writes.len(), 2);
+        assert_eq!(p.record_writes[0].id.as_str(), "a");
+        assert_eq!(p.record_writes[0].version, 2);
+        assert_eq!(p.outcome_writes.len(), 4);
+        assert_eq!(p.position, 4);
+    }
+
+    #[test]
+    fn duplicate_change_id_in_one_batch_reports_the_first_outcome() {
+        let c = upsert("same", json!({"v": 1}));
+        let again = upsert("same", json!({"v": 2}));
+        let p = plan(
+            &[logged(0, c), logged(1, again)],
+            0,
+            2,
+            HashMap::new(),
+            HashMap::new(),
+        );
+        assert_eq!(
+            p.applied.outcomes,
+            vec![
+                Outcome::Applied { version: 1 },
+                Outcome::Applied { version: 1 }
+            ]
+        );
+        assert_eq!(p.applied.states[0].data, Some(obj(json!({"v": 1}))));
+        assert_eq!(p.outcome_writes.len(), 1);
+    }
+
+    #[test]
+    fn stored_outcomes_and_the_position_prevent_reapplication() {
+        let stored = record(3, Some(json!({"v": 3})));
+        let records = HashMap::from([(stored.key(), stored.clone())]);
+        let c = upsert("done", json!({"v": 9}));
+        let outcomes = HashMap::from([(
+            (c.tenant.clone(), c.change_id.clone()),
+            Outcome::Applied { version: 2 },
+        )]);
+        let below = upsert("lost", json!({"v": 10}));
+        let p = plan(
+            &[logged(5, c), logged(6, below)],
+            10,
+            7,
+            records,
+            outcomes,
+        );
+        assert_eq!(
+            p.applied.outcomes,
+            vec![
+                Outcome::Applied { version: 2 },
+                Outcome::Unchanged { version: 3 }
+            ]
+        );
+        assert_eq!(p.applied.states, vec![stored]);
+        assert!(p.record_writes.is_empty());
+        assert!(p.outcome_writes.is_empty());
+        assert_eq!(p.position, 10, "the position never moves backwards");
+    }
+
+    #[test]
+    fn now_is_truncated_to_microseconds() {
+        let t = now() + chrono::Duration::nanoseconds(1_234_567);
+        let dataset = DatasetName::new("items").unwrap();
+        let changes = [logged(0, upsert("c", json!({})))];
+        let p = plan_batch(&dataset, 0, &changes, 0, 1, HashMap::new(), HashMap::new(), t);
+        let expected = now() + chrono::Duration::microseconds(1_234);
+        assert_eq!(p.record_writes[0].updated_at, expected);
+        assert_eq!(p.applied.states[0].updated_at, expected);
+    }
+
+    // A reference model of one key, written independently of `decide`: the state is
+    // (stored version, live data). Ops and data come from tiny domains so that identical
+    // data, conflicts and re-creates happen often.
+    #[derive(Debug, Clone)]
+    struct ModelOp {
+        op: Op,
+        value: Option<u8>,
+        expected: Option<u64>,
+    }
+
+    fn model_step(state: &mut (u64, Option<Object>), op: &ModelOp) -> Outcome {
+        let live_version = if state.1.is_some() { state.0 } else { 0 };
+        if let Some(e) = op.expected {
+            let ok = if e == 0 {
+                state.1.is_none()
+            } else {
+                state.1.is_some() && e == state.0
+            };
+            if !ok {
+                return Outcome::Rejected {
+                    reason: RejectReason::VersionConflict,
+                    current_version: live_version,
+                };
+            }
+        }
+        let next = match op.op {
+            Op::Upsert => Some(model_data(op.value)),
+            Op::Patch => match &state.1 {
+                None => {
+                    return Outcome::Rejected {
+                        reason: RejectReason::NotFound,
+                        current_version: 0,
+                    };
+                }
+                Some(old) => {
+                    let mut new = old.clone();
+                    match op.value {
+                        Some(v) => {
+                            new.insert(format!("k{}", v % 3), json!(v));
+                        }
+                        None => {
+                            new.remove("k0");
+                        }
+                    }
+                    Some(new)
+                }
+            },
+            Op::Delete => None,
+        };
+        if next == state.1 {
+            return Outcome::Unchanged { version: state.0 };
+        }
+        state.0 += 1;
+        state.1 = next;
+        Outcome::Applied { version: state.0 }
+    }
+
+    fn model_data(value: Option<u8>) -> Object {
+        match value {
+            Some(v) => obj(json!({ format!("k{}", v % 3): v })),
+            None => Object::new(),
+        }
+    }
+
+    fn to_change(i: usize, op: &ModelOp) -> Change {
+        let data = match op.op {
+            Op::Upsert => Some(json!(model_data(op.value))),
+            Op::Patch => Some(match op.value {
+                Some(v) => json!({ format!("k{}", v % 3): v }),
+                None => json!({"k0": null}),
+            }),
+            Op::Delete => None,
+        };
+        change(&format!("c{i}"), op.op, data, op.expected)
+    }
+
+    fn model_op() -> impl Strategy<Value = ModelOp> {
+        (
+            prop_oneof![Just(Op::Upsert), Just(Op::Patch), Just(Op::Delete)],
+            proptest::option::of(0u8..4),
+            proptest::option::of(0u64..5),
+        )
+            .prop_map(|(op, value, expected)| ModelOp {
+                op,
+                value,
+                expected,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decide_agrees_with_the_reference_model(ops in proptest::collection::vec(model_op(), 1..40)) {
+            let mut model: (u64, Option<Object>) = (0, None);
+            let mut current: Option<Record> = None;
+            for (i, op) in ops.iter().enumerate() {
+                let expected = model_step(&mut model, op);
+                let decision = decide(current.as_ref(), &to_change(i, op), now());
+                prop_assert_eq!(decision.outcome(), expected.clone());
+                if let Decision::Write(r) = decision {
+                    let before = current.as_ref().map_or(0, |c| c.version);
+                    prop_assert_eq!(r.version, before + 1, "versions grow by exactly one");
+                    prop_assert_eq!(r.change_id.as_str(), format!("c{i}"));
+                    current = Some(r);
+                } else {
+                    let applied = matches!(expected, Outcome::Applied { .. });
+                    prop_assert!(!applied, "the model applied what decide kept");
+                }
+                prop_assert_eq!(current.as_ref().map_or(0, |r| r.version), model.0);
+                prop_assert_eq!(current.as_ref().and_then(|r| r.data.clone()), model.1.clone());
+            }
+        }
+
+        #[test]
+        fn replanning_with_stored_outcomes_is_a_no_op(ops in proptest::collection::vec(model_op(), 1..30)) {
+            let changes: Vec<_> = ops
+                .iter()
+                .enumerate()
+                .map(|(i, op)| logged(i as u64, to_change(i, op)))
+                .collect();
+            let first = plan(&changes, 0, changes.len() as u64, HashMap::new(), HashMap::new());
+            let records: HashMap<_, _> =
+                first.applied.states.iter().map(|r| (r.key(), r.clone())).collect();
+            let outcomes: HashMap<_, _> = first.outcome_writes.iter().cloned().collect();
+            for position in [0, changes.len() as u64] {
+                let again = plan(&changes, position, 0, records.clone(), outcomes.clone());
+                prop_assert_eq!(&again.applied, &first.applied);
+                prop_assert!(again.record_writes.is_empty());
+                prop_assert!(again.outcome_writes.is_empty());
+            }
+        }
+    }
+}

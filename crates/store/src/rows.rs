@@ -1,0 +1,173 @@
+//! Conversions between domain values and the columns both schemas share: outcomes as
+//! (status, version), data as JSON text, unsigned numbers as signed 64-bit integers.
+//!
+//! Reading never trusts a row: a value that does not convert is [`StoreError::Corrupt`], never
+//! a panic.
+
+use chrono::{DateTime, Utc};
+use tenantsync_core::{ChangeId, EntityId, Object, Outcome, Record, RejectReason, TenantId};
+
+use crate::StoreError;
+
+const APPLIED: &str = "applied";
+const UNCHANGED: &str = "unchanged";
+const VERSION_CONFLICT: &str = "version_conflict";
+const NOT_FOUND: &str = "not_found";
+
+/// An outcome as its `status` and `version` columns.
+pub(crate) fn outcome_to_row(outcome: &Outcome) -> Result<(&'static str, i64), StoreError> {
+    let (status, version) = match outcome {
+        Outcome::Applied { version } => (APPLIED, *version),
+        Outcome::Unchanged { version } => (UNCHANGED, *version),
+        Outcome::Rejected {
+            reason: RejectReason::VersionConflict,
+            current_version,
+        } => (VERSION_CONFLICT, *current_version),
+        Outcome::Rejected {
+            reason: RejectReason::NotFound,
+            current_version,
+        } => (NOT_FOUND, *current_version),
+    };
+    Ok((status, to_i64("version", version)?))
+}
+
+pub(crate) fn outcome_from_row(status: &str, version: i64) -> Result<Outcome, StoreError> {
+    let version = to_u64("outcome version", version)?;
+    Ok(match status {
+        APPLIED => Outcome::Applied { version },
+        UNCHANGED => Outcome::Unchanged { version },
+        VERSION_CONFLICT => Outcome::Rejected {
+            reason: RejectReason::VersionConflict,
+            current_version: version,
+        },
+        NOT_FOUND => Outcome::Rejected {
+            reason: RejectReason::NotFound,
+            current_version: version,
+        },
+        other => {
+            return Err(StoreError::Corrupt {
+                what: "outcome status",
+                detail: format!("unknown status {other:?}"),
+            });
+        }
+    })
+}
+
+pub(crate) fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
+}
+
+pub(crate) fn to_u64(what: &'static str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt {
+        what,
+        detail: format!("negative value {value}"),
+    })
+}
+
+pub(crate) fn encode_data(data: &Object) -> Result<String, StoreError> {
+    serde_json::to_string(data).map_err(|e| StoreError::Corrupt {
+        what: "record data",
+        detail: format!("cannot encode as JSON: {e}"),
+    })
+}
+
+/// A record as read from a row, before validation.
+pub(crate) struct RecordRow {
+    pub tenant: String,
+    pub id: String,
+    pub version: i64,
+    pub data: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    pub change_id: String,
+}
+
+impl RecordRow {
+    pub(crate) fn into_record(self) -> Result<Record, StoreError> {
+        let corrupt = |what: &'static str, detail: String| StoreError::Corrupt { what, detail };
+        let tenant =
+            TenantId::new(self.tenant).map_err(|e| corrupt("record tenant", e.to_string()))?;
+        let id = EntityId::new(self.id).map_err(|e| corrupt("record id", e.to_string()))?;
+        let data = match self.data {
+            None => None,
+            Some(text) => Some(serde_json::from_str::<Object>(&text).map_err(|e| {
+                corrupt(
+                    "record data",
+                    format!("tenant {tenant} id {id:?}: not a JSON object: {e}"),
+                )
+            })?),
+        };
+        Ok(Record {
+            version: to_u64("record version", self.version)?,
+            change_id: ChangeId::new(self.change_id)
+                .map_err(|e| corrupt("record change id", e.to_string()))?,
+            tenant,
+            id,
+            data,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_round_trip() {
+        for outcome in [
+            Outcome::Applied { version: 3 },
+            Outcome::Unchanged { version: 0 },
+            Outcome::Rejected {
+                reason: RejectReason::VersionConflict,
+                current_version: 7,
+            },
+            Outcome::Rejected {
+                reason: RejectReason::NotFound,
+                current_version: 0,
+            },
+        ] {
+            let (status, version) = outcome_to_row(&outcome).unwrap();
+            assert_eq!(outcome_from_row(status, version).unwrap(), outcome);
+        }
+        assert!(matches!(
+            outcome_from_row("exploded", 1),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            outcome_from_row(APPLIED, -1),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_errors() {
+        assert!(matches!(
+            to_i64("offset", u64::MAX),
+            Err(StoreError::OutOfRange { .. })
+        ));
+        assert_eq!(to_i64("offset", 5).unwrap(), 5);
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors_not_panics() {
+        let row = |data: &str| RecordRow {
+            tenant: "acme".into(),
+            id: "1".into(),
+            version: 1,
+            data: Some(data.into()),
+            updated_at: Utc::now(),
+            change_id: "c".into(),
+        };
+        assert!(row("{\"a\":1}").into_record().is_ok());
+        assert!(matches!(
+            row("[1]").into_record(),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut bad_tenant = row("{}");
+        bad_tenant.tenant = "ACME".into();
+        assert!(matches!(
+            bad_tenant.into_record(),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,553 @@
+//! The SQLite backend: the default master store, one file under the data dir.
+//!
+//! One writer connection lives on a dedicated thread and runs every write (`apply`,
+//! `declare_dataset`) in order, each in one `BEGIN IMMEDIATE` transaction; SQLite allows one
+//! writer at a time anyway, and one thread keeps its statement cache warm. Reads run on a few
+//! reader connections in `spawn_blocking`; in WAL mode they read the last committed state and
+//! never wait for the writer. The journal is WAL with `synchronous=FULL`, so a commit that
+//! returned survives a power loss.
+//!
+//! This module must never block an async worker thread on SQLite, and never decide what a
+//! change does itself: that is [`crate::apply`].
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use tenantsync_core::{ChangeId, DatasetName, EntityId, Outcome, Record, TenantId};
+use tokio::sync::{Semaphore, oneshot};
+use tracing::{error, info};
+
+use crate::apply::{self, OutcomeKey};
+use crate::migrations::{self, Migration};
+use crate::rows::{self, RecordRow};
+use crate::{Applied, Dataset, LoggedChange, MasterStore, Offset, StoreError};
+
+/// Reader connections: enough for the API's concurrent reads on 2 cores, few enough that a
+/// burst of reads does not starve the writer of CPU.
+const READERS: usize = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Page cache of the writer, in KiB (SQLite's negative `cache_size`): the working set of a busy
+/// partition's keys should stay in memory.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+const STATEMENT_CACHE: usize = 32;
+
+const SELECT_POSITION: &str =
+    "SELECT next_offset FROM positions WHERE dataset = ?1 AND partition = ?2";
+const UPSERT_POSITION: &str = "INSERT INTO positions (dataset, partition, next_offset) \
+     VALUES (?1, ?2, ?3) \
+     ON CONFLICT (dataset, partition) DO UPDATE \
+     SET next_offset = max(next_offset, excluded.next_offset)";
+const SELECT_RECORD: &str = "SELECT tenant, id, version, data, updated_at, change_id \
+     FROM records WHERE dataset = ?1 AND tenant = ?2 AND id = ?3";
+const UPSERT_RECORD: &str = "INSERT INTO records \
+     (dataset, tenant, id, version, data, updated_at, change_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+     ON CONFLICT (dataset, tenant, id) DO UPDATE SET version = excluded.version, \
+     data = excluded.data, updated_at = excluded.updated_at, change_id = excluded.change_id";
+const SELECT_OUTCOME: &str = "SELECT status, version FROM applied_changes \
+     WHERE dataset = ?1 AND tenant = ?2 AND change_id = ?3";
+const INSERT_OUTCOME: &str = "INSERT INTO applied_changes \
+     (dataset, tenant, change_id, status, version) VALUES (?1, ?2, ?3, ?4, ?5)";
+const SCAN_FIRST: &str = "SELECT tenant, id, version, data, updated_at, change_id \
+     FROM records WHERE dataset = ?1 AND tenant = ?2 ORDER BY id LIMIT ?3";
+const SCAN_AFTER: &str = "SELECT tenant, id, version, data, updated_at, change_id \
+     FROM records WHERE dataset = ?1 AND tenant = ?2 AND id > ?3 ORDER BY id LIMIT ?4";
+
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The SQLite master store. Cheap to share behind an `Arc`; dropping it stops the writer thread
+/// once queued writes are done.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<WriteJob>,
+    readers: Arc<Readers>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`, creating its parent directory and
+    /// migrating its schema.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let owned = path.to_owned();
+        let conn = blocking(move || open_writer(&owned)).await?;
+        let (writer, jobs) = mpsc::channel::<WriteJob>();
+        let thread_path = path.display().to_string();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(conn, jobs, &thread_path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer,
+            readers: Arc::new(Readers {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::with_capacity(READERS)),
+                permits: Semaphore::new(READERS),
+            }),
+        })
+    }
+
+    /// Runs `job` on the writer thread and waits for its result.
+    async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        self.writer
+            .send(Box::new(move |conn| {
+                // The caller may have gone away (a cancelled request); the write still happened
+                // or not as a whole, so there is nothing to do about a closed channel.
+                let _ = reply.send(job(conn));
+            }))
+            .map_err(|_| writer_stopped(&self.path))?;
+        result.await.map_err(|_| writer_stopped(&self.path))?
+    }
+
+    /// Runs `job` on a reader connection in the blocking pool.
+    async fn read<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        // The semaphore is never closed, so acquire only fails if it were.
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Io(std::io::Error::other("sqlite reader pool closed")))?;
+        let readers = Arc::clone(&self.readers);
+        blocking(move || {
+            let idle = readers.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => open_reader(&readers.path)?,
+            };
+            let result = job(&conn);
+            readers
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+            result
+        })
+        .await
+    }
+}
+
+fn writer_stopped(path: &Path) -> StoreError {
+    StoreError::Io(std::io::Error::other(format!(
+        "sqlite writer thread for {} stopped",
+        path.display()
+    )))
+}
+
+async fn blocking<T, F>(job: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(format!("sqlite task failed: {e}"))))?
+}
+
+fn run_writer(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, path: &str) {
+    for job in jobs {
+        // A panicking job drops its reply (the caller gets an error) and rolls its transaction
+        // back as it unwinds; the writer carries on with the next one.
+        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+            error!(path, "sqlite write panicked; its transaction was rolled back");
+        }
+    }
+}
+
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if let Ok(v) = std::env::var("TS_PAGE_SIZE") { conn.pragma_update(None, "page_size", v.parse::<i64>().unwrap())?; }
+    if let Ok(v) = std::env::var("TS_CKPT") { conn.pragma_update(None, "wal_autocheckpoint", v.parse::<i64>().unwrap())?; }
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Io(std::io::Error::other(format!(
+            "sqlite store {}: cannot enable WAL journal (got {mode})",
+            path.display()
+        ))));
+    }
+    // FULL: a returned commit survives a power loss, which is what lets the processor commit
+    // its changes-log offset after apply returns.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "query_only", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    // IMMEDIATE takes the write lock first, so two processes opening one file migrate in turn.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS tenantsync_migrations (
+             version    INTEGER NOT NULL PRIMARY KEY,
+             name       TEXT    NOT NULL,
+             applied_at TEXT    NOT NULL
+         )",
+    )?;
+    let current: i64 = tx.query_row(
+        "SELECT coalesce(max(version), 0) FROM tenantsync_migrations",
+        [],
+        |row| row.get(0),
+    )?;
+    let known = migrations::latest(migrations::SQLITE);
+    if current > known {
+        return Err(StoreError::Corrupt {
+            what: "schema version",
+            detail: format!(
+                "{} is at schema version {current}, newer than this build's {known}",
+                path.display()
+            ),
+        });
+    }
+    for Migration { version, name, sql } in migrations::SQLITE {
+        if *version <= current {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO tenantsync_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![version, name, Utc::now().to_rfc3339()],
+        )?;
+        info!(path = %path.display(), migration = name, "applied sqlite migration");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn record_row(row: &Row<'_>) -> rusqlite::Result<RecordRow> {
+    let micros: i64 = row.get(4)?;
+    Ok(RecordRow {
+        tenant: row.get(0)?,
+        id: row.get(1)?,
+        version: row.get(2)?,
+        data: row.get(3)?,
+        updated_at: DateTime::from_timestamp_micros(micros)
+            .ok_or(rusqlite::Error::IntegralValueOutOfRange(4, micros))?,
+        change_id: row.get(5)?,
+    })
+}
+
+fn into_record(row: RecordRow) -> Result<Record, StoreError> {
+    row.into_record()
+}
+
+fn partition_param(partition: u32) -> i64 {
+    i64::from(partition)
+}
+
+fn apply_in_transaction(
+    conn: &mut Connection,
+    dataset: &DatasetName,
+    partition: u32,
+    changes: &[LoggedChange],
+    next_offset: Offset,
+) -> Result<Applied, StoreError> {
+    let t0 = std::time::Instant::now();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let ds = dataset.as_str();
+    let part = partition_param(partition);
+    let position: Option<i64> = tx
+        .prepare_cached(SELECT_POSITION)?
+        .query_row(params![ds, part], |row| row.get(0))
+        .optional()?;
+    let position = rows::to_u64("position", position.unwrap_or(0))?;
+
+    let lookups = apply::lookups(changes);
+    let mut records = HashMap::with_capacity(lookups.keys.len());
+    {
+        let mut select = tx.prepare_cached(SELECT_RECORD)?;
+        for key in lookups.keys {
+            let row = select
+                .query_row(params![ds, key.tenant.as_str(), key.id.as_str()], record_row)
+                .optional()?;
+            if let Some(row) = row {
+                records.insert(key, into_record(row)?);
+            }
+        }
+    }
+    let mut outcomes: HashMap<OutcomeKey, Outcome> = HashMap::new();
+    {
+        let mut select = tx.prepare_cached(SELECT_OUTCOME)?;
+        for (tenant, change_id) in lookups.change_ids {
+            let row = select
+                .query_row(params![ds, tenant.as_str(), change_id.as_str()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            if let Some((status, version)) = row {
+                outcomes.insert((tenant, change_id), rows::outcome_from_row(&status, version)?);
+            }
+        }
+    }
+
+    let t1 = std::time::Instant::now();
+    let plan = apply::plan_batch(
+        dataset,
+        partition,
+        changes,
+        position,
+        next_offset,
+        records,
+        outcomes,
+        Utc::now(),
+    );
+    let t2 = std::time::Instant::now();
+
+    {
+        let mut upsert = tx.prepare_cached(UPSERT_RECORD)?;
+        for r in &plan.record_writes {
+            let data = r.data.as_ref().map(rows::encode_data).transpose()?;
+            upsert.execute(params![
+                ds,
+                r.tenant.as_str(),
+                r.id.as_str(),
+                rows::to_i64("version", r.version)?,
+                data,
+                r.updated_at.timestamp_micros(),
+                r.change_id.as_str(),
+            ])?;
+        }
+    }
+    {
+        let mut insert = tx.prepare_cached(INSERT_OUTCOME)?;
+        for ((tenant, change_id), outcome) in &plan.outcome_writes {
+            let (status, version) = rows::outcome_to_row(outcome)?;
+            insert.execute(params![
+                ds,
+                tenant.as_str(),
+                change_id.as_str(),
+                status,
+                version
+            ])?;
+        }
+    }
+    tx.prepare_cached(UPSERT_POSITION)?.execute(params![
+        ds,
+        part,
+        rows::to_i64("next offset", plan.position)?
+    ])?;
+    let t3 = std::time::Instant::now();
+    tx.commit()?;
+    let t4 = std::time::Instant::now();
+    if std::env::var("TS_PROF").is_ok() { eprintln!("read {:?} plan {:?} write {:?} commit {:?}", t1-t0, t2-t1, t3-t2, t4-t3); }
+    Ok(plan.applied)
+}
+
+fn declare_in_transaction(conn: &mut Connection, dataset: &Dataset) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let existing: Option<i64> = tx
+        .query_row(
+            "SELECT partitions FROM datasets WHERE name = ?1",
+            [dataset.name.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match existing {
+        Some(existing) => {
+            let existing = u32::try_from(existing).map_err(|_| StoreError::Corrupt {
+                what: "dataset partitions",
+                detail: format!("dataset {}: {existing} partitions", dataset.name),
+            })?;
+            if existing != dataset.partitions {
+                return Err(StoreError::DatasetMismatch {
+                    dataset: dataset.name.to_string(),
+                    existing,
+                    requested: dataset.partitions,
+                });
+            }
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO datasets (name, partitions) VALUES (?1, ?2)",
+                params![dataset.name.as_str(), i64::from(dataset.partitions)],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[async_trait]
+impl MasterStore for SqliteStore {
+    async fn declare_dataset(&self, dataset: &Dataset) -> Result<(), StoreError> {
+        let dataset = dataset.clone();
+        self.write(move |conn| declare_in_transaction(conn, &dataset))
+            .await
+    }
+
+    async fn datasets(&self) -> Result<Vec<Dataset>, StoreError> {
+        self.read(|conn| {
+            let mut select =
+                conn.prepare_cached("SELECT name, partitions FROM datasets ORDER BY name")?;
+            let rows = select.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, partitions) = row?;
+                out.push(Dataset {
+                    name: DatasetName::new(name).map_err(|e| StoreError::Corrupt {
+                        what: "dataset name",
+                        detail: e.to_string(),
+                    })?,
+                    partitions: u32::try_from(partitions).map_err(|_| StoreError::Corrupt {
+                        what: "dataset partitions",
+                        detail: format!("{partitions} partitions"),
+                    })?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn apply(
+        &self,
+        dataset: &DatasetName,
+        partition: u32,
+        changes: &[LoggedChange],
+        next_offset: Offset,
+    ) -> Result<Applied, StoreError> {
+        // The writer thread needs owned data; the copy is cheap next to the transaction.
+        let dataset = dataset.clone();
+        let changes = changes.to_vec();
+        self.write(move |conn| {
+            apply_in_transaction(conn, &dataset, partition, &changes, next_offset)
+        })
+        .await
+    }
+
+    async fn position(&self, dataset: &DatasetName, partition: u32) -> Result<Offset, StoreError> {
+        let dataset = dataset.clone();
+        self.read(move |conn| {
+            let position: Option<i64> = conn
+                .prepare_cached(SELECT_POSITION)?
+                .query_row(
+                    params![dataset.as_str(), partition_param(partition)],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            rows::to_u64("position", position.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        dataset: &DatasetName,
+        tenant: &TenantId,
+        id: &EntityId,
+    ) -> Result<Option<Record>, StoreError> {
+        let (dataset, tenant, id) = (dataset.clone(), tenant.clone(), id.clone());
+        self.read(move |conn| {
+            conn.prepare_cached(SELECT_RECORD)?
+                .query_row(
+                    params![dataset.as_str(), tenant.as_str(), id.as_str()],
+                    record_row,
+                )
+                .optional()?
+                .map(into_record)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn outcome(
+        &self,
+        dataset: &DatasetName,
+        tenant: &TenantId,
+        change_id: &ChangeId,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let (dataset, tenant, change_id) = (dataset.clone(), tenant.clone(), change_id.clone());
+        self.read(move |conn| {
+            conn.prepare_cached(SELECT_OUTCOME)?
+                .query_row(
+                    params![dataset.as_str(), tenant.as_str(), change_id.as_str()],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+                )
+                .optional()?
+                .map(|(status, version)| rows::outcome_from_row(&status, version))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        dataset: &DatasetName,
+        tenant: &TenantId,
+        after: Option<&EntityId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let (dataset, tenant, after) = (dataset.clone(), tenant.clone(), after.cloned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let (ds, t) = (dataset.as_str(), tenant.as_str());
+            let found = match &after {
+                None => conn
+                    .prepare_cached(SCAN_FIRST)?
+                    .query_map(params![ds, t, limit], record_row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+                Some(after) => conn
+                    .prepare_cached(SCAN_AFTER)?
+                    .query_map(params![ds, t, after.as_str(), limit], record_row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            found.into_iter().map(into_record).collect()
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await?;
+        // A dead writer thread makes the store useless even if reads work.
+        self.write(|_| Ok(())).await
+    }
+}

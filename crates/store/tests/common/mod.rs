@@ -1,0 +1,395 @@
+//! Test support shared by the store's integration tests: one fresh store per test (a temp dir
+//! for SQLite, a fresh schema for PostgreSQL), change builders, and a reference model of the
+//! `MasterStore` contract written independently of the store's own rules.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{TimeZone, Utc};
+use serde_json::Value;
+use tenantsync_core::{
+    Change, ChangeId, DatasetName, EntityId, Object, Op, Outcome, Record, RejectReason, TenantId,
+};
+use tenantsync_store::{LoggedChange, MasterStore, Offset, postgres::PostgresStore, sqlite::SqliteStore};
+
+pub const POSTGRES_ENV: &str = "TENANTSYNC_TEST_POSTGRES";
+
+/// A store and whatever must outlive it. Fields drop in order: the store first, then its
+/// temp dir or schema.
+pub struct Harness {
+    pub store: Arc<dyn MasterStore>,
+    _guard: Guard,
+}
+
+enum Guard {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(PgSchema),
+}
+
+pub async fn sqlite() -> Option<Harness> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("store.db"))
+        .await
+        .expect("open sqlite store");
+    Some(Harness {
+        store: Arc::new(store),
+        _guard: Guard::Sqlite(dir),
+    })
+}
+
+pub async fn postgres() -> Option<Harness> {
+    let schema = PgSchema::create().await?;
+    let store = PostgresStore::connect(&schema.url)
+        .await
+        .expect("connect postgres store");
+    Some(Harness {
+        store: Arc::new(store),
+        _guard: Guard::Postgres(schema),
+    })
+}
+
+/// A schema of its own in the test database, dropped when the test ends (even by a panic).
+pub struct PgSchema {
+    pub base_url: String,
+    pub name: String,
+    /// The base URL with this schema as its search_path.
+    pub url: String,
+}
+
+static SCHEMAS: AtomicU64 = AtomicU64::new(0);
+
+impl PgSchema {
+    /// `None`, after printing a skip notice, when no test database is configured.
+    pub async fn create() -> Option<Self> {
+        let Ok(base_url) = std::env::var(POSTGRES_ENV) else {
+            eprintln!("skipping PostgreSQL test: {POSTGRES_ENV} is not set");
+            return None;
+        };
+        let name = format!(
+            "ts_store_{}_{}",
+            std::process::id(),
+            SCHEMAS.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = admin(&base_url).await;
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+            ))
+            .await
+            .expect("create test schema");
+        let sep = if base_url.contains('?') { '&' } else { '?' };
+        let url = format!("{base_url}{sep}options=-csearch_path%3D{name}");
+        Some(Self {
+            base_url,
+            name,
+            url,
+        })
+    }
+}
+
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {POSTGRES_ENV}={url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Drop may run inside the test's runtime, which cannot be blocked on; a thread with a
+        // runtime of its own can.
+        let (url, name) = (self.base_url.clone(), self.name.clone());
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let client = admin(&url).await;
+                if let Err(e) = client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .await
+                {
+                    eprintln!("could not drop test schema {name}: {e}");
+                }
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Builders
+
+pub fn ds(name: &str) -> DatasetName {
+    DatasetName::new(name).unwrap()
+}
+
+pub fn tenant(t: &str) -> TenantId {
+    TenantId::new(t).unwrap()
+}
+
+pub fn eid(id: &str) -> EntityId {
+    EntityId::new(id).unwrap()
+}
+
+pub fn cid(c: &str) -> ChangeId {
+    ChangeId::new(c).unwrap()
+}
+
+pub fn obj(v: Value) -> Object {
+    v.as_object().expect("a JSON object").clone()
+}
+
+pub fn change(change_id: &str, op: Op, t: &str, id: &str, data: Option<Value>) -> Change {
+    Change {
+        change_id: cid(change_id),
+        op,
+        tenant: tenant(t),
+        id: eid(id),
+        data: data.map(obj),
+        expected_version: None,
+        accepted_at: Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap(),
+    }
+}
+
+pub fn upsert(change_id: &str, t: &str, id: &str, data: Value) -> Change {
+    change(change_id, Op::Upsert, t, id, Some(data))
+}
+
+pub fn patch(change_id: &str, t: &str, id: &str, data: Value) -> Change {
+    change(change_id, Op::Patch, t, id, Some(data))
+}
+
+pub fn delete(change_id: &str, t: &str, id: &str) -> Change {
+    change(change_id, Op::Delete, t, id, None)
+}
+
+pub fn expecting(mut c: Change, version: u64) -> Change {
+    c.expected_version = Some(version);
+    c
+}
+
+/// Numbers a batch's changes with consecutive offsets from `first`.
+pub fn at(first: Offset, changes: Vec<Change>) -> Vec<LoggedChange> {
+    changes
+        .into_iter()
+        .zip(first..)
+        .map(|(change, offset)| LoggedChange { offset, change })
+        .collect()
+}
+
+pub const fn applied(version: u64) -> Outcome {
+    Outcome::Applied { version }
+}
+
+pub const fn unchanged(version: u64) -> Outcome {
+    Outcome::Unchanged { version }
+}
+
+pub const fn conflict(current_version: u64) -> Outcome {
+    Outcome::Rejected {
+        reason: RejectReason::VersionConflict,
+        current_version,
+    }
+}
+
+pub const fn not_found() -> Outcome {
+    Outcome::Rejected {
+        reason: RejectReason::NotFound,
+        current_version: 0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference model
+
+/// What the model knows of a record: everything but `updated_at`, which is the store's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRecord {
+    pub version: u64,
+    pub data: Option<Object>,
+    pub change_id: ChangeId,
+}
+
+impl ModelRecord {
+    pub fn of(r: &Record) -> Self {
+        Self {
+            version: r.version,
+            data: r.data.clone(),
+            change_id: r.change_id.clone(),
+        }
+    }
+}
+
+/// The contract as a plain in-memory state machine over one dataset: a change log is replayed
+/// in offset order, each change id taking effect once, at its first occurrence.
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    pub records: BTreeMap<(TenantId, EntityId), ModelRecord>,
+    pub outcomes: HashMap<(TenantId, ChangeId), Outcome>,
+}
+
+impl Model {
+    pub fn replay(log: &[Change]) -> Self {
+        let mut m = Self::default();
+        for c in log {
+            m.apply(c);
+        }
+        m
+    }
+
+    pub fn apply(&mut self, c: &Change) -> Outcome {
+        let id_key = (c.tenant.clone(), c.change_id.clone());
+        if let Some(o) = self.outcomes.get(&id_key) {
+            return o.clone();
+        }
+        let key = (c.tenant.clone(), c.id.clone());
+        let current = self.records.get(&key);
+        let stored = current.map_or(0, |r| r.version);
+        let live = current.and_then(|r| r.data.clone());
+        let live_version = if live.is_some() { stored } else { 0 };
+        let outcome = 'decide: {
+            if let Some(e) = c.expected_version {
+                let ok = match e {
+                    0 => live.is_none(),
+                    v => live.is_some() && v == stored,
+                };
+                if !ok {
+                    break 'decide conflict(live_version);
+                }
+            }
+            let next = match c.op {
+                Op::Upsert => c.data.clone(),
+                Op::Patch => match &live {
+                    None => break 'decide not_found(),
+                    Some(old) => {
+                        let mut doc = Value::Object(old.clone());
+                        merge(&mut doc, &Value::Object(c.data.clone().unwrap_or_default()));
+                        match doc {
+                            Value::Object(m) => Some(m),
+                            _ => unreachable!(),
+                        }
+                    }
+                },
+                Op::Delete => None,
+            };
+            if next == live {
+                break 'decide unchanged(stored);
+            }
+            self.records.insert(
+                key,
+                ModelRecord {
+                    version: stored + 1,
+                    data: next,
+                    change_id: c.change_id.clone(),
+                },
+            );
+            applied(stored + 1)
+        };
+        self.outcomes.insert(id_key, outcome.clone());
+        outcome
+    }
+
+    pub fn get(&self, t: &TenantId, id: &EntityId) -> Option<&ModelRecord> {
+        self.records.get(&(t.clone(), id.clone()))
+    }
+}
+
+/// RFC 7396, written out here so the model does not share code with the store.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Object::new());
+    }
+    let Value::Object(t) = target else {
+        unreachable!()
+    };
+    for (k, v) in patch {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// Every record of a tenant, read page by page.
+pub async fn scan_all(
+    store: &dyn MasterStore,
+    dataset: &DatasetName,
+    t: &TenantId,
+    page: usize,
+) -> Vec<Record> {
+    let mut out: Vec<Record> = Vec::new();
+    loop {
+        let after = out.last().map(|r| r.id.clone());
+        let got = store
+            .scan(dataset, t, after.as_ref(), page)
+            .await
+            .expect("scan");
+        assert!(got.len() <= page, "scan returned more than its limit");
+        let done = got.len() < page;
+        out.extend(got);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Asserts that the store holds exactly the model's records for these tenants, and the
+/// model's outcome for every change id.
+pub async fn assert_matches_model(
+    store: &dyn MasterStore,
+    dataset: &DatasetName,
+    tenants: &[TenantId],
+    model: &Model,
+) {
+    for t in tenants {
+        let stored: Vec<_> = scan_all(store, dataset, t, 7)
+            .await
+            .iter()
+            .map(|r| (r.id.clone(), ModelRecord::of(r)))
+            .collect();
+        let expected: Vec<_> = model
+            .records
+            .iter()
+            .filter(|((rt, _), _)| rt == t)
+            .map(|((_, id), r)| (id.clone(), r.clone()))
+            .collect();
+        assert_eq!(stored, expected, "records of tenant {t} in dataset {dataset}");
+    }
+    for ((t, c), outcome) in &model.outcomes {
+        let stored = store.outcome(dataset, t, c).await.expect("outcome");
+        assert_eq!(stored.as_ref(), Some(outcome), "outcome of {t}/{c}");
+    }
+}
+
+/// A small deterministic generator (splitmix64) for randomised tests that do not shrink.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
