@@ -36,7 +36,9 @@ pub async fn declare(
 ) -> Result<Response, ApiError> {
     let name = DatasetName::new(name)?;
     let body = extract::body(body, state.config.max_body_bytes)?;
-    let DeclareBody { partitions } = serde_json::from_slice(&body).map_err(|e| {
+    // Through an object first: serde would also accept the sequence form `[8]` for a struct.
+    let object = serde_json::Value::Object(extract::json_object(&body)?);
+    let DeclareBody { partitions } = serde_json::from_value(object).map_err(|e| {
         ApiError::BadBody(format!(
             "the body must be {{\"partitions\": N}} with N from 1 to 1024: {e}"
         ))

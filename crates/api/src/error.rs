@@ -27,9 +27,14 @@ pub enum ApiError {
     },
     /// The dataset exists with another partition count.
     Conflict(String),
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
     /// Accepted, durably logged, but not applied within the wait.
-    ApplyTimeout { change_id: String, status_url: String },
+    ApplyTimeout {
+        change_id: String,
+        status_url: String,
+    },
     /// The log or the store is unreachable right now.
     Unavailable(String),
     Internal(String),
@@ -48,7 +53,9 @@ impl ApiError {
             ApiError::UnknownDataset(d) => (
                 StatusCode::NOT_FOUND,
                 "unknown-dataset",
-                format!("dataset {d} is not declared; declare it with PUT /v1/datasets/{d} and a body like {{\"partitions\": 8}}"),
+                format!(
+                    "dataset {d} is not declared; declare it with PUT /v1/datasets/{d} and a body like {{\"partitions\": 8}}"
+                ),
             ),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "not-found", d.clone()),
             ApiError::VersionConflict {
@@ -62,7 +69,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
-                format!("the request body is larger than the limit of {limit} bytes; split it or raise max_body_bytes"),
+                format!(
+                    "the request body is larger than the limit of {limit} bytes; split it or raise max_body_bytes"
+                ),
             ),
             ApiError::ApplyTimeout {
                 change_id,
@@ -73,7 +82,9 @@ impl ApiError {
                 (
                     StatusCode::GATEWAY_TIMEOUT,
                     "apply-timeout",
-                    format!("change {change_id} is durably accepted but was not applied in time; poll {status_url} for its outcome"),
+                    format!(
+                        "change {change_id} is durably accepted but was not applied in time; poll {status_url} for its outcome"
+                    ),
                 )
             }
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", d.clone()),
@@ -146,9 +157,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::DatasetMismatch { .. } => ApiError::Conflict(e.to_string()),
-            e if e.is_transient() => {
-                ApiError::Unavailable(format!("the master store is unavailable, retry shortly: {e}"))
-            }
+            e if e.is_transient() => ApiError::Unavailable(format!(
+                "the master store is unavailable, retry shortly: {e}"
+            )),
             e => ApiError::Internal(e.to_string()),
         }
     }

@@ -62,7 +62,9 @@ pub fn json_object(bytes: &[u8]) -> Result<Object, ApiError> {
         Ok(_) => Err(ApiError::BadBody(
             "the body must be a JSON object, like {\"name\": \"value\"}".to_owned(),
         )),
-        Err(e) => Err(ApiError::BadBody(format!("the body is not valid JSON: {e}"))),
+        Err(e) => Err(ApiError::BadBody(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -97,7 +99,9 @@ pub fn preconditions(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
                 .ok_or_else(|| {
                     InvalidInput::new(
                         "If-Match",
-                        format!("{v:?} is not a record version; send the ETag of a GET, like \"3\""),
+                        format!(
+                            "{v:?} is not a record version; send the ETag of a GET, like \"3\""
+                        ),
                     )
                 })
         })

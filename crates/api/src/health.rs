@@ -32,6 +32,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     };
     (
         status,
-        Json(json!({"status": if ready { "ready" } else { "unavailable" }, "log": show(&log), "store": show(&store)})),
+        Json(
+            json!({"status": if ready { "ready" } else { "unavailable" }, "log": show(&log), "store": show(&store)}),
+        ),
     )
 }

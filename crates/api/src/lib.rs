@@ -16,9 +16,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use tenantsync_log::Log;
-use tenantsync_processor::Datasets;
+use tenantsync_processor::{AppliedHub, Datasets};
 use tenantsync_store::MasterStore;
-use tokio::sync::watch;
 
 pub use error::ApiError;
 
@@ -50,8 +49,8 @@ pub struct AppState {
     pub log: Arc<dyn Log>,
     pub store: Arc<dyn MasterStore>,
     pub datasets: Arc<Datasets>,
-    /// Changes whenever the local processor applied a batch (see `Processor::progress`).
-    pub progress: watch::Receiver<u64>,
+    /// Where `?wait=applied` writers wait for this instance's processor.
+    pub applied: Arc<AppliedHub>,
     pub config: ApiConfig,
 }
 

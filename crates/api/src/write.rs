@@ -63,17 +63,22 @@ pub async fn submit(state: &AppState, dataset: &Dataset, batch: &[Change]) -> Re
     Ok(())
 }
 
-/// Waits until the change has an outcome in the master store. Wakes when the local processor
-/// applies a batch, and re-checks now and then for changes applied by another instance.
+/// How often a waiting writer looks in the store itself, for changes that another instance
+/// (sharing the store) applies: those never reach this instance's hub.
+const STORE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits until the change has an outcome: woken by this instance's processor, or found in the
+/// store when another instance applied it.
 pub async fn wait_applied(
     state: &AppState,
     dataset: &Dataset,
     change: &Change,
 ) -> Result<Outcome, ApiError> {
     let deadline = Instant::now() + state.config.apply_timeout;
-    let mut progress = state.progress.clone();
+    let mut waiter = state
+        .applied
+        .register(&dataset.name, &change.tenant, &change.change_id);
     loop {
-        progress.mark_unchanged();
         if let Some(outcome) = state
             .store
             .outcome(&dataset.name, &change.tenant, &change.change_id)
@@ -81,9 +86,9 @@ pub async fn wait_applied(
         {
             return Ok(outcome);
         }
-        let recheck = Instant::now() + std::time::Duration::from_millis(100);
+        let recheck = Instant::now() + STORE_RECHECK;
         tokio::select! {
-            _ = progress.changed() => {}
+            outcome = waiter.outcome() => return Ok(outcome),
             _ = tokio::time::sleep_until(recheck.min(deadline)) => {}
         }
         if Instant::now() >= deadline {
@@ -152,7 +157,11 @@ pub async fn applied_reply(
             {
                 Some(record) => {
                     let version = record.version;
-                    Ok((StatusCode::OK, crate::records::record_json(&record), Some(version)))
+                    Ok((
+                        StatusCode::OK,
+                        crate::records::record_json(&record),
+                        Some(version),
+                    ))
                 }
                 None => Err(ApiError::NotFound(format!(
                     "record {}:{} does not exist",
@@ -198,10 +207,7 @@ fn parse_line(line: &[u8]) -> Result<Change, ApiError> {
         (_, Some(Value::Object(map))) => Some(map),
         (_, Some(_)) => return Err(InvalidInput::new("data", "must be a JSON object").into()),
     };
-    let change_id = line
-        .idempotency_key
-        .map(ChangeId::new)
-        .transpose()?;
+    let change_id = line.idempotency_key.map(ChangeId::new).transpose()?;
     change(line.op, tenant, id, data, change_id, line.expected_version)
 }
 

@@ -9,7 +9,10 @@ use tenantsync_log_kafka::{KafkaConfig, KafkaLog};
 use tenantsync_store::MasterStore;
 
 /// `embedded://DIR` or `kafka://HOST:PORT[,HOST:PORT...]`.
-pub async fn open_log(url: &str, kafka_options: &[(String, String)]) -> anyhow::Result<Arc<dyn Log>> {
+pub async fn open_log(
+    url: &str,
+    kafka_options: &[(String, String)],
+) -> anyhow::Result<Arc<dyn Log>> {
     if let Some(dir) = url.strip_prefix("embedded://") {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create log dir {dir}"))?;
         let log = EmbeddedLog::open(dir.as_ref(), EmbeddedOptions::default())

@@ -108,7 +108,10 @@ impl Env {
                 for topic in [topics.changes(&name), topics.state(&name)] {
                     cluster.create_topic(&topic, common.partitions as i32, 3)?;
                 }
-                (format!("kafka://{}", cluster.bootstrap_servers()), Some(cluster))
+                (
+                    format!("kafka://{}", cluster.bootstrap_servers()),
+                    Some(cluster),
+                )
             }
         };
         Ok(Env {
@@ -158,7 +161,11 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
             .map(|i| {
                 let change = Change {
                     change_id: ChangeId::new(format!("c{}", written + i)).expect("valid"),
-                    op: if rng.random_bool(0.2) { Op::Patch } else { Op::Upsert },
+                    op: if rng.random_bool(0.2) {
+                        Op::Patch
+                    } else {
+                        Op::Upsert
+                    },
                     tenant: tenant(rng.random_range(0..args.common.tenants)),
                     id: EntityId::new(format!("item-{}", rng.random_range(0..100))).expect("valid"),
                     data: json!({"qty": rng.random_range(0..1000), "name": "widget"})
@@ -196,7 +203,10 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
     while processor.stats().changes.load(Ordering::Relaxed) < args.changes {
         tokio::time::sleep(Duration::from_millis(5)).await;
         if last_report.elapsed() > Duration::from_secs(2) {
-            eprintln!("  {} applied", processor.stats().changes.load(Ordering::Relaxed));
+            eprintln!(
+                "  {} applied",
+                processor.stats().changes.load(Ordering::Relaxed)
+            );
             last_report = Instant::now();
         }
     }
@@ -240,7 +250,11 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
         .json(&json!({"partitions": args.common.partitions}))
         .send()
         .await?;
-    anyhow::ensure!(declared.status().is_success(), "declare: {}", declared.status());
+    anyhow::ensure!(
+        declared.status().is_success(),
+        "declare: {}",
+        declared.status()
+    );
 
     // Phase 1: closed loop, as many PUTs as `connections` clients get accepted.
     eprintln!(
@@ -260,7 +274,11 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
                     rng.random_range(0..tenants),
                     rng.random_range(0..100)
                 );
-                let r = client.put(url).json(&json!({"qty": rng.random_range(0..1000)})).send().await;
+                let r = client
+                    .put(url)
+                    .json(&json!({"qty": rng.random_range(0..1000)}))
+                    .send()
+                    .await;
                 if matches!(r, Ok(r) if r.status() == 202) {
                     accepted += 1;
                 }
@@ -280,7 +298,10 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
     }
 
     // Phase 2: open loop at a fixed rate, PUT ?wait=applied; latency from send to applied reply.
-    eprintln!("phase 2: {} PUT ?wait=applied per second for {} s...", args.rate, args.duration);
+    eprintln!(
+        "phase 2: {} PUT ?wait=applied per second for {} s...",
+        args.rate, args.duration
+    );
     let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let total = args.rate * args.duration;

@@ -168,10 +168,10 @@ impl Settings {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(tenantsync_api::ApiConfig::DEFAULT_MAX_BODY_BYTES),
-            apply_timeout: args
-                .apply_timeout_secs
-                .or(file.apply_timeout_secs)
-                .map_or(tenantsync_api::ApiConfig::DEFAULT_APPLY_TIMEOUT, Duration::from_secs),
+            apply_timeout: args.apply_timeout_secs.or(file.apply_timeout_secs).map_or(
+                tenantsync_api::ApiConfig::DEFAULT_APPLY_TIMEOUT,
+                Duration::from_secs,
+            ),
             tombstone_retention: Duration::from_secs(
                 args.tombstone_retention_secs
                     .or(file.tombstone_retention_secs)

@@ -86,7 +86,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         log,
         store,
         datasets,
-        progress: processor.progress(),
+        applied: processor.applied(),
         config: ApiConfig {
             max_body_bytes: settings.max_body_bytes,
             apply_timeout: settings.apply_timeout,

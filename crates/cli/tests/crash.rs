@@ -22,7 +22,7 @@ use tenantsync_log::Log;
 use tokio::sync::Mutex;
 
 const DATASET: &str = "crash";
-const PARTITIONS: u32 = 4;
+const PARTITIONS: u32 = 8;
 const TENANTS: usize = 24;
 const IDS_PER_TENANT: usize = 40;
 const WORKERS: usize = 8;
@@ -35,10 +35,13 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The reference model: what the accepted changes imply, per key: (version, data or deleted).
+/// A key's state in the model: its version, and its data (`None` once deleted).
+type ModelRecord = (u64, Option<Map<String, Value>>);
+
+/// The reference model: what the accepted changes imply, per (tenant, id).
 #[derive(Default)]
 struct Model {
-    records: HashMap<(String, String), (u64, Option<Map<String, Value>>)>,
+    records: HashMap<(String, String), ModelRecord>,
 }
 
 /// RFC 7396, written independently of the product's implementation.
@@ -66,7 +69,9 @@ impl Model {
     fn apply(&mut self, c: &WorkChange) {
         let key = (c.tenant.clone(), c.id.clone());
         let current = self.records.get(&key).cloned();
-        let live = current.as_ref().and_then(|(v, d)| d.as_ref().map(|d| (*v, d.clone())));
+        let live = current
+            .as_ref()
+            .and_then(|(v, d)| d.as_ref().map(|d| (*v, d.clone())));
         let version = current.as_ref().map_or(0, |(v, _)| *v);
         match c.expected_version {
             Some(0) if live.is_some() => return,
@@ -147,9 +152,9 @@ fn next_change(rng: &mut StdRng, model: &Model, tenant: &str, seq: usize) -> Wor
         _ => None,
     };
     let expected_version = match rng.random_range(0..100) {
-        0..8 => live_version,                          // a matching If-Match
+        0..8 => live_version,                         // a matching If-Match
         8..11 => Some(live_version.unwrap_or(0) + 3), // a stale one: rejected
-        11..13 => Some(0),                             // If-None-Match: *
+        11..13 => Some(0),                            // If-None-Match: *
         _ => None,
     };
     WorkChange {
@@ -167,10 +172,16 @@ fn next_change(rng: &mut StdRng, model: &Model, tenant: &str, seq: usize) -> Wor
 async fn submit(client: &reqwest::Client, base: &str, changes: &[WorkChange]) {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        assert!(Instant::now() < deadline, "the server did not accept changes for 180 s");
+        assert!(
+            Instant::now() < deadline,
+            "the server did not accept changes for 180 s"
+        );
         let sent = if changes.len() == 1 {
             let c = &changes[0];
-            let url = format!("{base}/v1/datasets/{DATASET}/tenants/{}/records/{}", c.tenant, c.id);
+            let url = format!(
+                "{base}/v1/datasets/{DATASET}/tenants/{}/records/{}",
+                c.tenant, c.id
+            );
             let mut req = match c.op {
                 "upsert" => client.put(&url).json(c.data.as_ref().unwrap()),
                 "patch" => client.patch(&url).json(c.data.as_ref().unwrap()),
@@ -198,7 +209,11 @@ async fn submit(client: &reqwest::Client, base: &str, changes: &[WorkChange]) {
             {
                 Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
                 Ok(r) if r.status().is_server_error() => None,
-                Ok(r) => panic!("unexpected {} for a bulk write: {:?}", r.status(), r.text().await),
+                Ok(r) => panic!(
+                    "unexpected {} for a bulk write: {:?}",
+                    r.status(),
+                    r.text().await
+                ),
                 Err(_) => None,
             }
         };
@@ -231,9 +246,12 @@ impl Backend {
             Backend::Embedded => vec![],
             // A killed member holds its partitions until its session times out: keep it short.
             Backend::Kafka { servers, .. } => [
-                "--log", &format!("kafka://{servers}"),
-                "--kafka-option", "session.timeout.ms=2000",
-                "--kafka-option", "heartbeat.interval.ms=500",
+                "--log",
+                &format!("kafka://{servers}"),
+                "--kafka-option",
+                "session.timeout.ms=6000",
+                "--kafka-option",
+                "heartbeat.interval.ms=500",
             ]
             .map(String::from)
             .to_vec(),
@@ -264,9 +282,13 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
     let kills = env_or("TENANTSYNC_CRASH_KILLS", 20) as usize;
     let min_changes = env_or("TENANTSYNC_CRASH_CHANGES", 20_000) as usize;
     let seed = env_or("TENANTSYNC_CRASH_SEED", rand::random());
-    eprintln!("crash test: seed {seed} (TENANTSYNC_CRASH_SEED), {kills} kills, >= {min_changes} changes");
+    eprintln!(
+        "crash test: seed {seed} (TENANTSYNC_CRASH_SEED), {kills} kills, >= {min_changes} changes"
+    );
 
-    let args = backend.args();
+    // A restarted Kafka member waits out the killed one's session before it owns partitions.
+    let mut args = backend.args();
+    args.extend(["--apply-timeout-secs".to_owned(), "90".to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start(data_dir, &args).await;
     common::declare(&server, DATASET, PARTITIONS).await;
@@ -278,14 +300,26 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
     let killing_done = Arc::new(AtomicBool::new(false));
     let submitted = Arc::new(AtomicUsize::new(0));
 
+    // Each kill lands at a random moment after the restarted processor has applied something,
+    // so kills hit recovery and steady processing alike, on both backends.
     let killer = {
         let server = server.clone();
         let done = killing_done.clone();
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
             for _ in 0..kills {
-                tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
-                server.lock().await.restart().await;
+                let mut s = server.lock().await;
+                let before = common::applied_total(&s, DATASET).await;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while common::applied_total(&s, DATASET).await <= before {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the processor made no progress for 120 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+                s.restart().await;
             }
             done.store(true, Ordering::SeqCst);
         })
@@ -294,8 +328,12 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
     let mut workers = Vec::new();
     for w in 0..WORKERS {
         let my_tenants: Vec<String> = tenants.iter().skip(w).step_by(WORKERS).cloned().collect();
-        let (model, done, submitted, base) =
-            (model.clone(), killing_done.clone(), submitted.clone(), base.clone());
+        let (model, done, submitted, base) = (
+            model.clone(),
+            killing_done.clone(),
+            submitted.clone(),
+            base.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
@@ -304,9 +342,18 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
             let mut history: Vec<WorkChange> = Vec::new();
             let mut seq = 0;
-            while !(done.load(Ordering::SeqCst) && submitted.load(Ordering::SeqCst) >= min_changes) {
+            while !(done.load(Ordering::SeqCst) && submitted.load(Ordering::SeqCst) >= min_changes)
+            {
                 let tenant = &my_tenants[rng.random_range(0..my_tenants.len())];
-                let n = if rng.random_bool(0.2) { 1 } else { LINES_PER_REQUEST };
+                // Past the minimum, only a trickle of single changes until the last kill: the mock
+                // cluster keeps just 5 MiB per partition (older entries vanish, as with a
+                // retention limit), so the Kafka run must stay well below that.
+                let trickle = submitted.load(Ordering::SeqCst) >= min_changes;
+                let n = if trickle || rng.random_bool(0.2) {
+                    1
+                } else {
+                    LINES_PER_REQUEST
+                };
                 let mut batch = Vec::with_capacity(n);
                 {
                     let mut model = model.lock().unwrap();
@@ -327,6 +374,9 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
                 }
                 submit(&client, &base, &batch).await;
                 submitted.fetch_add(batch.len(), Ordering::SeqCst);
+                if trickle {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 history.extend(batch);
             }
         }));
@@ -341,7 +391,9 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
     let client = reqwest::Client::new();
     for t in &tenants {
         let r = client
-            .put(format!("{base}/v1/datasets/{DATASET}/tenants/{t}/records/last?wait=applied"))
+            .put(format!(
+                "{base}/v1/datasets/{DATASET}/tenants/{t}/records/last?wait=applied"
+            ))
             .timeout(Duration::from_secs(120))
             .json(&json!({"done": true}))
             .send()
@@ -379,7 +431,10 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
         let tenant = TenantId::new(t.as_str()).unwrap();
         let mut after: Option<EntityId> = None;
         loop {
-            let page = store.scan(&dataset, &tenant, after.as_ref(), 500).await.unwrap();
+            let page = store
+                .scan(&dataset, &tenant, after.as_ref(), 500)
+                .await
+                .unwrap();
             if page.is_empty() {
                 break;
             }
@@ -391,7 +446,7 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
     }
 
     // 1. Master store == reference model, record for record.
-    let model = model.lock().unwrap();
+    let model = std::mem::take(&mut *model.lock().unwrap());
     assert_eq!(stored.len(), model.records.len(), "number of keys");
     for ((tenant, id), (version, data)) in &model.records {
         let r = stored
@@ -412,22 +467,38 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
                 .read(&topic, p, from, 5_000, Duration::from_secs(5))
                 .await
                 .unwrap();
-            assert!(!entries.is_empty(), "partition {p} stops at {from} before its end {end}");
+            assert!(
+                !entries.is_empty(),
+                "partition {p} stops at {from} before its end {end}"
+            );
             for e in &entries {
                 let r = tenantsync_processor::state::decode(e).unwrap();
                 let key = r.key().to_string();
                 if let Some(prev) = last.get(&key) {
-                    assert!(r.version >= prev.version, "{key} went from version {} to {}", prev.version, r.version);
+                    assert!(
+                        r.version >= prev.version,
+                        "{key} went from version {} to {}",
+                        prev.version,
+                        r.version
+                    );
                 }
                 last.insert(key, r);
             }
             from = entries.last().unwrap().offset + 1;
         }
     }
-    assert_eq!(last.len(), stored.len(), "keys on the state log vs the store");
+    assert_eq!(
+        last.len(),
+        stored.len(),
+        "keys on the state log vs the store"
+    );
     for (key, r) in &stored {
         let l = &last[key];
-        assert_eq!((l.version, &l.data), (r.version, &r.data), "state log vs store for {key}");
+        assert_eq!(
+            (l.version, &l.data),
+            (r.version, &r.data),
+            "state log vs store for {key}"
+        );
     }
 }
 
@@ -448,5 +519,12 @@ async fn kafka_backend_survives_sigkill() {
     }
     let servers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    run(Backend::Kafka { servers, _cluster: cluster }, dir.path()).await;
+    run(
+        Backend::Kafka {
+            servers,
+            _cluster: cluster,
+        },
+        dir.path(),
+    )
+    .await;
 }

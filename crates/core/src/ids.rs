@@ -126,9 +126,9 @@ impl RecordKey {
     }
 
     pub fn parse(s: &str) -> Result<Self, InvalidInput> {
-        let (tenant, id) = s
-            .split_once(':')
-            .ok_or_else(|| InvalidInput::new("key", format!("{s:?} is not of the form tenant:id")))?;
+        let (tenant, id) = s.split_once(':').ok_or_else(|| {
+            InvalidInput::new("key", format!("{s:?} is not of the form tenant:id"))
+        })?;
         Ok(Self {
             tenant: TenantId::new(tenant)?,
             id: EntityId::new(id)?,
@@ -153,11 +153,25 @@ mod tests {
         for ok in ["a", "acme", "acme-2", "a_b", "0", &"x".repeat(63)] {
             assert!(TenantId::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Acme", "-acme", "_a", "acme!", "acme ", " acme", "ac:me", "ａcme", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Acme",
+            "-acme",
+            "_a",
+            "acme!",
+            "acme ",
+            " acme",
+            "ac:me",
+            "ａcme",
+            &"x".repeat(64),
+        ] {
             let err = TenantId::new(bad).unwrap_err();
             assert_eq!(err.field, "tenant", "{bad}");
         }
-        assert_ne!(TenantId::new("acme").unwrap(), TenantId::new("acme2").unwrap());
+        assert_ne!(
+            TenantId::new("acme").unwrap(),
+            TenantId::new("acme2").unwrap()
+        );
     }
 
     #[test]
@@ -174,7 +188,9 @@ mod tests {
     fn deserialising_validates() {
         assert!(serde_json::from_str::<TenantId>("\"Acme\"").is_err());
         assert_eq!(
-            serde_json::from_str::<TenantId>("\"acme\"").unwrap().as_str(),
+            serde_json::from_str::<TenantId>("\"acme\"")
+                .unwrap()
+                .as_str(),
             "acme"
         );
     }

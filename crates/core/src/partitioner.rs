@@ -61,11 +61,19 @@ mod tests {
             (b"foobar", -790_332_482),
             (b"a-little-bit-long-string", -985_981_536),
             (b"a-little-bit-longer-string", -1_486_304_829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             (b"abc", 479_470_107),
         ];
         for (input, expected) in cases {
-            assert_eq!(murmur2(input), expected, "{}", String::from_utf8_lossy(input));
+            assert_eq!(
+                murmur2(input),
+                expected,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
@@ -73,7 +81,10 @@ mod tests {
     fn partition_masks_the_sign_bit_before_the_modulo() {
         // murmur2("21") is negative; Java's toPositive masks, it does not take abs().
         let t = TenantId::new("21").unwrap();
-        assert_eq!(partition_for_tenant(&t, 7), ((-973_932_308_i32 & 0x7fff_ffff) as u32) % 7);
+        assert_eq!(
+            partition_for_tenant(&t, 7),
+            ((-973_932_308_i32 & 0x7fff_ffff) as u32) % 7
+        );
     }
 
     proptest! {

@@ -22,21 +22,42 @@ pub const URL_SCHEME: &str = "kafka://";
 /// reserved property are reserved too.
 pub const RESERVED_KEYS: &[(&str, &str)] = &[
     ("bootstrap.servers", "set from the kafka:// URL"),
-    ("metadata.broker.list", "alias of bootstrap.servers, set from the kafka:// URL"),
+    (
+        "metadata.broker.list",
+        "alias of bootstrap.servers, set from the kafka:// URL",
+    ),
     ("client.id", "set from the client_id setting"),
     ("group.id", "set per consumer group by tenantsync"),
     (
         "group.instance.id",
         "static membership would make this process's group members collide",
     ),
-    ("enable.idempotence", "always true: retries must not duplicate or reorder"),
-    ("acks", "always all: an append is acknowledged by every in-sync replica"),
+    (
+        "enable.idempotence",
+        "always true: retries must not duplicate or reorder",
+    ),
+    (
+        "acks",
+        "always all: an append is acknowledged by every in-sync replica",
+    ),
     ("request.required.acks", "alias of acks, always all"),
     ("transactional.id", "tenantsync does not use transactions"),
-    ("enable.auto.commit", "always false: offsets are committed after the work is durable"),
-    ("auto.commit.enable", "alias of enable.auto.commit, always false"),
-    ("enable.auto.offset.store", "always false: offsets are committed explicitly"),
-    ("auto.offset.reset", "always earliest: a new group starts at the start of a partition"),
+    (
+        "enable.auto.commit",
+        "always false: offsets are committed after the work is durable",
+    ),
+    (
+        "auto.commit.enable",
+        "alias of enable.auto.commit, always false",
+    ),
+    (
+        "enable.auto.offset.store",
+        "always false: offsets are committed explicitly",
+    ),
+    (
+        "auto.offset.reset",
+        "always earliest: a new group starts at the start of a partition",
+    ),
     ("isolation.level", "always read_committed"),
     (
         "allow.auto.create.topics",
@@ -157,9 +178,12 @@ impl KafkaConfig {
             ClientRole::Producer => {
                 // Many sends in flight (the idempotent producer keeps order with up to 5), and a
                 // short linger so that concurrent appends share requests.
+                // An append to an unreachable partition fails after 30 s (librdkafka's default
+                // is 5 minutes), so that callers see the outage and can retry or report it.
                 config
                     .set("max.in.flight.requests.per.connection", "5")
-                    .set("linger.ms", "2");
+                    .set("linger.ms", "2")
+                    .set("message.timeout.ms", "30000");
             }
             ClientRole::Admin => {}
             ClientRole::Reader | ClientRole::Group { .. } | ClientRole::OffsetLookup { .. } => {
@@ -180,9 +204,7 @@ impl KafkaConfig {
             .set("allow.auto.create.topics", "false");
         match role {
             ClientRole::Producer => {
-                config
-                    .set("enable.idempotence", "true")
-                    .set("acks", "all");
+                config.set("enable.idempotence", "true").set("acks", "all");
             }
             ClientRole::Admin => {}
             ClientRole::Reader => {
@@ -217,9 +239,13 @@ pub(crate) enum ClientRole {
     /// A pooled random-access reader: no group, partitions assigned by hand.
     Reader,
     /// A member of a consumer group.
-    Group { group: String },
+    Group {
+        group: String,
+    },
     /// A client that only looks up a group's committed offsets, never joining it.
-    OffsetLookup { group: String },
+    OffsetLookup {
+        group: String,
+    },
 }
 
 /// librdkafka only emits log lines at or above this level, so it follows what `tracing` would
@@ -296,11 +322,20 @@ mod tests {
 
     #[test]
     fn servers_must_be_host_port() {
-        for bad in ["", "localhost", "localhost:port", "a:1,,b:2", "kafka://a:1", ":9092"] {
+        for bad in [
+            "",
+            "localhost",
+            "localhost:port",
+            "a:1,,b:2",
+            "kafka://a:1",
+            ":9092",
+        ] {
             let message = config_error(&KafkaConfig::new(bad));
             assert!(message.contains("bootstrap_servers"), "{bad:?}: {message}");
         }
-        KafkaConfig::new("a:1, b:2").validate().expect("two servers");
+        KafkaConfig::new("a:1, b:2")
+            .validate()
+            .expect("two servers");
         let message = config_error(&KafkaConfig {
             client_id: " ".into(),
             ..config()
@@ -324,9 +359,7 @@ mod tests {
         assert_eq!(producer.get("linger.ms"), Some("7"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         assert_eq!(producer.get("acks"), Some("all"));
-        let group = config.client_config(ClientRole::Group {
-            group: "g".into(),
-        });
+        let group = config.client_config(ClientRole::Group { group: "g".into() });
         assert_eq!(group.get("group.id"), Some("g"));
         assert_eq!(group.get("enable.auto.commit"), Some("false"));
         assert_eq!(group.get("auto.offset.reset"), Some("earliest"));

@@ -67,6 +67,7 @@ fn is_transient_code(code: RDKafkaErrorCode) -> bool {
             | TimedOutQueue
             | Retry
             | Interrupted
+            | PollExceeded
             | AssignmentLost
             | DestroyBroker
             | UnknownTopicOrPartition
@@ -132,7 +133,11 @@ mod tests {
             "appending to topic t partition 3",
             KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
         );
-        assert!(error.to_string().starts_with("appending to topic t partition 3: "));
+        assert!(
+            error
+                .to_string()
+                .starts_with("appending to topic t partition 3: ")
+        );
     }
 
     #[test]

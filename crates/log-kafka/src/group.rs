@@ -1,12 +1,15 @@
 //! A member of a Kafka consumer group, for [`Log::consume`](tenantsync_log::Log::consume).
 //!
 //! librdkafka runs rebalance callbacks only inside a consumer poll, and a rebalance waits for
-//! every member to take part. So that one member's slow caller never holds up the group, each
-//! member has a thread of its own that polls the consumer all the time: it serves rebalances
-//! as they come and moves entries into a bounded buffer that [`GroupConsumer::poll`] drains.
-//! When the buffer is full the thread pauses fetching (still serving rebalances) and resumes
-//! once the caller has caught up. The trade-off: a wedged caller keeps its partitions, where a
-//! plain Kafka consumer would be removed from the group after `max.poll.interval.ms`.
+//! every member to take part. So that a member whose caller is between two polls (applying a
+//! batch) does not hold up the group, each member has a thread of its own that polls the
+//! consumer and moves entries into a buffer that [`GroupConsumer::poll`] drains: rebalances are
+//! served as they come. When the buffer is full the thread stops polling until the caller has
+//! taken three quarters of it (librdkafka's own prefetch limits then stop fetching). So a caller
+//! that stops taking entries while more keep coming holds up rebalances, and is removed from
+//! the group after `max.poll.interval.ms`, as with a plain Kafka consumer. Pausing partitions
+//! instead would keep rebalances flowing but costs a refetch and about a second of librdkafka's
+//! fetch scheduling per pause (measured on the mock cluster).
 //!
 //! Ownership is tracked from the rebalance callbacks (model: quickwit's Kafka source). A
 //! revoked partition's buffered entries are dropped at once, and entries are tagged with the
@@ -16,7 +19,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,16 +32,15 @@ use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
 use tenantsync_log::{Entry, GroupConsumer, LogError, Offset, Partition};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::context::{client_error, log_line};
 use crate::error::{backend, lost_ownership, not_owner};
 use crate::{run_blocking, to_entry};
 
-/// Above this many buffered entries the member stops fetching...
-const HIGH_WATER: usize = 4096;
-/// ...until the caller has brought the buffer down to this many.
-const LOW_WATER: usize = 1024;
+/// Entries a member buffers ahead of its caller by default. Above this it stops fetching until
+/// the caller has brought the buffer down to a quarter of it.
+pub(crate) const DEFAULT_BUFFER: usize = 4096;
 /// How long one poll of the consumer blocks; bounds how late the thread sees a stop request.
 const THREAD_POLL: Duration = Duration::from_millis(100);
 
@@ -47,6 +49,8 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when entries arrive or the thread stops.
     arrived: Notify,
+    /// Signalled when the caller has drained the buffer to the low-water mark.
+    drained: Condvar,
     /// Set by the handle when it is dropped.
     stop: AtomicBool,
 }
@@ -96,15 +100,6 @@ impl Shared {
             drop(state);
             self.arrived.notify_one();
         }
-    }
-
-    fn owned_list(&self, topic: &str) -> TopicPartitionList {
-        let state = self.lock();
-        let mut list = TopicPartitionList::with_capacity(state.owned.len());
-        for &partition in state.owned.keys() {
-            list.add_partition(topic, partition as i32);
-        }
-        list
     }
 }
 
@@ -158,6 +153,7 @@ impl ConsumerContext for GroupContext {
 /// The handle returned by [`KafkaLog::consume`](crate::KafkaLog).
 pub(crate) struct KafkaGroupConsumer {
     topic: String,
+    low_water: usize,
     group: String,
     shared: Arc<Shared>,
     consumer: Arc<BaseConsumer<GroupContext>>,
@@ -165,10 +161,16 @@ pub(crate) struct KafkaGroupConsumer {
 
 impl KafkaGroupConsumer {
     /// Subscribes a new member and starts its polling thread.
-    pub(crate) fn start(config: &ClientConfig, group: &str, topic: &str) -> Result<Self, LogError> {
+    pub(crate) fn start(
+        config: &ClientConfig,
+        group: &str,
+        topic: &str,
+        buffer: usize,
+    ) -> Result<Self, LogError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             arrived: Notify::new(),
+            drained: Condvar::new(),
             stop: AtomicBool::new(false),
         });
         let context = GroupContext {
@@ -189,7 +191,7 @@ impl KafkaGroupConsumer {
             let shared = shared.clone();
             let topic = topic.to_string();
             let group = group.to_string();
-            move || run(&consumer, &shared, &topic, &group)
+            move || run(&consumer, &shared, &topic, &group, buffer.max(1))
         };
         std::thread::Builder::new()
             .name("kafka-group".to_string())
@@ -197,6 +199,7 @@ impl KafkaGroupConsumer {
             .map_err(|error| LogError::backend(joining(), false, error))?;
         Ok(KafkaGroupConsumer {
             topic: topic.to_string(),
+            low_water: buffer.max(1) / 4,
             group: group.to_string(),
             shared,
             consumer,
@@ -206,21 +209,34 @@ impl KafkaGroupConsumer {
 
 /// The member's thread: polls until the handle is dropped, then closes the consumer (which
 /// leaves the group, so the others take over its partitions without waiting for a timeout).
-fn run(consumer: &BaseConsumer<GroupContext>, shared: &Shared, topic: &str, group: &str) {
-    let mut paused = false;
+fn run(
+    consumer: &BaseConsumer<GroupContext>,
+    shared: &Shared,
+    topic: &str,
+    group: &str,
+    high_water: usize,
+) {
+    let low_water = high_water / 4;
     while !shared.stop.load(Ordering::Acquire) {
-        let buffered = shared.lock().buffer.len();
-        if buffered >= HIGH_WATER {
-            // Also pauses partitions assigned since the last pass.
-            if let Err(error) = consumer.pause(&shared.owned_list(topic)) {
-                debug!(%error, topic, group, "pausing fetches failed");
+        {
+            let mut state = shared.lock();
+            if state.buffer.len() >= high_water {
+                trace!(
+                    topic,
+                    group,
+                    buffered = state.buffer.len(),
+                    "buffer full: waiting"
+                );
+                while state.buffer.len() > low_water && !shared.stop.load(Ordering::Acquire) {
+                    // Wakes up now and then to see a stop request.
+                    state = shared
+                        .drained
+                        .wait_timeout(state, THREAD_POLL)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                continue;
             }
-            paused = true;
-        } else if paused && buffered <= LOW_WATER {
-            if let Err(error) = consumer.resume(&shared.owned_list(topic)) {
-                debug!(%error, topic, group, "resuming fetches failed");
-            }
-            paused = false;
         }
         match consumer.poll(THREAD_POLL) {
             None => {}
@@ -256,6 +272,7 @@ fn run(consumer: &BaseConsumer<GroupContext>, shared: &Shared, topic: &str, grou
 impl Drop for KafkaGroupConsumer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.drained.notify_all();
     }
 }
 
@@ -280,6 +297,9 @@ impl GroupConsumer for KafkaGroupConsumer {
                     if state.owned.get(&entry.partition) == Some(&number) {
                         entries.push(entry);
                     }
+                }
+                if state.buffer.len() <= self.low_water {
+                    self.shared.drained.notify_one();
                 }
                 if !entries.is_empty() || max == 0 {
                     return Ok(entries);
@@ -323,16 +343,14 @@ impl GroupConsumer for KafkaGroupConsumer {
             let context = self.committing();
             let topic = self.topic.clone();
             run_blocking(context.clone(), move || {
-                consumer
-                    .commit(&list, CommitMode::Sync)
-                    .map_err(|error| {
-                        if lost_ownership(&error) {
-                            debug!(%error, topic, partition, "commit refused: ownership moved");
-                            not_owner(&topic, partition)
-                        } else {
-                            backend(context, error)
-                        }
-                    })
+                consumer.commit(&list, CommitMode::Sync).map_err(|error| {
+                    if lost_ownership(&error) {
+                        debug!(%error, topic, partition, "commit refused: ownership moved");
+                        not_owner(&topic, partition)
+                    } else {
+                        backend(context, error)
+                    }
+                })
             })
             .await?;
         }

@@ -24,13 +24,17 @@ mod group;
 mod reader;
 mod topics;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::admin::AdminClient;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
 use tenantsync_log::{
     CompactionStats, Entry, GroupConsumer, Log, LogError, Message, Offset, Partition, TopicSpec,
 };
@@ -59,6 +63,11 @@ pub struct KafkaLog {
     producer: FutureProducer<LogContext>,
     topics: Topics,
     readers: ReaderPool,
+    group_buffer: usize,
+    /// One long-lived offset-lookup client per group: creating and closing a client with a
+    /// group's id for every lookup churns the group's coordinator (the mock cluster rebalances
+    /// the live members on each close), so lookups reuse one.
+    offset_lookups: std::sync::Mutex<HashMap<String, Arc<BaseConsumer<LogContext>>>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -88,9 +97,19 @@ impl KafkaLog {
             readers: ReaderPool::new(config.client_config(ClientRole::Reader)),
             producer,
             config,
+            group_buffer: group::DEFAULT_BUFFER,
+            offset_lookups: std::sync::Mutex::new(HashMap::new()),
         };
         log.topics.check(CHECK_TIMEOUT).await?;
         Ok(log)
+    }
+
+    /// How many entries a consumer group member fetches ahead of its caller (default 4096):
+    /// more smooths throughput, less bounds memory. When its buffer is full a member stops
+    /// fetching until the caller has consumed three quarters of it.
+    pub fn with_group_buffer(mut self, entries: usize) -> Self {
+        self.group_buffer = entries.max(1);
+        self
     }
 
     /// The partition's (low, high) watermarks: first offset still stored, one past the last.
@@ -105,6 +124,33 @@ impl KafkaLog {
                 .map_err(|error| backend(context, error))
         })
         .await
+    }
+
+    /// The offset-lookup client of `group`, created on first use. It never subscribes, so it
+    /// never joins the group or disturbs its members.
+    fn offset_lookup(&self, group: &str) -> Result<Arc<BaseConsumer<LogContext>>, LogError> {
+        let mut lookups = self
+            .offset_lookups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(consumer) = lookups.get(group) {
+            return Ok(consumer.clone());
+        }
+        let consumer: BaseConsumer<LogContext> = self
+            .config
+            .client_config(ClientRole::OffsetLookup {
+                group: group.to_string(),
+            })
+            .create_with_context(LogContext)
+            .map_err(|error| {
+                backend(
+                    format!("creating the offset lookup client of group {group}"),
+                    error,
+                )
+            })?;
+        let consumer = Arc::new(consumer);
+        lookups.insert(group.to_string(), consumer.clone());
+        Ok(consumer)
     }
 }
 
@@ -162,10 +208,7 @@ impl Log for KafkaLog {
                     }
                     Err((error, _)) => {
                         queue_error = Some(backend(
-                            format!(
-                                "appending to topic {topic} partition {}",
-                                message.partition
-                            ),
+                            format!("appending to topic {topic} partition {}", message.partition),
                             error,
                         ));
                         break;
@@ -184,12 +227,7 @@ impl Log for KafkaLog {
         }
         let mut offsets = Vec::with_capacity(results.len());
         for (message, result) in messages.iter().zip(results) {
-            let context = || {
-                format!(
-                    "appending to topic {topic} partition {}",
-                    message.partition
-                )
-            };
+            let context = || format!("appending to topic {topic} partition {}", message.partition);
             let delivery = match result {
                 Ok(Ok(delivery)) => delivery,
                 Ok(Err((error, _))) => return Err(backend(context(), error)),
@@ -200,7 +238,10 @@ impl Log for KafkaLog {
                 LogError::backend(
                     context(),
                     false,
-                    format!("the cluster acknowledged invalid offset {}", delivery.offset),
+                    format!(
+                        "the cluster acknowledged invalid offset {}",
+                        delivery.offset
+                    ),
                 )
             })?;
             offsets.push(offset);
@@ -256,11 +297,7 @@ impl Log for KafkaLog {
         Ok(Offset::try_from(high).unwrap_or(0))
     }
 
-    async fn consume(
-        &self,
-        group: &str,
-        topic: &str,
-    ) -> Result<Box<dyn GroupConsumer>, LogError> {
+    async fn consume(&self, group: &str, topic: &str) -> Result<Box<dyn GroupConsumer>, LogError> {
         if group.is_empty() {
             return Err(LogError::Config(format!(
                 "consumer group name for topic {topic} must not be empty"
@@ -270,7 +307,7 @@ impl Log for KafkaLog {
         let config = self.config.client_config(ClientRole::Group {
             group: group.to_string(),
         });
-        let member = KafkaGroupConsumer::start(&config, group, topic)?;
+        let member = KafkaGroupConsumer::start(&config, group, topic, self.group_buffer)?;
         Ok(Box::new(member))
     }
 
@@ -281,30 +318,20 @@ impl Log for KafkaLog {
         partition: Partition,
     ) -> Result<Option<Offset>, LogError> {
         self.topics.check_partition(topic, partition).await?;
-        // A client with the group's id asks the group coordinator; it never subscribes, so it
-        // never joins the group or disturbs its members.
-        let config = self.config.client_config(ClientRole::OffsetLookup {
-            group: group.to_string(),
-        });
+        let consumer = self.offset_lookup(group)?;
         let topic = topic.to_string();
-        let context =
-            format!("reading the committed offset of group {group} on topic {topic} partition {partition}");
+        let context = format!(
+            "reading the committed offset of group {group} on topic {topic} partition {partition}"
+        );
         run_blocking(context.clone(), move || {
-            use rdkafka::consumer::{BaseConsumer, Consumer};
-            use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
-            let consumer: BaseConsumer<LogContext> = config
-                .create_with_context(LogContext)
-                .map_err(|error| backend(context.clone(), error))?;
             let mut wanted = TopicPartitionList::new();
             wanted.add_partition(&topic, partition as i32);
             let found = consumer
                 .committed_offsets(wanted, LOOKUP_TIMEOUT)
                 .map_err(|error| backend(context.clone(), error))?;
             let element = found.find_partition(&topic, partition as i32);
-            if let Some(element) = &element {
-                if let Err(error) = element.error() {
-                    return Err(backend(context, error));
-                }
+            if let Some(Err(error)) = element.as_ref().map(|e| e.error()) {
+                return Err(backend(context, error));
             }
             Ok(match element.map(|e| e.offset()) {
                 Some(KafkaOffset::Offset(offset)) => Offset::try_from(offset).ok(),

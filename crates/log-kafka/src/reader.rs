@@ -84,12 +84,15 @@ impl ReaderPool {
         let reader = match found {
             Some(reader) => reader,
             None => Reader {
-                consumer: self.config.create_with_context(LogContext).map_err(|error| {
-                    backend(
-                        format!("creating a reader of topic {topic} partition {partition}"),
-                        error,
-                    )
-                })?,
+                consumer: self
+                    .config
+                    .create_with_context(LogContext)
+                    .map_err(|error| {
+                        backend(
+                            format!("creating a reader of topic {topic} partition {partition}"),
+                            error,
+                        )
+                    })?,
                 topic: topic.to_string(),
                 partition,
                 next: None,

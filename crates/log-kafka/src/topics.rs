@@ -10,7 +10,7 @@
 //! changes an existing topic.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -34,7 +34,7 @@ const VISIBLE_POLL: Duration = Duration::from_millis(100);
 pub(crate) struct Topics {
     /// The shared producer; its client answers metadata requests.
     producer: FutureProducer<LogContext>,
-    admin: AdminClient<LogContext>,
+    admin: Arc<AdminClient<LogContext>>,
     partitions: Mutex<HashMap<String, u32>>,
 }
 
@@ -46,10 +46,13 @@ enum Creation {
 }
 
 impl Topics {
-    pub(crate) fn new(producer: FutureProducer<LogContext>, admin: AdminClient<LogContext>) -> Self {
+    pub(crate) fn new(
+        producer: FutureProducer<LogContext>,
+        admin: AdminClient<LogContext>,
+    ) -> Self {
         Topics {
             producer,
-            admin,
+            admin: Arc::new(admin),
             partitions: Mutex::new(HashMap::new()),
         }
     }
@@ -64,25 +67,44 @@ impl Topics {
                 spec.partitions
             )));
         }
-        let creation = self.create(spec).await;
-        let actual = match &creation {
-            Creation::Created => self.wait_visible(&spec.name).await?,
-            Creation::AlreadyExists | Creation::Failed(_) => self.lookup(&spec.name).await?,
+        // The metadata first: an existing topic needs no admin request (which may be refused,
+        // unsupported, or slow to fail, as on the mock cluster where it times out).
+        let (actual, creation) = match self.lookup(&spec.name).await? {
+            Some(actual) => (Some(actual), None),
+            None => {
+                let creation = self.create(spec).await;
+                let actual = match &creation {
+                    Creation::Created => self.wait_visible(&spec.name).await?,
+                    // Maybe created meanwhile by another instance or an operator.
+                    Creation::AlreadyExists | Creation::Failed(_) => {
+                        self.lookup(&spec.name).await?
+                    }
+                };
+                (actual, Some(creation))
+            }
         };
         let Some(actual) = actual else {
             let reason = match creation {
-                Creation::Failed(reason) => reason,
-                Creation::Created => format!(
+                Some(Creation::Failed(reason)) => reason,
+                Some(Creation::Created) => format!(
                     "the cluster reported it created but it is not in the metadata after {ADMIN_TIMEOUT:?}"
                 ),
-                Creation::AlreadyExists => {
+                Some(Creation::AlreadyExists) | None => {
                     "the cluster reported it exists but it is not in the metadata".to_string()
                 }
             };
             return Err(LogError::backend(
                 format!("creating topic {}", spec.name),
                 false,
-                format!("the topic does not exist and could not be created: {reason}"),
+                format!(
+                    "the topic does not exist and could not be created ({reason}); create it with \
+                     {} partitions and cleanup.policy={}",
+                    spec.partitions,
+                    match spec.cleanup {
+                        Cleanup::Delete => "delete",
+                        Cleanup::Compact { .. } => "compact",
+                    }
+                ),
             ));
         };
         if actual != spec.partitions {
@@ -92,8 +114,8 @@ impl Topics {
                 actual,
             });
         }
-        if !matches!(creation, Creation::Created) {
-            self.warn_on_cleanup_mismatch(spec).await;
+        if !matches!(creation, Some(Creation::Created)) {
+            self.spawn_cleanup_check(spec);
         }
         Ok(())
     }
@@ -119,9 +141,12 @@ impl Topics {
     ) -> Result<(), LogError> {
         let mut count = self.partition_count(topic).await?;
         if partition >= count {
-            count = self.lookup(topic).await?.ok_or_else(|| LogError::UnknownTopic {
-                topic: topic.to_string(),
-            })?;
+            count = self
+                .lookup(topic)
+                .await?
+                .ok_or_else(|| LogError::UnknownTopic {
+                    topic: topic.to_string(),
+                })?;
         }
         if partition >= count {
             return Err(LogError::UnknownPartition {
@@ -267,37 +292,44 @@ impl Topics {
     }
 
     /// An existing topic's cleanup policy is the operator's; a different one than the spec asks
-    /// for is worth a warning (a state log that is not compacted grows forever). Best effort:
-    /// clusters without DescribeConfigs (the mock) are skipped.
-    async fn warn_on_cleanup_mismatch(&self, spec: &TopicSpec) {
-        let wanted = match spec.cleanup {
-            Cleanup::Delete => "delete",
-            Cleanup::Compact { .. } => "compact",
-        };
-        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
-        let resource = ResourceSpecifier::Topic(&spec.name);
-        let results = match self.admin.describe_configs([&resource], &options).await {
-            Ok(results) => results,
-            Err(error) => {
-                debug!(%error, topic = %spec.name, "could not describe topic configuration");
-                return;
-            }
-        };
-        let Some(Ok(resource)) = results.into_iter().next() else {
-            debug!(topic = %spec.name, "no topic configuration described");
+    /// for is worth a warning (a state log that is not compacted loses old records to
+    /// retention). Best effort and in the background, so that `ensure` does not wait on a
+    /// cluster that answers DescribeConfigs slowly or never (the mock).
+    fn spawn_cleanup_check(&self, spec: &TopicSpec) {
+        let admin = self.admin.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move { warn_on_cleanup_mismatch(&admin, &spec).await });
+    }
+}
+
+async fn warn_on_cleanup_mismatch(admin: &AdminClient<LogContext>, spec: &TopicSpec) {
+    let wanted = match spec.cleanup {
+        Cleanup::Delete => "delete",
+        Cleanup::Compact { .. } => "compact",
+    };
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let resource = ResourceSpecifier::Topic(&spec.name);
+    let results = match admin.describe_configs([&resource], &options).await {
+        Ok(results) => results,
+        Err(error) => {
+            debug!(%error, topic = %spec.name, "could not describe topic configuration");
             return;
-        };
-        let actual = resource
-            .get("cleanup.policy")
-            .and_then(|entry| entry.value.clone())
-            .unwrap_or_default();
-        if !actual.split(',').any(|policy| policy.trim() == wanted) {
-            warn!(
-                topic = %spec.name,
-                actual = %actual,
-                wanted,
-                "existing topic has a different cleanup.policy; it is left unchanged"
-            );
         }
+    };
+    let Some(Ok(resource)) = results.into_iter().next() else {
+        debug!(topic = %spec.name, "no topic configuration described");
+        return;
+    };
+    let actual = resource
+        .get("cleanup.policy")
+        .and_then(|entry| entry.value.clone())
+        .unwrap_or_default();
+    if !actual.split(',').any(|policy| policy.trim() == wanted) {
+        warn!(
+            topic = %spec.name,
+            actual = %actual,
+            wanted,
+            "existing topic has a different cleanup.policy; it is left unchanged"
+        );
     }
 }

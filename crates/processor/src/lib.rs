@@ -7,12 +7,14 @@
 //! state that the master store has not committed, and never commit a position whose states are
 //! not yet published: that ordering is what makes a SIGKILL at any instant harmless.
 
+mod applied;
 pub mod changes;
 mod datasets;
 mod error;
 mod processor;
 pub mod state;
 
+pub use applied::{AppliedHub, Waiter};
 pub use datasets::{Datasets, Declared};
 pub use error::ProcessorError;
 pub use processor::{Processor, ProcessorConfig, ProcessorStats};

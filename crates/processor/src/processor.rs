@@ -1,16 +1,17 @@
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tenantsync_log::{Entry, GroupConsumer, Log, LogError, Offset, Partition};
+use tenantsync_log::{GroupConsumer, Log, LogError, Message, Offset, Partition};
 use tenantsync_store::{Dataset, LoggedChange, MasterStore};
-use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{Datasets, ProcessorError, changes, state};
+use crate::{AppliedHub, Datasets, ProcessorError, changes, state};
 
 /// Tuning of the processor. The defaults suit both backends.
 #[derive(Debug, Clone)]
@@ -58,8 +59,7 @@ pub struct Processor {
     datasets: Arc<Datasets>,
     config: ProcessorConfig,
     stats: ProcessorStats,
-    /// Bumped after every applied batch, so writers waiting for their change can re-check.
-    progress: watch::Sender<u64>,
+    applied: Arc<AppliedHub>,
 }
 
 impl Processor {
@@ -75,7 +75,7 @@ impl Processor {
             datasets,
             config,
             stats: ProcessorStats::default(),
-            progress: watch::Sender::new(0),
+            applied: Arc::new(AppliedHub::default()),
         }
     }
 
@@ -83,9 +83,9 @@ impl Processor {
         &self.stats
     }
 
-    /// Changes after every batch this instance applies.
-    pub fn progress(&self) -> watch::Receiver<u64> {
-        self.progress.subscribe()
+    /// Where writers wait for the outcome of changes this instance applies.
+    pub fn applied(&self) -> Arc<AppliedHub> {
+        self.applied.clone()
     }
 
     /// Runs until `shutdown`: one task per declared dataset, started as datasets appear.
@@ -96,11 +96,11 @@ impl Processor {
             match self.datasets.all().await {
                 Ok(all) => {
                     for dataset in all {
-                        if !running.contains_key(&dataset.name) {
+                        if let Entry::Vacant(slot) = running.entry(dataset.name.clone()) {
                             info!(dataset = %dataset.name, partitions = dataset.partitions, "processing dataset");
-                            let task =
-                                tokio::spawn(self.clone().run_dataset(dataset.clone(), shutdown.clone()));
-                            running.insert(dataset.name, task);
+                            slot.insert(tokio::spawn(
+                                self.clone().run_dataset(dataset, shutdown.clone()),
+                            ));
                         }
                     }
                 }
@@ -150,10 +150,16 @@ impl Processor {
         let state_topic = topics.state(&dataset.name);
         let mut uncommitted = BTreeMap::new();
         let mut last_commit = Instant::now();
+        // Applying batch N+1 overlaps publishing batch N. Publishes stay in order (N+1's starts
+        // after N's is durable) and a batch's offsets are committed only after its publish.
+        let mut publishing: Option<Publish> = None;
         loop {
             let entries = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
+                    if let Some(publish) = publishing.take() {
+                        uncommitted.extend(publish.finish().await?);
+                    }
                     commit(consumer.as_mut(), &mut uncommitted).await;
                     return Ok(());
                 }
@@ -161,17 +167,18 @@ impl Processor {
             };
             let idle = entries.is_empty();
             if !idle {
-                let mut by_partition: BTreeMap<Partition, Vec<Entry>> = BTreeMap::new();
-                for entry in entries {
-                    by_partition.entry(entry.partition).or_default().push(entry);
+                let (messages, offsets) = self.apply(dataset, entries).await?;
+                if let Some(publish) = publishing.take() {
+                    uncommitted.extend(publish.finish().await?);
                 }
-                for (partition, entries) in by_partition {
-                    let next = self
-                        .process(dataset, &state_topic, partition, entries)
-                        .await?;
-                    uncommitted.insert(partition, next);
-                }
-                self.progress.send_modify(|n| *n += 1);
+                publishing = Some(Publish::start(
+                    self.log.clone(),
+                    state_topic.clone(),
+                    messages,
+                    offsets,
+                ));
+            } else if let Some(publish) = publishing.take() {
+                uncommitted.extend(publish.finish().await?);
             }
             if idle || last_commit.elapsed() >= self.config.commit_interval {
                 commit(consumer.as_mut(), &mut uncommitted).await;
@@ -180,51 +187,89 @@ impl Processor {
         }
     }
 
-    /// Applies one partition's entries and publishes the resulting states; returns the offset
-    /// to commit once they are published.
-    async fn process(
+    /// Applies a polled batch, partition by partition, to the master store. Returns the state
+    /// messages to publish and, per partition, the offset to commit once they are published.
+    async fn apply(
         &self,
         dataset: &Dataset,
-        state_topic: &str,
-        partition: Partition,
-        entries: Vec<Entry>,
-    ) -> Result<Offset, ProcessorError> {
-        let next = entries.last().map_or(0, |e| e.offset + 1);
-        let mut batch = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            match changes::decode(entry) {
-                Ok(change) => batch.push(LoggedChange {
-                    offset: entry.offset,
-                    change,
-                }),
-                Err(reason) => {
-                    // Not ours to fix and never going to decode: skip it, loudly.
-                    self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                    warn!(dataset = %dataset.name, partition, offset = entry.offset, %reason, "skipping undecodable change");
+        entries: Vec<tenantsync_log::Entry>,
+    ) -> Result<(Vec<Message>, Vec<(Partition, Offset)>), ProcessorError> {
+        let mut by_partition: BTreeMap<Partition, Vec<tenantsync_log::Entry>> = BTreeMap::new();
+        for entry in entries {
+            by_partition.entry(entry.partition).or_default().push(entry);
+        }
+        let mut messages = Vec::new();
+        let mut offsets = Vec::with_capacity(by_partition.len());
+        for (partition, entries) in by_partition {
+            let next = entries.last().map_or(0, |e| e.offset + 1);
+            let mut batch = Vec::with_capacity(entries.len());
+            for entry in &entries {
+                match changes::decode(entry) {
+                    Ok(change) => batch.push(LoggedChange {
+                        offset: entry.offset,
+                        change,
+                    }),
+                    Err(reason) => {
+                        // Not ours to fix and never going to decode: skip it, loudly.
+                        self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                        warn!(dataset = %dataset.name, partition, offset = entry.offset, %reason, "skipping undecodable change");
+                    }
                 }
             }
+            let applied = self
+                .store
+                .apply(&dataset.name, partition, &batch, next)
+                .await?;
+            messages.extend(
+                applied
+                    .states
+                    .iter()
+                    .map(|record| state::encode(record, dataset.partitions)),
+            );
+            self.applied
+                .notify(&dataset.name, &batch, &applied.outcomes);
+            offsets.push((partition, next));
+            self.stats
+                .changes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
         }
-        let applied = self
-            .store
-            .apply(&dataset.name, partition, &batch, next)
-            .await?;
-        let messages: Vec<_> = applied
-            .states
-            .iter()
-            .map(|record| state::encode(record, dataset.partitions))
-            .collect();
-        let published = messages.len() as u64;
-        if !messages.is_empty() {
-            self.log.append(state_topic, messages).await?;
-        }
-        self.stats
-            .changes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .states_published
-            .fetch_add(published, Ordering::Relaxed);
-        Ok(next)
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        Ok((messages, offsets))
+    }
+}
+
+/// A batch's states on their way to the state log, and the offsets they cover.
+struct Publish {
+    task: JoinHandle<Result<(), LogError>>,
+    offsets: Vec<(Partition, Offset)>,
+}
+
+impl Publish {
+    fn start(
+        log: Arc<dyn Log>,
+        topic: String,
+        messages: Vec<Message>,
+        offsets: Vec<(Partition, Offset)>,
+    ) -> Self {
+        let task = tokio::spawn(async move {
+            if !messages.is_empty() {
+                log.append(&topic, messages).await?;
+            }
+            Ok(())
+        });
+        Self { task, offsets }
+    }
+
+    /// Waits until the states are durable; returns the offsets now safe to commit.
+    async fn finish(self) -> Result<Vec<(Partition, Offset)>, ProcessorError> {
+        match self.task.await {
+            Ok(result) => result?,
+            Err(join) => return Err(LogError::backend("publishing states", true, join).into()),
+        }
+        Ok(self.offsets)
     }
 }
 
@@ -238,7 +283,10 @@ async fn commit(consumer: &mut dyn GroupConsumer, uncommitted: &mut BTreeMap<Par
     match consumer.commit(&offsets).await {
         Ok(()) => uncommitted.clear(),
         Err(LogError::NotOwner { partition, .. }) => {
-            debug!(partition, "partition moved to another processor; dropping its commit");
+            debug!(
+                partition,
+                "partition moved to another processor; dropping its commit"
+            );
             uncommitted.clear();
         }
         Err(error) => warn!(%error, "committing consumed positions failed; will retry"),

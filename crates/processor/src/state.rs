@@ -12,9 +12,18 @@ use tenantsync_log::{Entry, Message};
 /// Encodes a record for the state log of a dataset with `partitions` partitions.
 pub fn encode(record: &Record, partitions: u32) -> Message {
     let headers = vec![
-        ("tenant".to_owned(), record.tenant.as_str().as_bytes().to_vec()),
-        ("version".to_owned(), record.version.to_string().into_bytes()),
-        ("change-id".to_owned(), record.change_id.as_str().as_bytes().to_vec()),
+        (
+            "tenant".to_owned(),
+            record.tenant.as_str().as_bytes().to_vec(),
+        ),
+        (
+            "version".to_owned(),
+            record.version.to_string().into_bytes(),
+        ),
+        (
+            "change-id".to_owned(),
+            record.change_id.as_str().as_bytes().to_vec(),
+        ),
     ];
     let value = record.data.as_ref().map(|_| {
         // Serialising a Record (strings, integers, a JSON map) cannot fail.

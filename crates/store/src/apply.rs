@@ -7,11 +7,11 @@
 //! the backends is what makes SQLite and PostgreSQL agree record for record; this module must
 //! never grow backend-specific behaviour.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use tenantsync_core::{
-    Change, ChangeId, DatasetName, Object, Op, Outcome, Record, RecordKey, RejectReason, TenantId,
+    Change, ChangeId, DatasetName, EntityId, Object, Op, Outcome, Record, RejectReason, TenantId,
     merge_patch,
 };
 use tracing::warn;
@@ -122,29 +122,46 @@ pub(crate) fn decide(current: Option<&Record>, change: &Change, now: DateTime<Ut
     }
 }
 
-/// The idempotency key of a change within a dataset.
-pub(crate) type OutcomeKey = (TenantId, ChangeId);
-
-/// What a backend must load before planning a batch: each distinct key and change id it
-/// mentions, in order of first appearance.
-#[derive(Debug, Default)]
-pub(crate) struct Lookups {
-    pub keys: Vec<RecordKey>,
-    pub change_ids: Vec<OutcomeKey>,
+/// What a backend must load before planning a batch: each distinct key and change id the batch
+/// mentions, once, in order of first appearance. The backend answers with one slot per entry
+/// (`None`: no such record / not applied), so planning needs no hashing or cloning.
+#[derive(Debug)]
+pub(crate) struct Lookups<'a> {
+    pub keys: Vec<(&'a TenantId, &'a EntityId)>,
+    pub change_ids: Vec<(&'a TenantId, &'a ChangeId)>,
+    /// For each change of the batch, the index of its key in `keys`...
+    key_of: Vec<usize>,
+    /// ...and of its change id in `change_ids`.
+    id_of: Vec<usize>,
 }
 
-pub(crate) fn lookups(changes: &[LoggedChange]) -> Lookups {
-    let mut seen_keys = HashSet::with_capacity(changes.len());
-    let mut seen_ids = HashSet::with_capacity(changes.len());
-    let mut out = Lookups::default();
+pub(crate) fn lookups(changes: &[LoggedChange]) -> Lookups<'_> {
+    let mut key_index: HashMap<(&str, &str), usize> = HashMap::with_capacity(changes.len());
+    let mut id_index: HashMap<(&str, &str), usize> = HashMap::with_capacity(changes.len());
+    let mut out = Lookups {
+        keys: Vec::with_capacity(changes.len()),
+        change_ids: Vec::with_capacity(changes.len()),
+        key_of: Vec::with_capacity(changes.len()),
+        id_of: Vec::with_capacity(changes.len()),
+    };
     for logged in changes {
         let c = &logged.change;
-        if seen_keys.insert((&c.tenant, &c.id)) {
-            out.keys.push(c.key());
+        let next = out.keys.len();
+        let k = *key_index
+            .entry((c.tenant.as_str(), c.id.as_str()))
+            .or_insert(next);
+        if k == next {
+            out.keys.push((&c.tenant, &c.id));
         }
-        if seen_ids.insert((&c.tenant, &c.change_id)) {
-            out.change_ids.push((c.tenant.clone(), c.change_id.clone()));
+        let next = out.change_ids.len();
+        let i = *id_index
+            .entry((c.tenant.as_str(), c.change_id.as_str()))
+            .or_insert(next);
+        if i == next {
+            out.change_ids.push((&c.tenant, &c.change_id));
         }
+        out.key_of.push(k);
+        out.id_of.push(i);
     }
     out
 }
@@ -154,18 +171,19 @@ pub(crate) fn lookups(changes: &[LoggedChange]) -> Lookups {
 pub(crate) struct Plan {
     /// What [`crate::MasterStore::apply`] returns.
     pub applied: Applied,
-    /// The final state of every record the batch altered, each once, sorted by key so that
+    /// The records the batch altered, as indices into `applied.states`, sorted by key so that
     /// concurrent writers lock rows in the same order.
-    pub record_writes: Vec<Record>,
-    /// The outcomes of the changes this batch applied for the first time.
-    pub outcome_writes: Vec<(OutcomeKey, Outcome)>,
+    pub written: Vec<usize>,
+    /// The changes applied for the first time, as indices into the batch (and
+    /// `applied.outcomes`): their outcomes are to be stored.
+    pub first_applied: Vec<usize>,
     /// The partition's new position: never below the stored one.
     pub position: Offset,
 }
 
-/// Plans a batch: `records` holds the stored state of the batch's keys (missing: never
-/// existed), `outcomes` the stored outcomes of its change ids (missing: never applied),
-/// `position` the partition's stored position.
+/// Plans a batch. `records` and `outcomes` answer `lookups` slot for slot with the stored state
+/// (`None`: never existed) and the stored outcome (`None`: never applied); `position` is the
+/// partition's stored position.
 ///
 /// A change whose id already has an outcome, in the store or earlier in this batch, reports that
 /// outcome and changes nothing. A change at an offset below `position` is not applied again; if
@@ -176,23 +194,29 @@ pub(crate) fn plan_batch(
     dataset: &DatasetName,
     partition: u32,
     changes: &[LoggedChange],
+    lookups: &Lookups<'_>,
     position: Offset,
     next_offset: Offset,
-    mut records: HashMap<RecordKey, Record>,
-    mut outcomes: HashMap<OutcomeKey, Outcome>,
+    records: Vec<Option<Record>>,
+    outcomes: Vec<Option<Outcome>>,
     now: DateTime<Utc>,
 ) -> Plan {
     let now = truncate_to_micros(now);
+    let mut current = records;
+    let mut known = outcomes;
+    // A backend answering with fewer slots than asked must not make this panic.
+    current.resize(lookups.keys.len(), None);
+    known.resize(lookups.change_ids.len(), None);
+    let mut dirty = vec![false; current.len()];
+    let mut last_seen = vec![0usize; current.len()];
     let mut results = Vec::with_capacity(changes.len());
-    let mut last_seen: HashMap<RecordKey, usize> = HashMap::with_capacity(changes.len());
-    let mut dirty: HashSet<RecordKey> = HashSet::new();
-    let mut outcome_writes = Vec::new();
+    let mut first_applied = Vec::new();
 
     for (index, logged) in changes.iter().enumerate() {
         let change = &logged.change;
-        let key = change.key();
-        let outcome_key = (change.tenant.clone(), change.change_id.clone());
-        if let Some(outcome) = outcomes.get(&outcome_key) {
+        let (k, c) = (lookups.key_of[index], lookups.id_of[index]);
+        last_seen[k] = index;
+        if let Some(outcome) = &known[c] {
             results.push(outcome.clone());
         } else if logged.offset < position {
             warn!(
@@ -200,43 +224,45 @@ pub(crate) fn plan_batch(
                 change_id = %change.change_id,
                 "change below the stored position has no stored outcome; not applying it"
             );
-            let version = records.get(&key).map_or(0, |r| r.version);
+            let version = current[k].as_ref().map_or(0, |r| r.version);
             results.push(Outcome::Unchanged { version });
         } else {
-            let decision = decide(records.get(&key), change, now);
+            let decision = decide(current[k].as_ref(), change, now);
             let outcome = decision.outcome();
             if let Decision::Write(record) = decision {
-                records.insert(key.clone(), record);
-                dirty.insert(key.clone());
+                current[k] = Some(record);
+                dirty[k] = true;
             }
-            outcomes.insert(outcome_key.clone(), outcome.clone());
-            outcome_writes.push((outcome_key, outcome.clone()));
+            known[c] = Some(outcome.clone());
+            first_applied.push(index);
             results.push(outcome);
         }
-        last_seen.insert(key, index);
     }
 
-    let mut addressed: Vec<(RecordKey, usize)> = last_seen.into_iter().collect();
-    addressed.sort_unstable_by_key(|(_, index)| *index);
-    let states = addressed
-        .iter()
-        .filter_map(|(key, _)| records.get(key).cloned())
-        .collect();
-
-    let mut dirty: Vec<RecordKey> = dirty.into_iter().collect();
-    dirty.sort_unstable();
-    let record_writes = dirty
-        .into_iter()
-        .filter_map(|key| records.remove(&key))
-        .collect();
+    let mut order: Vec<usize> = (0..current.len()).collect();
+    order.sort_unstable_by_key(|&k| last_seen[k]);
+    let mut states = Vec::with_capacity(order.len());
+    let mut written = Vec::new();
+    for k in order {
+        if let Some(record) = current[k].take() {
+            if dirty[k] {
+                written.push(states.len());
+            }
+            states.push(record);
+        }
+    }
+    written.sort_unstable_by(|&a, &b| {
+        let (a, b): (&Record, &Record) = (&states[a], &states[b]);
+        (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id))
+    });
 
     Plan {
         applied: Applied {
             outcomes: results,
             states,
         },
-        record_writes,
-        outcome_writes,
+        written,
+        first_applied,
         position: position.max(next_offset),
     }
 }
@@ -252,7 +278,7 @@ mod tests {
     use chrono::TimeZone;
     use proptest::prelude::*;
     use serde_json::json;
-    use tenantsync_core::EntityId;
+    use tenantsync_core::RecordKey;
 
     use super::*;
 
@@ -326,7 +352,11 @@ mod tests {
         let cur = record(4, Some(json!({"a": 1, "b": 2})));
         let r = written(decide(Some(&cur), &upsert("c", json!({"a": 2})), now()));
         assert_eq!(r.version, 5);
-        assert_eq!(r.data, Some(obj(json!({"a": 2}))), "upsert replaces, never merges");
+        assert_eq!(
+            r.data,
+            Some(obj(json!({"a": 2}))),
+            "upsert replaces, never merges"
+        );
     }
 
     #[test]
@@ -384,7 +414,11 @@ mod tests {
     #[test]
     fn delete_tombstones_live_record() {
         let cur = record(3, Some(json!({"a": 1})));
-        let r = written(decide(Some(&cur), &change("d", Op::Delete, None, None), now()));
+        let r = written(decide(
+            Some(&cur),
+            &change("d", Op::Delete, None, None),
+            now(),
+        ));
         assert_eq!(r.version, 4);
         assert_eq!(r.data, None);
         assert_eq!(r.change_id.as_str(), "d");
@@ -407,7 +441,10 @@ mod tests {
     fn expected_version_zero_means_absent_or_deleted() {
         let c = change("c", Op::Upsert, Some(json!({"a": 1})), Some(0));
         assert_eq!(written(decide(None, &c, now())).version, 1);
-        assert_eq!(written(decide(Some(&record(5, None)), &c, now())).version, 6);
+        assert_eq!(
+            written(decide(Some(&record(5, None)), &c, now())).version,
+            6
+        );
         assert_eq!(
             kept(decide(Some(&record(5, Some(json!({})))), &c, now())),
             Outcome::Rejected {
@@ -504,15 +541,48 @@ mod tests {
         }
     }
 
+    type Stored<K, V> = HashMap<K, V>;
+
     fn plan(
         changes: &[LoggedChange],
         position: Offset,
         next: Offset,
-        records: HashMap<RecordKey, Record>,
-        outcomes: HashMap<OutcomeKey, Outcome>,
+        records: Stored<RecordKey, Record>,
+        outcomes: Stored<(TenantId, ChangeId), Outcome>,
+    ) -> Plan {
+        plan_at(changes, position, next, records, outcomes, now())
+    }
+
+    /// Plans as a backend would: answering the lookups slot for slot from the "stored" maps.
+    fn plan_at(
+        changes: &[LoggedChange],
+        position: Offset,
+        next: Offset,
+        records: Stored<RecordKey, Record>,
+        outcomes: Stored<(TenantId, ChangeId), Outcome>,
+        at: DateTime<Utc>,
     ) -> Plan {
         let dataset = DatasetName::new("items").unwrap();
-        plan_batch(&dataset, 0, changes, position, next, records, outcomes, now())
+        let l = lookups(changes);
+        let r = l
+            .keys
+            .iter()
+            .map(|(t, id)| {
+                records
+                    .get(&RecordKey::new((*t).clone(), (*id).clone()))
+                    .cloned()
+            })
+            .collect();
+        let o = l
+            .change_ids
+            .iter()
+            .map(|(t, c)| outcomes.get(&((*t).clone(), (*c).clone())).cloned())
+            .collect();
+        plan_batch(&dataset, 0, changes, &l, position, next, r, o, at)
+    }
+
+    fn written_records(p: &Plan) -> Vec<&Record> {
+        p.written.iter().map(|&i| &p.applied.states[i]).collect()
     }
 
     #[test]
@@ -526,6 +596,7 @@ mod tests {
         let l = lookups(&changes);
         assert_eq!(l.keys.len(), 3);
         assert_eq!(l.change_ids.len(), 4);
+        assert_eq!(l.key_of, vec![0, 1, 0, 2]);
         let p = plan(&changes, 0, 4, HashMap::new(), HashMap::new());
         assert_eq!(
             p.applied.outcomes,
@@ -537,11 +608,20 @@ mod tests {
             ]
         );
         let ids: Vec<_> = p.applied.states.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["b", "a"], "last appearance order; never-existing keys left out");
-        assert_eq!(p.record_writes.len(), 2);
-        assert_eq!(p.record_writes[0].id.as_str(), "a");
-        assert_eq!(p.record_writes[0].version, 2);
-        assert_eq!(p.outcome_writes.len(), 4);
+        assert_eq!(
+            ids,
+            ["b", "a"],
+            "last appearance order; never-existing keys left out"
+        );
+        let w = written_records(&p);
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (w[0].id.as_str(), w[0].version),
+            ("a", 2),
+            "written in key order"
+        );
+        assert_eq!((w[1].id.as_str(), w[1].version), ("b", 1));
+        assert_eq!(p.first_applied, vec![0, 1, 2, 3]);
         assert_eq!(p.position, 4);
     }
 
@@ -564,7 +644,7 @@ mod tests {
             ]
         );
         assert_eq!(p.applied.states[0].data, Some(obj(json!({"v": 1}))));
-        assert_eq!(p.outcome_writes.len(), 1);
+        assert_eq!(p.first_applied, vec![0]);
     }
 
     #[test]
@@ -577,13 +657,7 @@ mod tests {
             Outcome::Applied { version: 2 },
         )]);
         let below = upsert("lost", json!({"v": 10}));
-        let p = plan(
-            &[logged(5, c), logged(6, below)],
-            10,
-            7,
-            records,
-            outcomes,
-        );
+        let p = plan(&[logged(5, c), logged(6, below)], 10, 7, records, outcomes);
         assert_eq!(
             p.applied.outcomes,
             vec![
@@ -592,19 +666,17 @@ mod tests {
             ]
         );
         assert_eq!(p.applied.states, vec![stored]);
-        assert!(p.record_writes.is_empty());
-        assert!(p.outcome_writes.is_empty());
+        assert!(p.written.is_empty());
+        assert!(p.first_applied.is_empty());
         assert_eq!(p.position, 10, "the position never moves backwards");
     }
 
     #[test]
     fn now_is_truncated_to_microseconds() {
         let t = now() + chrono::Duration::nanoseconds(1_234_567);
-        let dataset = DatasetName::new("items").unwrap();
         let changes = [logged(0, upsert("c", json!({})))];
-        let p = plan_batch(&dataset, 0, &changes, 0, 1, HashMap::new(), HashMap::new(), t);
+        let p = plan_at(&changes, 0, 1, HashMap::new(), HashMap::new(), t);
         let expected = now() + chrono::Duration::microseconds(1_234);
-        assert_eq!(p.record_writes[0].updated_at, expected);
         assert_eq!(p.applied.states[0].updated_at, expected);
     }
 
@@ -730,12 +802,19 @@ mod tests {
             let first = plan(&changes, 0, changes.len() as u64, HashMap::new(), HashMap::new());
             let records: HashMap<_, _> =
                 first.applied.states.iter().map(|r| (r.key(), r.clone())).collect();
-            let outcomes: HashMap<_, _> = first.outcome_writes.iter().cloned().collect();
+            let outcomes: HashMap<_, _> = first
+                .first_applied
+                .iter()
+                .map(|&i| {
+                    let c = &changes[i].change;
+                    ((c.tenant.clone(), c.change_id.clone()), first.applied.outcomes[i].clone())
+                })
+                .collect();
             for position in [0, changes.len() as u64] {
                 let again = plan(&changes, position, 0, records.clone(), outcomes.clone());
                 prop_assert_eq!(&again.applied, &first.applied);
-                prop_assert!(again.record_writes.is_empty());
-                prop_assert!(again.outcome_writes.is_empty());
+                prop_assert!(again.written.is_empty());
+                prop_assert!(again.first_applied.is_empty());
             }
         }
     }

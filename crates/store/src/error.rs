@@ -32,7 +32,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Sqlite(_) | StoreError::Postgres(_) | StoreError::Pool(_) | StoreError::Io(_)
+            StoreError::Sqlite(_)
+                | StoreError::Postgres(_)
+                | StoreError::Pool(_)
+                | StoreError::Io(_)
         )
     }
 }

@@ -10,18 +10,17 @@
 //!
 //! This module must never decide what a change does itself: that is [`crate::apply`].
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Outcome, Record, RecordKey, TenantId};
+use tenantsync_core::{ChangeId, DatasetName, EntityId, Outcome, Record, TenantId};
 use tokio_postgres::NoTls;
 use tokio_postgres::Row;
 use tracing::info;
 
-use crate::apply::{self, OutcomeKey};
+use crate::apply;
 use crate::migrations::{self, Migration};
 use crate::rows::{self, RecordRow};
 use crate::{Applied, Dataset, LoggedChange, MasterStore, Offset, StoreError};
@@ -44,14 +43,18 @@ const UPDATE_POSITION: &str = "UPDATE positions SET next_offset = GREATEST(next_
      WHERE dataset = $1 AND partition = $2";
 const SELECT_POSITION: &str =
     "SELECT next_offset FROM positions WHERE dataset = $1 AND partition = $2";
+/// `slot` (1-based) says which of the asked-for keys a row answers. The LATERAL ... LIMIT 1
+/// keeps the plan one primary-key probe per key: left to itself the planner may pick a merge join
+/// that reads the whole index on every batch, which gets slower as the table grows.
 const LOAD_RECORDS: &str = "SELECT r.tenant, r.id, r.version, r.data::text, r.updated_at, \
-     r.change_id \
-     FROM unnest($2::text[], $3::text[]) AS k(tenant, id) \
-     JOIN records r ON r.dataset = $1 AND r.tenant = k.tenant AND r.id = k.id";
-const LOAD_OUTCOMES: &str = "SELECT a.tenant, a.change_id, a.status, a.version \
-     FROM unnest($2::text[], $3::text[]) AS k(tenant, change_id) \
-     JOIN applied_changes a \
-       ON a.dataset = $1 AND a.tenant = k.tenant AND a.change_id = k.change_id";
+     r.change_id, k.slot \
+     FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(tenant, id, slot) \
+     CROSS JOIN LATERAL (SELECT * FROM records \
+       WHERE dataset = $1 AND tenant = k.tenant AND id = k.id LIMIT 1) r";
+const LOAD_OUTCOMES: &str = "SELECT a.status, a.version, k.slot \
+     FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(tenant, change_id, slot) \
+     CROSS JOIN LATERAL (SELECT status, version FROM applied_changes \
+       WHERE dataset = $1 AND tenant = k.tenant AND change_id = k.change_id LIMIT 1) a";
 const WRITE_RECORDS: &str = "INSERT INTO records \
      (dataset, tenant, id, version, data, updated_at, change_id) \
      SELECT $1, t, i, v, d::json, u, c \
@@ -157,7 +160,9 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreErro
     if current > known {
         return Err(StoreError::Corrupt {
             what: "schema version",
-            detail: format!("database is at schema version {current}, newer than this build's {known}"),
+            detail: format!(
+                "database is at schema version {current}, newer than this build's {known}"
+            ),
         });
     }
     for Migration { version, name, sql } in migrations::POSTGRES {
@@ -188,6 +193,14 @@ fn record_row(row: &Row) -> Result<Record, StoreError> {
     .into_record()
 }
 
+/// The entry a 1-based `WITH ORDINALITY` slot number points at.
+fn slot<T>(slots: &mut [T], ordinal: i64) -> Result<&mut T, StoreError> {
+    usize::try_from(ordinal - 1)
+        .ok()
+        .and_then(|i| slots.get_mut(i))
+        .ok_or_else(|| corrupt_id("lookup slot", format!("slot {ordinal} was not asked for")))
+}
+
 fn corrupt_id(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         what,
@@ -207,7 +220,7 @@ struct RecordColumns<'a> {
 }
 
 impl<'a> RecordColumns<'a> {
-    fn new(records: &'a [Record]) -> Result<Self, StoreError> {
+    fn new(records: impl Iterator<Item = &'a Record>) -> Result<Self, StoreError> {
         let mut c = Self::default();
         for r in records {
             c.tenants.push(r.tenant.as_str());
@@ -282,8 +295,8 @@ impl MasterStore for PostgresStore {
         let ds = dataset.as_str();
         let part = i64::from(partition);
         let lookups = apply::lookups(changes);
-        let key_tenants: Vec<&str> = lookups.keys.iter().map(|k| k.tenant.as_str()).collect();
-        let key_ids: Vec<&str> = lookups.keys.iter().map(|k| k.id.as_str()).collect();
+        let key_tenants: Vec<&str> = lookups.keys.iter().map(|(t, _)| t.as_str()).collect();
+        let key_ids: Vec<&str> = lookups.keys.iter().map(|(_, id)| id.as_str()).collect();
         let outcome_tenants: Vec<&str> =
             lookups.change_ids.iter().map(|(t, _)| t.as_str()).collect();
         let outcome_ids: Vec<&str> = lookups.change_ids.iter().map(|(_, c)| c.as_str()).collect();
@@ -312,30 +325,23 @@ impl MasterStore for PostgresStore {
         )?;
         let position = rows::to_u64("position", position.try_get(0)?)?;
 
-        let mut records: HashMap<RecordKey, Record> = HashMap::with_capacity(record_rows.len());
+        let mut records: Vec<Option<Record>> = vec![None; lookups.keys.len()];
         for row in &record_rows {
             let record = record_row(row)?;
-            records.insert(record.key(), record);
+            *slot(&mut records, row.try_get(6)?)? = Some(record);
         }
-        let mut outcomes: HashMap<OutcomeKey, Outcome> = HashMap::with_capacity(outcome_rows.len());
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; lookups.change_ids.len()];
         for row in &outcome_rows {
-            let tenant: String = row.try_get(0)?;
-            let change_id: String = row.try_get(1)?;
-            let status: String = row.try_get(2)?;
-            let version: i64 = row.try_get(3)?;
-            outcomes.insert(
-                (
-                    TenantId::new(tenant).map_err(|e| corrupt_id("outcome tenant", e))?,
-                    ChangeId::new(change_id).map_err(|e| corrupt_id("outcome change id", e))?,
-                ),
-                rows::outcome_from_row(&status, version)?,
-            );
+            let status: String = row.try_get(0)?;
+            let outcome = rows::outcome_from_row(&status, row.try_get(1)?)?;
+            *slot(&mut outcomes, row.try_get(2)?)? = Some(outcome);
         }
 
         let plan = apply::plan_batch(
             dataset,
             partition,
             changes,
+            &lookups,
             position,
             next_offset,
             records,
@@ -343,15 +349,16 @@ impl MasterStore for PostgresStore {
             Utc::now(),
         );
 
-        let columns = RecordColumns::new(&plan.record_writes)?;
-        let mut o_tenants = Vec::with_capacity(plan.outcome_writes.len());
-        let mut o_ids = Vec::with_capacity(plan.outcome_writes.len());
-        let mut o_statuses = Vec::with_capacity(plan.outcome_writes.len());
-        let mut o_versions = Vec::with_capacity(plan.outcome_writes.len());
-        for ((tenant, change_id), outcome) in &plan.outcome_writes {
-            let (status, version) = rows::outcome_to_row(outcome)?;
-            o_tenants.push(tenant.as_str());
-            o_ids.push(change_id.as_str());
+        let columns = RecordColumns::new(plan.written.iter().map(|&i| &plan.applied.states[i]))?;
+        let mut o_tenants = Vec::with_capacity(plan.first_applied.len());
+        let mut o_ids = Vec::with_capacity(plan.first_applied.len());
+        let mut o_statuses = Vec::with_capacity(plan.first_applied.len());
+        let mut o_versions = Vec::with_capacity(plan.first_applied.len());
+        for &i in &plan.first_applied {
+            let change = &changes[i].change;
+            let (status, version) = rows::outcome_to_row(&plan.applied.outcomes[i])?;
+            o_tenants.push(change.tenant.as_str());
+            o_ids.push(change.change_id.as_str());
             o_statuses.push(status);
             o_versions.push(version);
         }
@@ -389,14 +396,14 @@ impl MasterStore for PostgresStore {
             )
             .await
         };
-        tokio::try_join!(
-            write_records,
-            write_outcomes,
-            async {
-                tx.execute(&update_position, &[&ds, &part, &new_position])
-                    .await
-            },
-        )?;
+        let update_position = async {
+            if plan.position == position {
+                return Ok(0);
+            }
+            tx.execute(&update_position, &[&ds, &part, &new_position])
+                .await
+        };
+        tokio::try_join!(write_records, write_outcomes, update_position)?;
         tx.commit().await?;
         Ok(plan.applied)
     }

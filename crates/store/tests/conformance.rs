@@ -117,7 +117,10 @@ async fn declare_and_list_datasets(store: &dyn MasterStore) {
     };
     store.declare_dataset(&zeta).await.unwrap();
     store.declare_dataset(&alpha).await.unwrap();
-    store.declare_dataset(&zeta).await.expect("redeclaring is a no-op");
+    store
+        .declare_dataset(&zeta)
+        .await
+        .expect("redeclaring is a no-op");
     let err = store
         .declare_dataset(&Dataset {
             name: ds("zeta"),
@@ -135,45 +138,110 @@ async fn declare_and_list_datasets(store: &dyn MasterStore) {
         }
         other => panic!("expected a dataset mismatch, got {other:?}"),
     }
-    assert!(!StoreError::DatasetMismatch {
-        dataset: "x".into(),
-        existing: 1,
-        requested: 2
-    }
-    .is_transient());
+    assert!(
+        !StoreError::DatasetMismatch {
+            dataset: "x".into(),
+            existing: 1,
+            requested: 2
+        }
+        .is_transient()
+    );
     assert_eq!(store.datasets().await.unwrap(), vec![alpha, zeta]);
 }
 
 async fn upsert_get_and_unchanged_data(store: &dyn MasterStore) {
     assert_eq!(get(store, "acme", "sku-1").await, None);
-    let a = apply_ok(store, "items", &at(0, vec![upsert("c1", "acme", "sku-1", json!({"qty": 1}))]), 1).await;
+    let a = apply_ok(
+        store,
+        "items",
+        &at(0, vec![upsert("c1", "acme", "sku-1", json!({"qty": 1}))]),
+        1,
+    )
+    .await;
     assert_eq!(a.outcomes, vec![applied(1)]);
     let r = get(store, "acme", "sku-1").await.expect("record");
-    assert_eq!(a.states, vec![r.clone()], "the returned state is the stored record");
     assert_eq!(
-        (r.tenant.as_str(), r.id.as_str(), r.version, r.change_id.as_str()),
+        a.states,
+        vec![r.clone()],
+        "the returned state is the stored record"
+    );
+    assert_eq!(
+        (
+            r.tenant.as_str(),
+            r.id.as_str(),
+            r.version,
+            r.change_id.as_str()
+        ),
         ("acme", "sku-1", 1, "c1")
     );
     assert_eq!(r.data, Some(obj(json!({"qty": 1}))));
 
-    assert_eq!(one(store, 1, upsert("c2", "acme", "sku-1", json!({"qty": 2, "x": true}))).await, applied(2));
-    assert_eq!(one(store, 2, upsert("c3", "acme", "sku-1", json!({"qty": 3}))).await, applied(3));
+    assert_eq!(
+        one(
+            store,
+            1,
+            upsert("c2", "acme", "sku-1", json!({"qty": 2, "x": true}))
+        )
+        .await,
+        applied(2)
+    );
+    assert_eq!(
+        one(store, 2, upsert("c3", "acme", "sku-1", json!({"qty": 3}))).await,
+        applied(3)
+    );
     let r3 = get(store, "acme", "sku-1").await.unwrap();
-    assert_eq!(r3.data, Some(obj(json!({"qty": 3}))), "upsert replaces, never merges");
+    assert_eq!(
+        r3.data,
+        Some(obj(json!({"qty": 3}))),
+        "upsert replaces, never merges"
+    );
 
     // Identical data: no new version, the record (including its change id) stays as it was.
-    let same = apply_ok(store, "items", &at(3, vec![upsert("c4", "acme", "sku-1", json!({"qty": 3}))]), 4).await;
+    let same = apply_ok(
+        store,
+        "items",
+        &at(3, vec![upsert("c4", "acme", "sku-1", json!({"qty": 3}))]),
+        4,
+    )
+    .await;
     assert_eq!(same.outcomes, vec![unchanged(3)]);
     assert_eq!(same.states, vec![r3.clone()]);
     assert_eq!(get(store, "acme", "sku-1").await.unwrap(), r3);
 }
 
 async fn patch_is_json_merge_patch(store: &dyn MasterStore) {
-    assert_eq!(one(store, 0, patch("p0", "acme", "a", json!({"x": 1}))).await, not_found());
-    assert_eq!(get(store, "acme", "a").await, None, "a rejected patch creates nothing");
-    one(store, 1, upsert("c1", "acme", "a", json!({"a": 1, "b": {"c": 1, "d": 2}, "k": [1, 2]}))).await;
     assert_eq!(
-        one(store, 2, patch("p1", "acme", "a", json!({"a": null, "b": {"c": 5, "e": null}, "k": [3], "n": {"m": 1}}))).await,
+        one(store, 0, patch("p0", "acme", "a", json!({"x": 1}))).await,
+        not_found()
+    );
+    assert_eq!(
+        get(store, "acme", "a").await,
+        None,
+        "a rejected patch creates nothing"
+    );
+    one(
+        store,
+        1,
+        upsert(
+            "c1",
+            "acme",
+            "a",
+            json!({"a": 1, "b": {"c": 1, "d": 2}, "k": [1, 2]}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        one(
+            store,
+            2,
+            patch(
+                "p1",
+                "acme",
+                "a",
+                json!({"a": null, "b": {"c": 5, "e": null}, "k": [3], "n": {"m": 1}})
+            )
+        )
+        .await,
         applied(2)
     );
     assert_eq!(
@@ -181,41 +249,136 @@ async fn patch_is_json_merge_patch(store: &dyn MasterStore) {
         Some(obj(json!({"b": {"c": 5, "d": 2}, "k": [3], "n": {"m": 1}})))
     );
     // A patch that leaves the data as it was creates no version.
-    assert_eq!(one(store, 3, patch("p2", "acme", "a", json!({"b": {"c": 5}, "gone": null}))).await, unchanged(2));
+    assert_eq!(
+        one(
+            store,
+            3,
+            patch("p2", "acme", "a", json!({"b": {"c": 5}, "gone": null}))
+        )
+        .await,
+        unchanged(2)
+    );
     // Patching a deleted record is not found, with current version 0.
     one(store, 4, delete("d1", "acme", "a")).await;
-    assert_eq!(one(store, 5, patch("p3", "acme", "a", json!({"x": 1}))).await, not_found());
+    assert_eq!(
+        one(store, 5, patch("p3", "acme", "a", json!({"x": 1}))).await,
+        not_found()
+    );
     assert_eq!(get(store, "acme", "a").await.unwrap().version, 3);
 }
 
 async fn delete_and_recreate_continue_the_version(store: &dyn MasterStore) {
-    assert_eq!(one(store, 0, delete("d0", "acme", "a")).await, unchanged(0), "delete of an absent record");
-    assert_eq!(get(store, "acme", "a").await, None, "a no-op delete leaves no tombstone");
+    assert_eq!(
+        one(store, 0, delete("d0", "acme", "a")).await,
+        unchanged(0),
+        "delete of an absent record"
+    );
+    assert_eq!(
+        get(store, "acme", "a").await,
+        None,
+        "a no-op delete leaves no tombstone"
+    );
     one(store, 1, upsert("c1", "acme", "a", json!({"v": 1}))).await;
     one(store, 2, upsert("c2", "acme", "a", json!({"v": 2}))).await;
     let del = apply_ok(store, "items", &at(3, vec![delete("d1", "acme", "a")]), 4).await;
     assert_eq!(del.outcomes, vec![applied(3)]);
     let tomb = get(store, "acme", "a").await.expect("tombstone");
-    assert_eq!((tomb.version, tomb.data.clone(), tomb.change_id.as_str()), (3, None, "d1"));
+    assert_eq!(
+        (tomb.version, tomb.data.clone(), tomb.change_id.as_str()),
+        (3, None, "d1")
+    );
     assert!(tomb.is_deleted());
     assert_eq!(del.states, vec![tomb.clone()], "tombstones are republished");
-    assert_eq!(one(store, 4, delete("d2", "acme", "a")).await, unchanged(3), "delete of a deleted record");
+    assert_eq!(
+        one(store, 4, delete("d2", "acme", "a")).await,
+        unchanged(3),
+        "delete of a deleted record"
+    );
     assert_eq!(get(store, "acme", "a").await.unwrap(), tomb);
     // If-None-Match (expected version 0) succeeds on a tombstone, continuing above it.
-    assert_eq!(one(store, 5, expecting(upsert("c3", "acme", "a", json!({"v": 3})), 0)).await, applied(4));
-    assert_eq!(one(store, 6, expecting(upsert("c4", "acme", "a", json!({"v": 4})), 0)).await, conflict(4));
-    assert_eq!(get(store, "acme", "a").await.unwrap().data, Some(obj(json!({"v": 3}))));
+    assert_eq!(
+        one(
+            store,
+            5,
+            expecting(upsert("c3", "acme", "a", json!({"v": 3})), 0)
+        )
+        .await,
+        applied(4)
+    );
+    assert_eq!(
+        one(
+            store,
+            6,
+            expecting(upsert("c4", "acme", "a", json!({"v": 4})), 0)
+        )
+        .await,
+        conflict(4)
+    );
+    assert_eq!(
+        get(store, "acme", "a").await.unwrap().data,
+        Some(obj(json!({"v": 3})))
+    );
 }
 
 async fn expected_versions(store: &dyn MasterStore) {
-    assert_eq!(one(store, 0, expecting(upsert("c0", "acme", "a", json!({"v": 0})), 5)).await, conflict(0));
-    assert_eq!(one(store, 1, expecting(upsert("c1", "acme", "a", json!({"v": 1})), 0)).await, applied(1));
-    assert_eq!(one(store, 2, expecting(upsert("c2", "acme", "a", json!({"v": 2})), 1)).await, applied(2));
-    assert_eq!(one(store, 3, expecting(upsert("c3", "acme", "a", json!({"v": 3})), 1)).await, conflict(2));
-    assert_eq!(one(store, 4, expecting(patch("c4", "acme", "a", json!({"p": 1})), 2)).await, applied(3));
-    assert_eq!(one(store, 5, expecting(delete("c5", "acme", "a"), 2)).await, conflict(3));
-    assert_eq!(one(store, 6, expecting(delete("c6", "acme", "a"), 3)).await, applied(4));
-    assert_eq!(one(store, 7, expecting(upsert("c7", "acme", "a", json!({})), 4)).await, conflict(0), "a tombstone has no live version");
+    assert_eq!(
+        one(
+            store,
+            0,
+            expecting(upsert("c0", "acme", "a", json!({"v": 0})), 5)
+        )
+        .await,
+        conflict(0)
+    );
+    assert_eq!(
+        one(
+            store,
+            1,
+            expecting(upsert("c1", "acme", "a", json!({"v": 1})), 0)
+        )
+        .await,
+        applied(1)
+    );
+    assert_eq!(
+        one(
+            store,
+            2,
+            expecting(upsert("c2", "acme", "a", json!({"v": 2})), 1)
+        )
+        .await,
+        applied(2)
+    );
+    assert_eq!(
+        one(
+            store,
+            3,
+            expecting(upsert("c3", "acme", "a", json!({"v": 3})), 1)
+        )
+        .await,
+        conflict(2)
+    );
+    assert_eq!(
+        one(
+            store,
+            4,
+            expecting(patch("c4", "acme", "a", json!({"p": 1})), 2)
+        )
+        .await,
+        applied(3)
+    );
+    assert_eq!(
+        one(store, 5, expecting(delete("c5", "acme", "a"), 2)).await,
+        conflict(3)
+    );
+    assert_eq!(
+        one(store, 6, expecting(delete("c6", "acme", "a"), 3)).await,
+        applied(4)
+    );
+    assert_eq!(
+        one(store, 7, expecting(upsert("c7", "acme", "a", json!({})), 4)).await,
+        conflict(0),
+        "a tombstone has no live version"
+    );
     let r = get(store, "acme", "a").await.unwrap();
     assert_eq!((r.version, r.data), (4, None));
 }
@@ -225,18 +388,27 @@ async fn rejections_are_stored_outcomes(store: &dyn MasterStore) {
     let stale = expecting(upsert("stale", "acme", "a", json!({"v": 9})), 2);
     assert_eq!(one(store, 1, stale.clone()).await, conflict(1));
     assert_eq!(
-        store.outcome(&ds("items"), &tenant("acme"), &cid("stale")).await.unwrap(),
+        store
+            .outcome(&ds("items"), &tenant("acme"), &cid("stale"))
+            .await
+            .unwrap(),
         Some(conflict(1))
     );
     // The record reaches version 2, where the precondition would hold; redelivering the
     // rejected change still reports the first outcome and changes nothing.
     one(store, 2, upsert("c2", "acme", "a", json!({"v": 2}))).await;
     assert_eq!(one(store, 3, stale).await, conflict(1));
-    assert_eq!(get(store, "acme", "a").await.unwrap().data, Some(obj(json!({"v": 2}))));
+    assert_eq!(
+        get(store, "acme", "a").await.unwrap().data,
+        Some(obj(json!({"v": 2})))
+    );
     let missing = patch("nf", "acme", "nope", json!({}));
     assert_eq!(one(store, 4, missing).await, not_found());
     assert_eq!(
-        store.outcome(&ds("items"), &tenant("acme"), &cid("nf")).await.unwrap(),
+        store
+            .outcome(&ds("items"), &tenant("acme"), &cid("nf"))
+            .await
+            .unwrap(),
         Some(not_found())
     );
 }
@@ -277,9 +449,16 @@ async fn idempotent_reapply_of_the_same_batch(store: &dyn MasterStore) {
     let before = scan_all(store, &ds("items"), &tenant("acme"), 100).await;
     for _ in 0..2 {
         let again = apply_ok(store, "items", &batch, 10).await;
-        assert_eq!(again, first, "same outcomes and the same states, updated_at included");
+        assert_eq!(
+            again, first,
+            "same outcomes and the same states, updated_at included"
+        );
     }
-    assert_eq!(scan_all(store, &ds("items"), &tenant("acme"), 100).await, before, "no new versions");
+    assert_eq!(
+        scan_all(store, &ds("items"), &tenant("acme"), 100).await,
+        before,
+        "no new versions"
+    );
     assert_eq!(store.position(&ds("items"), 0).await.unwrap(), 10);
 }
 
@@ -292,19 +471,36 @@ async fn reapply_below_the_position(store: &dyn MasterStore) {
 
     // A processor that crashed before committing re-reads the first batch.
     let again = apply_ok(store, "items", &log[..5], 5).await;
-    assert_eq!(again.outcomes, first.outcomes, "stored outcomes, not new ones");
+    assert_eq!(
+        again.outcomes, first.outcomes,
+        "stored outcomes, not new ones"
+    );
     // The states are the current ones, after everything applied so far.
     let current_b = get(store, "acme", "b").await.unwrap();
     assert_eq!(current_b.data, Some(obj(json!({"back": true}))));
-    let ids: Vec<_> = again.states.iter().map(|r| (r.tenant.as_str(), r.id.as_str(), r.version)).collect();
-    assert_eq!(ids, [("acme", "a", 2), ("acme", "b", 3), ("globex", "a", 1)]);
+    let ids: Vec<_> = again
+        .states
+        .iter()
+        .map(|r| (r.tenant.as_str(), r.id.as_str(), r.version))
+        .collect();
+    assert_eq!(
+        ids,
+        [("acme", "a", 2), ("acme", "b", 3), ("globex", "a", 1)]
+    );
     assert_eq!(again.states[1], current_b);
 
     // A batch straddling the position: the part below reports stored outcomes, the rest applies.
     let more = at(10, vec![upsert("n1", "acme", "a", json!({"n": 1}))]);
     let straddle: Vec<_> = log[8..].iter().cloned().chain(more).collect();
     let s = apply_ok(store, "items", &straddle, 11).await;
-    assert_eq!(s.outcomes, vec![second.outcomes[3].clone(), second.outcomes[4].clone(), applied(3)]);
+    assert_eq!(
+        s.outcomes,
+        vec![
+            second.outcomes[3].clone(),
+            second.outcomes[4].clone(),
+            applied(3)
+        ]
+    );
     assert_eq!(store.position(&ds("items"), 0).await.unwrap(), 11);
     let after = scan_all(store, &ds("items"), &tenant("acme"), 100).await;
     assert_eq!(after.len(), snapshot.len());
@@ -315,11 +511,27 @@ async fn reapply_below_the_position(store: &dyn MasterStore) {
 async fn position_never_moves_backwards(store: &dyn MasterStore) {
     let items = ds("items");
     assert_eq!(store.position(&items, 0).await.unwrap(), 0);
-    apply_ok(store, "items", &at(0, vec![upsert("c1", "acme", "a", json!({}))]), 10).await;
-    assert_eq!(store.position(&items, 0).await.unwrap(), 10, "next_offset may pass the last change");
+    apply_ok(
+        store,
+        "items",
+        &at(0, vec![upsert("c1", "acme", "a", json!({}))]),
+        10,
+    )
+    .await;
+    assert_eq!(
+        store.position(&items, 0).await.unwrap(),
+        10,
+        "next_offset may pass the last change"
+    );
     apply_ok(store, "items", &[], 5).await;
     assert_eq!(store.position(&items, 0).await.unwrap(), 10);
-    apply_ok(store, "items", &at(3, vec![upsert("c1", "acme", "a", json!({}))]), 4).await;
+    apply_ok(
+        store,
+        "items",
+        &at(3, vec![upsert("c1", "acme", "a", json!({}))]),
+        4,
+    )
+    .await;
     assert_eq!(store.position(&items, 0).await.unwrap(), 10);
     apply_ok(store, "items", &[], 25).await;
     assert_eq!(store.position(&items, 0).await.unwrap(), 25);
@@ -336,7 +548,13 @@ async fn duplicate_change_ids(store: &dyn MasterStore) {
     let a = apply_ok(
         store,
         "items",
-        &at(0, vec![upsert("dup", "acme", "a", json!({"v": 1})), upsert("dup", "acme", "a", json!({"v": 2}))]),
+        &at(
+            0,
+            vec![
+                upsert("dup", "acme", "a", json!({"v": 1})),
+                upsert("dup", "acme", "a", json!({"v": 2})),
+            ],
+        ),
         2,
     )
     .await;
@@ -347,7 +565,13 @@ async fn duplicate_change_ids(store: &dyn MasterStore) {
     let b = apply_ok(
         store,
         "items",
-        &at(2, vec![upsert("x", "acme", "a", json!({"v": 3})), delete("dup", "acme", "a")]),
+        &at(
+            2,
+            vec![
+                upsert("x", "acme", "a", json!({"v": 3})),
+                delete("dup", "acme", "a"),
+            ],
+        ),
         4,
     )
     .await;
@@ -356,9 +580,17 @@ async fn duplicate_change_ids(store: &dyn MasterStore) {
     assert_eq!((r.version, r.data.clone()), (2, Some(obj(json!({"v": 3})))));
     assert_eq!(b.states, vec![r]);
     // Change ids are scoped to a tenant and a dataset.
-    assert_eq!(one(store, 4, upsert("dup", "globex", "a", json!({"v": 1}))).await, applied(1));
+    assert_eq!(
+        one(store, 4, upsert("dup", "globex", "a", json!({"v": 1}))).await,
+        applied(1)
+    );
     let other = store
-        .apply(&ds("other"), 0, &at(0, vec![upsert("dup", "acme", "a", json!({"o": 1}))]), 1)
+        .apply(
+            &ds("other"),
+            0,
+            &at(0, vec![upsert("dup", "acme", "a", json!({"o": 1}))]),
+            1,
+        )
         .await
         .unwrap();
     assert_eq!(other.outcomes, vec![applied(1)]);
@@ -381,14 +613,31 @@ async fn states_content_and_order(store: &dyn MasterStore) {
     );
     let out = apply_ok(store, "items", &batch, 9).await;
     // Ordered by last appearance: a@2, r@4, globex/a@5, b@6; never-existing keys left out.
-    let keys: Vec<_> = out.states.iter().map(|r| (r.tenant.as_str(), r.id.as_str())).collect();
-    assert_eq!(keys, [("acme", "a"), ("acme", "r"), ("globex", "a"), ("acme", "b")]);
+    let keys: Vec<_> = out
+        .states
+        .iter()
+        .map(|r| (r.tenant.as_str(), r.id.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [("acme", "a"), ("acme", "r"), ("globex", "a"), ("acme", "b")]
+    );
     for state in &out.states {
-        let stored = store.get(&ds("items"), &state.tenant, &state.id).await.unwrap();
-        assert_eq!(Some(state), stored.as_ref(), "each state is the stored record");
+        let stored = store
+            .get(&ds("items"), &state.tenant, &state.id)
+            .await
+            .unwrap();
+        assert_eq!(
+            Some(state),
+            stored.as_ref(),
+            "each state is the stored record"
+        );
     }
     assert_eq!(out.states[0].version, 2);
-    assert_eq!(out.states[1].version, 1, "an untouched key is republished as it is");
+    assert_eq!(
+        out.states[1].version, 1,
+        "an untouched key is republished as it is"
+    );
     assert!(out.states[3].is_deleted());
     assert_eq!(out.states[3].version, 2);
     assert!(apply_ok(store, "items", &[], 9).await.states.is_empty());
@@ -396,19 +645,51 @@ async fn states_content_and_order(store: &dyn MasterStore) {
 
 async fn outcome_lookups(store: &dyn MasterStore) {
     let items = ds("items");
-    assert_eq!(store.outcome(&items, &tenant("acme"), &cid("c1")).await.unwrap(), None);
+    assert_eq!(
+        store
+            .outcome(&items, &tenant("acme"), &cid("c1"))
+            .await
+            .unwrap(),
+        None
+    );
     one(store, 0, upsert("c1", "acme", "a", json!({}))).await;
     one(store, 1, upsert("c2", "acme", "a", json!({}))).await;
-    assert_eq!(store.outcome(&items, &tenant("acme"), &cid("c1")).await.unwrap(), Some(applied(1)));
-    assert_eq!(store.outcome(&items, &tenant("acme"), &cid("c2")).await.unwrap(), Some(unchanged(1)));
-    assert_eq!(store.outcome(&items, &tenant("globex"), &cid("c1")).await.unwrap(), None);
-    assert_eq!(store.outcome(&ds("other"), &tenant("acme"), &cid("c1")).await.unwrap(), None);
+    assert_eq!(
+        store
+            .outcome(&items, &tenant("acme"), &cid("c1"))
+            .await
+            .unwrap(),
+        Some(applied(1))
+    );
+    assert_eq!(
+        store
+            .outcome(&items, &tenant("acme"), &cid("c2"))
+            .await
+            .unwrap(),
+        Some(unchanged(1))
+    );
+    assert_eq!(
+        store
+            .outcome(&items, &tenant("globex"), &cid("c1"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .outcome(&ds("other"), &tenant("acme"), &cid("c1"))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn scan_pages_in_byte_order_with_tombstones(store: &dyn MasterStore) {
     // Byte order of UTF-8 (= code point order): uppercase before lowercase, "z" before "é",
     // U+FF5A before U+1F600 (UTF-16 order would differ), and no locale folding.
-    let ids = ["b", "a", "Z", "é", "€", "😀", "ｚ", "a/b", "ab", "z", "A", "e", "ä:1", "-", "~"];
+    let ids = [
+        "b", "a", "Z", "é", "€", "😀", "ｚ", "a/b", "ab", "z", "A", "e", "ä:1", "-", "~",
+    ];
     let mut changes: Vec<Change> = ids
         .iter()
         .enumerate()
@@ -430,16 +711,36 @@ async fn scan_pages_in_byte_order_with_tombstones(store: &dyn MasterStore) {
         assert!(tomb.is_deleted(), "tombstones are scanned");
     }
     let after_last = store
-        .scan(&ds("items"), &tenant("acme"), Some(&eid(expected[expected.len() - 1])), 10)
+        .scan(
+            &ds("items"),
+            &tenant("acme"),
+            Some(&eid(expected[expected.len() - 1])),
+            10,
+        )
         .await
         .unwrap();
     assert!(after_last.is_empty());
     // `after` need not be an existing id.
-    let from_mid = store.scan(&ds("items"), &tenant("acme"), Some(&eid("aa")), 2).await.unwrap();
+    let from_mid = store
+        .scan(&ds("items"), &tenant("acme"), Some(&eid("aa")), 2)
+        .await
+        .unwrap();
     let got: Vec<_> = from_mid.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(got, ["ab", "b"]);
-    assert!(store.scan(&ds("items"), &tenant("acme"), None, 0).await.unwrap().is_empty());
-    assert!(store.scan(&ds("items"), &tenant("nobody"), None, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .scan(&ds("items"), &tenant("acme"), None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .scan(&ds("items"), &tenant("nobody"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn tenants_and_datasets_never_mixed(store: &dyn MasterStore) {
@@ -455,8 +756,16 @@ async fn tenants_and_datasets_never_mixed(store: &dyn MasterStore) {
         let out = store.apply(d, 0, &batch, 2).await.unwrap();
         assert_eq!(out.outcomes, vec![applied(1), applied(1)]);
     }
-    store.apply(&a, 0, &at(2, vec![delete("c2", "acme", "1")]), 3).await.unwrap();
-    for (d, t, deleted) in [(&a, "acme", true), (&a, "acme2", false), (&b, "acme", false), (&b, "acme2", false)] {
+    store
+        .apply(&a, 0, &at(2, vec![delete("c2", "acme", "1")]), 3)
+        .await
+        .unwrap();
+    for (d, t, deleted) in [
+        (&a, "acme", true),
+        (&a, "acme2", false),
+        (&b, "acme", false),
+        (&b, "acme2", false),
+    ] {
         let r = store.get(d, &tenant(t), &eid("1")).await.unwrap().unwrap();
         assert_eq!(r.tenant.as_str(), t);
         if deleted {
@@ -472,12 +781,27 @@ async fn tenants_and_datasets_never_mixed(store: &dyn MasterStore) {
 
 async fn failed_apply_leaves_nothing_behind(store: &dyn MasterStore) {
     one(store, 0, upsert("c0", "acme", "a", json!({"v": 0}))).await;
-    let batch = at(1, vec![upsert("c1", "acme", "a", json!({"v": 1})), upsert("c2", "acme", "b", json!({}))]);
-    let err = store.apply(&ds("items"), 0, &batch, u64::MAX).await.unwrap_err();
+    let batch = at(
+        1,
+        vec![
+            upsert("c1", "acme", "a", json!({"v": 1})),
+            upsert("c2", "acme", "b", json!({})),
+        ],
+    );
+    let err = store
+        .apply(&ds("items"), 0, &batch, u64::MAX)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::OutOfRange { .. }), "{err:?}");
     assert_eq!(get(store, "acme", "a").await.unwrap().version, 1);
     assert_eq!(get(store, "acme", "b").await, None);
-    assert_eq!(store.outcome(&ds("items"), &tenant("acme"), &cid("c1")).await.unwrap(), None);
+    assert_eq!(
+        store
+            .outcome(&ds("items"), &tenant("acme"), &cid("c1"))
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(store.position(&ds("items"), 0).await.unwrap(), 1);
     // The store is still usable, and the batch applies once the offset is sane.
     let ok = apply_ok(store, "items", &batch, 3).await;
@@ -494,16 +818,34 @@ async fn empty_and_huge_values(store: &dyn MasterStore) {
         "nested": {"deep": [1, 2.5, -3, 1e300, 18446744073709551615u64, null, false]},
         "": "empty key",
     });
-    assert_eq!(one(store, 0, upsert("c0", "acme", &long_id, data.clone())).await, applied(1));
+    assert_eq!(
+        one(store, 0, upsert("c0", "acme", &long_id, data.clone())).await,
+        applied(1)
+    );
     let r = get(store, "acme", &long_id).await.unwrap();
     assert_eq!(r.data, Some(obj(data.clone())));
-    assert_eq!(one(store, 1, upsert("c1", "acme", &long_id, data)).await, unchanged(1));
-    assert_eq!(one(store, 2, upsert("c2", "acme", "empty", json!({}))).await, applied(1));
-    assert_eq!(get(store, "acme", "empty").await.unwrap().data, Some(obj(json!({}))));
-    let long_change_id = "k".repeat(255);
-    assert_eq!(one(store, 3, upsert(&long_change_id, "acme", "x", json!({}))).await, applied(1));
     assert_eq!(
-        store.outcome(&ds("items"), &tenant("acme"), &cid(&long_change_id)).await.unwrap(),
+        one(store, 1, upsert("c1", "acme", &long_id, data)).await,
+        unchanged(1)
+    );
+    assert_eq!(
+        one(store, 2, upsert("c2", "acme", "empty", json!({}))).await,
+        applied(1)
+    );
+    assert_eq!(
+        get(store, "acme", "empty").await.unwrap().data,
+        Some(obj(json!({})))
+    );
+    let long_change_id = "k".repeat(255);
+    assert_eq!(
+        one(store, 3, upsert(&long_change_id, "acme", "x", json!({}))).await,
+        applied(1)
+    );
+    assert_eq!(
+        store
+            .outcome(&ds("items"), &tenant("acme"), &cid(&long_change_id))
+            .await
+            .unwrap(),
         Some(applied(1))
     );
 }
@@ -585,7 +927,10 @@ async fn concurrent_overlapping_applies(store: Arc<dyn MasterStore>) {
                     }
                     let begin = begin.max(start);
                     let batch: Vec<_> = (begin..end)
-                        .map(|i| LoggedChange { offset: i as u64, change: log[i].clone() })
+                        .map(|i| LoggedChange {
+                            offset: i as u64,
+                            change: log[i].clone(),
+                        })
                         .collect();
                     let out = store.apply(&dataset, 0, &batch, end as u64).await.unwrap();
                     for (logged, outcome) in batch.iter().zip(&out.outcomes) {
@@ -608,7 +953,13 @@ async fn concurrent_overlapping_applies(store: Arc<dyn MasterStore>) {
         for t in tasks {
             t.await.expect("apply task");
         }
-        assert_matches_model(&*store, &dataset, &[tenant("acme"), tenant("globex"), tenant("initech")], &model).await;
+        assert_matches_model(
+            &*store,
+            &dataset,
+            &[tenant("acme"), tenant("globex"), tenant("initech")],
+            &model,
+        )
+        .await;
         assert_eq!(store.position(&dataset, 0).await.unwrap(), LEN as u64);
     }
 }
@@ -654,7 +1005,16 @@ fn build_log(specs: &[Spec]) -> Vec<Change> {
         let id = ["a", "b", "ä"][s.id as usize];
         let mut c = match s.op {
             0 => upsert("x", t, id, json!({"v": s.value})),
-            1 => patch("x", t, id, if s.value == 0 { json!({"v": null}) } else { json!({"w": s.value}) }),
+            1 => patch(
+                "x",
+                t,
+                id,
+                if s.value == 0 {
+                    json!({"v": null})
+                } else {
+                    json!({"w": s.value})
+                },
+            ),
             _ => delete("x", t, id),
         };
         c.change_id = match s.dup_of {
@@ -691,7 +1051,10 @@ fn model_based(rt: &tokio::runtime::Runtime, store: &dyn MasterStore) {
     let strategy = (proptest::collection::vec(spec(), 1..40), deliveries());
     runner
         .run(&strategy, |(specs, deliveries)| {
-            let dataset = ds(&format!("case-{}", CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+            let dataset = ds(&format!(
+                "case-{}",
+                CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
             let log = build_log(&specs);
             rt.block_on(run_case(store, &dataset, &log, &deliveries));
             Ok(())
@@ -699,7 +1062,12 @@ fn model_based(rt: &tokio::runtime::Runtime, store: &dyn MasterStore) {
         .unwrap();
 }
 
-async fn run_case(store: &dyn MasterStore, dataset: &tenantsync_core::DatasetName, log: &[Change], deliveries: &[(usize, usize)]) {
+async fn run_case(
+    store: &dyn MasterStore,
+    dataset: &tenantsync_core::DatasetName,
+    log: &[Change],
+    deliveries: &[(usize, usize)],
+) {
     let full = Model::replay(log);
     let mut prefixes: HashMap<usize, Model> = HashMap::new();
     let mut position = 0usize;
@@ -713,19 +1081,33 @@ async fn run_case(store: &dyn MasterStore, dataset: &tenantsync_core::DatasetNam
             continue;
         }
         let batch: Vec<_> = (begin..end)
-            .map(|i| LoggedChange { offset: i as u64, change: log[i].clone() })
+            .map(|i| LoggedChange {
+                offset: i as u64,
+                change: log[i].clone(),
+            })
             .collect();
-        let out = store.apply(dataset, 0, &batch, end as u64).await.expect("apply");
+        let out = store
+            .apply(dataset, 0, &batch, end as u64)
+            .await
+            .expect("apply");
         position = position.max(end);
         let model = prefixes
             .entry(position)
             .or_insert_with(|| Model::replay(&log[..position]));
         for (logged, outcome) in batch.iter().zip(&out.outcomes) {
             let c = &logged.change;
-            assert_eq!(Some(outcome), model.outcomes.get(&(c.tenant.clone(), c.change_id.clone())), "offset {}", logged.offset);
+            assert_eq!(
+                Some(outcome),
+                model.outcomes.get(&(c.tenant.clone(), c.change_id.clone())),
+                "offset {}",
+                logged.offset
+            );
         }
         // States: the model's records after the effective prefix, by last appearance.
-        let mut last: Vec<(usize, (tenantsync_core::TenantId, tenantsync_core::EntityId))> = Vec::new();
+        let mut last: Vec<(
+            usize,
+            (tenantsync_core::TenantId, tenantsync_core::EntityId),
+        )> = Vec::new();
         for (i, logged) in batch.iter().enumerate() {
             let key = (logged.change.tenant.clone(), logged.change.id.clone());
             last.retain(|(_, k)| *k != key);
@@ -735,7 +1117,11 @@ async fn run_case(store: &dyn MasterStore, dataset: &tenantsync_core::DatasetNam
             .iter()
             .filter_map(|(_, (t, id))| model.get(t, id).map(|r| (t.clone(), id.clone(), r.clone())))
             .collect();
-        let got: Vec<_> = out.states.iter().map(|r| (r.tenant.clone(), r.id.clone(), ModelRecord::of(r))).collect();
+        let got: Vec<_> = out
+            .states
+            .iter()
+            .map(|r| (r.tenant.clone(), r.id.clone(), ModelRecord::of(r)))
+            .collect();
         assert_eq!(got, expected, "states of batch {begin}..{end}");
         assert_eq!(store.position(dataset, 0).await.unwrap(), position as u64);
     }

@@ -33,7 +33,10 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
             .arg("serve")
             .args(&args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -139,13 +142,18 @@ pub async fn wait_caught_up(server: &Server, dataset: &str) {
             .json()
             .await
             .unwrap();
-        let done = body["progress"].as_array().unwrap().iter().all(|p| {
-            p["end_offset"] == p["applied"] && p["applied"] == p["committed"]
-        });
+        let done = body["progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["end_offset"] == p["applied"] && p["applied"] == p["committed"]);
         if done {
             return;
         }
-        assert!(Instant::now() < deadline, "the processor never caught up: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "the processor never caught up: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -164,4 +172,20 @@ pub async fn wait_exit(server: &mut Server, timeout: Duration) -> Option<std::pr
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The master store's position summed over a dataset's partitions: how many changes-log
+/// entries the processor has applied. 0 while the server is unreachable.
+pub async fn applied_total(server: &Server, dataset: &str) -> u64 {
+    let Ok(response) = reqwest::Client::new()
+        .get(server.url(&format!("/v1/datasets/{dataset}")))
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    body["progress"].as_array().map_or(0, |ps| {
+        ps.iter().filter_map(|p| p["applied"].as_u64()).sum()
+    })
 }

@@ -13,7 +13,9 @@ use serde_json::Value;
 use tenantsync_core::{
     Change, ChangeId, DatasetName, EntityId, Object, Op, Outcome, Record, RejectReason, TenantId,
 };
-use tenantsync_store::{LoggedChange, MasterStore, Offset, postgres::PostgresStore, sqlite::SqliteStore};
+use tenantsync_store::{
+    LoggedChange, MasterStore, Offset, postgres::PostgresStore, sqlite::SqliteStore,
+};
 
 pub const POSTGRES_ENV: &str = "TENANTSYNC_TEST_POSTGRES";
 
@@ -364,7 +366,10 @@ pub async fn assert_matches_model(
             .filter(|((rt, _), _)| rt == t)
             .map(|((_, id), r)| (id.clone(), r.clone()))
             .collect();
-        assert_eq!(stored, expected, "records of tenant {t} in dataset {dataset}");
+        assert_eq!(
+            stored, expected,
+            "records of tenant {t} in dataset {dataset}"
+        );
     }
     for ((t, c), outcome) in &model.outcomes {
         let stored = store.outcome(dataset, t, c).await.expect("outcome");
