@@ -25,6 +25,13 @@ pub enum ApiError {
         detail: String,
         current_version: u64,
     },
+    /// The change's id (its idempotency key) already belongs to a change of another record of
+    /// the tenant: applying it would be mistaken for a duplicate, so it is refused. `field`
+    /// names where the key came from (`Idempotency-Key`, or a bulk line's `idempotency_key`).
+    KeyReused {
+        field: &'static str,
+        detail: String,
+    },
     /// The dataset exists with another partition count.
     Conflict(String),
     PayloadTooLarge {
@@ -64,6 +71,14 @@ impl ApiError {
             } => {
                 ext.insert("current_version".into(), json!(current_version));
                 (StatusCode::CONFLICT, "version-conflict", detail.clone())
+            }
+            ApiError::KeyReused { field, detail } => {
+                ext.insert("field".into(), json!(field));
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "key-reused",
+                    detail.clone(),
+                )
             }
             ApiError::Conflict(d) => (StatusCode::CONFLICT, "conflict", d.clone()),
             ApiError::PayloadTooLarge { limit } => (

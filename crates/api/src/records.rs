@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tenantsync_core::{ChangeId, Op, Outcome, Record, RejectReason, TenantId};
+use tenantsync_core::{ChangeId, Op, Outcome, Record, TenantId};
 
 use crate::extract::{self, Wait, WriteQuery};
 use crate::write;
@@ -46,10 +46,16 @@ async fn write_one(
     let (tenant, id) = extract::tenant_and_id(&tenant, &id)?;
     let pre = extract::preconditions(&headers)?;
     let data = body.map(|b| extract::json_object(&b)).transpose()?;
+    let explicit_key = pre.change_id.is_some();
     let change = write::change(op, tenant, id, data, pre.change_id, pre.expected_version)?;
+    if explicit_key {
+        write::check_key(&state, &dataset, &change, write::KEY_HEADER).await?;
+    }
+    let waiter =
+        (query.wait == Some(Wait::Applied)).then(|| write::register(&state, &dataset, &change));
     write::submit(&state, &dataset, std::slice::from_ref(&change)).await?;
 
-    if query.wait != Some(Wait::Applied) {
+    let Some(waiter) = waiter else {
         let location = write::status_url(&dataset, &change);
         return Ok((
             StatusCode::ACCEPTED,
@@ -57,13 +63,13 @@ async fn write_one(
             Json(json!({ "change_id": change.change_id })),
         )
             .into_response());
-    }
-    let outcome = write::wait_applied(&state, &dataset, &change).await?;
-    let (status, body, version) = write::applied_reply(&state, &dataset, &change, &outcome).await?;
-    let mut response = (status, Json(body)).into_response();
-    if let Some(v) = version {
-        response.headers_mut().insert(header::ETAG, etag(v));
-    }
+    };
+    let applied = write::wait_applied(&state, &dataset, &change, waiter, write::KEY_HEADER).await?;
+    let record = write::applied_reply(&change, &applied, write::KEY_HEADER)?;
+    let mut response = Json(record_json(&record)).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(record.version));
     Ok(response)
 }
 
@@ -123,7 +129,9 @@ pub async fn get(
 }
 
 /// `GET /v1/datasets/{dataset}/tenants/{tenant}/changes/{change_id}`: what became of a change.
-/// `pending` means the master store has no outcome for it yet (or never heard of it).
+/// `pending` means the master store has no outcome for it yet (or never heard of it). `id` is
+/// the record the change id belongs to: the first change applied with it; a later change of
+/// another record with the same id was refused (`key_reused`, never stored, so never shown here).
 pub async fn change_status(
     State(state): State<Arc<AppState>>,
     Path((dataset, tenant, change_id)): RecordPath,
@@ -131,28 +139,30 @@ pub async fn change_status(
     let dataset = extract::dataset(&state, &dataset).await?;
     let tenant = TenantId::new(tenant)?;
     let change_id = ChangeId::new(change_id)?;
-    let outcome = state
+    let stored = state
         .store
         .outcome(&dataset.name, &tenant, &change_id)
         .await?;
-    let body = match outcome {
-        None => json!({"change_id": change_id, "status": "pending"}),
-        Some(Outcome::Applied { version }) => {
-            json!({"change_id": change_id, "status": "applied", "version": version})
+    let Some(stored) = stored else {
+        return Ok(Json(json!({"change_id": change_id, "status": "pending"})).into_response());
+    };
+    let id = stored.id;
+    let body = match stored.outcome {
+        Outcome::Applied { version } => {
+            json!({"change_id": change_id, "id": id, "status": "applied", "version": version})
         }
-        Some(Outcome::Unchanged { version }) => {
-            json!({"change_id": change_id, "status": "unchanged", "version": version})
+        Outcome::Unchanged { version } => {
+            json!({"change_id": change_id, "id": id, "status": "unchanged", "version": version})
         }
-        Some(Outcome::Rejected {
+        Outcome::Rejected {
             reason,
             current_version,
-        }) => json!({
+        } => json!({
             "change_id": change_id,
+            "id": id,
             "status": "rejected",
-            "reason": match reason {
-                RejectReason::VersionConflict => "version_conflict",
-                RejectReason::NotFound => "not_found",
-            },
+            // As `RejectReason` serialises: version_conflict, not_found.
+            "reason": reason,
             "current_version": current_version,
         }),
     };

@@ -1,5 +1,10 @@
 //! Accepting changes: appending them durably to the changes log, and waiting for the processor
 //! to apply them when the writer asks to (`?wait=applied`).
+//!
+//! A change id (idempotency key) belongs to one record of a tenant: the store refuses a change
+//! whose id already belongs to another record (`key_reused`). This module reports that refusal
+//! as 422, early when the store already shows the key taken, and never lets such a change pass
+//! as a duplicate of the other record's change.
 
 use std::sync::Arc;
 
@@ -7,20 +12,69 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tenantsync_core::{
-    Change, ChangeId, EntityId, InvalidInput, Object, Op, Outcome, RejectReason, TenantId,
+    Change, ChangeId, EntityId, InvalidInput, Object, Op, Outcome, Record, RejectReason, TenantId,
 };
-use tenantsync_processor::changes;
-use tenantsync_store::Dataset;
+use tenantsync_processor::{AppliedChange, Waiter, changes};
+use tenantsync_store::{Dataset, StoredOutcome};
 use tokio::time::Instant;
 
 use crate::extract::{self, Wait, WriteQuery};
 use crate::{ApiError, AppState};
+
+/// The `field` of a refused key on the single-record routes...
+pub const KEY_HEADER: &str = "Idempotency-Key";
+/// ...and on a line of a bulk request.
+pub const KEY_MEMBER: &str = "idempotency_key";
+
+/// The refusal of a change whose id already belongs to another record (`owner`, when known).
+fn key_reused(change: &Change, owner: Option<&EntityId>, field: &'static str) -> ApiError {
+    let used_for = match owner {
+        Some(id) => format!("record {}:{id}", change.tenant),
+        None => format!("another record of tenant {}", change.tenant),
+    };
+    ApiError::KeyReused {
+        field,
+        detail: format!(
+            "idempotency key {} was already used for {used_for}; use a new key for a different record",
+            change.change_id
+        ),
+    }
+}
+
+/// The refusal of `change` if `stored` (the store's outcome of its id) belongs to another record.
+fn refusal(
+    change: &Change,
+    stored: Option<&StoredOutcome>,
+    field: &'static str,
+) -> Option<ApiError> {
+    stored
+        .filter(|s| s.id != change.id)
+        .map(|s| key_reused(change, Some(&s.id), field))
+}
+
+/// Refuses, before anything is appended, a change whose explicit key the store already shows
+/// used for another record: appended, it would only be refused at apply time. (A key taken
+/// between this check and the apply is still refused there, and reported by `?wait=applied`.)
+pub async fn check_key(
+    state: &AppState,
+    dataset: &Dataset,
+    change: &Change,
+    field: &'static str,
+) -> Result<(), ApiError> {
+    let stored = state
+        .store
+        .outcome(&dataset.name, &change.tenant, &change.change_id)
+        .await?;
+    match refusal(change, stored.as_ref(), field) {
+        Some(refused) => Err(refused),
+        None => Ok(()),
+    }
+}
 
 /// A change id for writers that sent no `Idempotency-Key`: unique and time-ordered.
 pub fn new_change_id() -> ChangeId {
@@ -63,33 +117,55 @@ pub async fn submit(state: &AppState, dataset: &Dataset, batch: &[Change]) -> Re
     Ok(())
 }
 
-/// How often a waiting writer looks in the store itself, for changes that another instance
-/// (sharing the store) applies: those never reach this instance's hub.
-const STORE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Registers the wait for a change's result; see [`wait_applied`].
+pub fn register(state: &AppState, dataset: &Dataset, change: &Change) -> Waiter {
+    state.applied.register(&dataset.name, change)
+}
 
-/// Waits until the change has an outcome: woken by this instance's processor, or found in the
-/// store when another instance applied it.
+/// How long a waiting writer relies on this instance's processor alone before it also looks in
+/// the store, for changes that another instance (sharing the store) applies: those never reach
+/// this instance's hub. The hub's answer is preferred because it is exact (the record as the
+/// change left it); the store only knows the current record.
+const STORE_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Waits until the change has an outcome: handed over by this instance's processor (with the
+/// record exactly as the change left it), or found in the store when another instance applied
+/// it (then the record is the current one, which may include later changes).
+///
+/// `waiter` must come from [`register`] before the change was submitted, so that a result the
+/// processor hands over in between is not missed. A change refused because its id belongs to
+/// another record is [`ApiError::KeyReused`], with `field` naming where the key came from.
 pub async fn wait_applied(
     state: &AppState,
     dataset: &Dataset,
     change: &Change,
-) -> Result<Outcome, ApiError> {
+    mut waiter: Waiter,
+    field: &'static str,
+) -> Result<AppliedChange, ApiError> {
     let deadline = Instant::now() + state.config.apply_timeout;
-    let mut waiter = state
-        .applied
-        .register(&dataset.name, &change.tenant, &change.change_id);
     loop {
-        if let Some(outcome) = state
+        let recheck = Instant::now() + STORE_RECHECK;
+        tokio::select! {
+            applied = waiter.outcome() => {
+                return own_result(state, dataset, change, applied, field).await;
+            }
+            _ = tokio::time::sleep_until(recheck.min(deadline)) => {}
+        }
+        if let Some(stored) = state
             .store
             .outcome(&dataset.name, &change.tenant, &change.change_id)
             .await?
         {
-            return Ok(outcome);
-        }
-        let recheck = Instant::now() + STORE_RECHECK;
-        tokio::select! {
-            outcome = waiter.outcome() => return Ok(outcome),
-            _ = tokio::time::sleep_until(recheck.min(deadline)) => {}
+            // The stored outcome is the id's owner's: this change's only if it is the same
+            // record (a `key_reused` refusal is never stored).
+            if let Some(refused) = refusal(change, Some(&stored), field) {
+                return Err(refused);
+            }
+            let record = state
+                .store
+                .get(&dataset.name, &change.tenant, &change.id)
+                .await?;
+            return Ok((stored.outcome, record));
         }
         if Instant::now() >= deadline {
             return Err(ApiError::ApplyTimeout {
@@ -98,6 +174,32 @@ pub async fn wait_applied(
             });
         }
     }
+}
+
+/// The result the hub handed over is this change's own (the hub tells changes apart by record
+/// too); a `key_reused` refusal is reported naming the record that owns the key.
+async fn own_result(
+    state: &AppState,
+    dataset: &Dataset,
+    change: &Change,
+    applied: AppliedChange,
+    field: &'static str,
+) -> Result<AppliedChange, ApiError> {
+    if let (
+        Outcome::Rejected {
+            reason: RejectReason::KeyReused,
+            ..
+        },
+        _,
+    ) = &applied
+    {
+        let owner = state
+            .store
+            .outcome(&dataset.name, &change.tenant, &change.change_id)
+            .await?;
+        return Err(key_reused(change, owner.as_ref().map(|s| &s.id), field));
+    }
+    Ok(applied)
 }
 
 pub fn status_url(dataset: &Dataset, change: &Change) -> String {
@@ -121,19 +223,28 @@ fn urlencode(s: &str) -> String {
     out
 }
 
-/// The reply to a change applied with `?wait=applied`: the record as it is now, or why the
-/// change was not applied.
-pub async fn applied_reply(
-    state: &AppState,
-    dataset: &Dataset,
+/// The reply to a change applied with `?wait=applied`: the record as the change left it, or
+/// why the change was not applied.
+pub fn applied_reply(
     change: &Change,
-    outcome: &Outcome,
-) -> Result<(StatusCode, Value, Option<u64>), ApiError> {
-    match outcome {
-        Outcome::Rejected {
-            reason: RejectReason::VersionConflict,
-            current_version,
-        } => Err(ApiError::VersionConflict {
+    applied: &AppliedChange,
+    field: &'static str,
+) -> Result<Record, ApiError> {
+    match applied {
+        (
+            Outcome::Rejected {
+                reason: RejectReason::KeyReused,
+                ..
+            },
+            _,
+        ) => Err(key_reused(change, None, field)),
+        (
+            Outcome::Rejected {
+                reason: RejectReason::VersionConflict,
+                current_version,
+            },
+            _,
+        ) => Err(ApiError::VersionConflict {
             detail: format!(
                 "record {}:{} is at version {current_version}, but the change expected {}",
                 change.tenant,
@@ -142,33 +253,21 @@ pub async fn applied_reply(
             ),
             current_version: *current_version,
         }),
-        Outcome::Rejected {
-            reason: RejectReason::NotFound,
-            ..
-        } => Err(ApiError::NotFound(format!(
+        (
+            Outcome::Rejected {
+                reason: RejectReason::NotFound,
+                ..
+            },
+            _,
+        ) => Err(ApiError::NotFound(format!(
             "record {}:{} does not exist; PATCH only updates existing records, use PUT to create",
             change.tenant, change.id
         ))),
-        Outcome::Applied { .. } | Outcome::Unchanged { .. } => {
-            match state
-                .store
-                .get(&dataset.name, &change.tenant, &change.id)
-                .await?
-            {
-                Some(record) => {
-                    let version = record.version;
-                    Ok((
-                        StatusCode::OK,
-                        crate::records::record_json(&record),
-                        Some(version),
-                    ))
-                }
-                None => Err(ApiError::NotFound(format!(
-                    "record {}:{} does not exist",
-                    change.tenant, change.id
-                ))),
-            }
-        }
+        (_, Some(record)) => Ok(record.clone()),
+        (_, None) => Err(ApiError::NotFound(format!(
+            "record {}:{} does not exist",
+            change.tenant, change.id
+        ))),
     }
 }
 
@@ -195,7 +294,8 @@ struct BulkLine {
     expected_version: Option<u64>,
 }
 
-fn parse_line(line: &[u8]) -> Result<Change, ApiError> {
+/// A line's change, and whether it carried its own `idempotency_key`.
+fn parse_line(line: &[u8]) -> Result<(Change, bool), ApiError> {
     let line: BulkLine = serde_json::from_slice(line)
         .map_err(|e| ApiError::BadBody(format!("the line is not a valid change: {e}")))?;
     let (tenant, id) = extract::tenant_and_id(&line.tenant, &line.id)?;
@@ -208,7 +308,9 @@ fn parse_line(line: &[u8]) -> Result<Change, ApiError> {
         (_, Some(_)) => return Err(InvalidInput::new("data", "must be a JSON object").into()),
     };
     let change_id = line.idempotency_key.map(ChangeId::new).transpose()?;
-    change(line.op, tenant, id, data, change_id, line.expected_version)
+    let explicit = change_id.is_some();
+    let change = change(line.op, tenant, id, data, change_id, line.expected_version)?;
+    Ok((change, explicit))
 }
 
 /// `POST /v1/datasets/{dataset}/changes`: NDJSON in, one result per non-blank line out, in
@@ -223,32 +325,57 @@ pub async fn bulk(
     let dataset = extract::dataset(&state, &dataset).await?;
     let body = extract::body(body, state.config.max_body_bytes)?;
 
-    let mut parsed = Vec::new();
+    let mut parsed: Vec<(usize, Result<Change, ApiError>)> = Vec::new();
+    // The lines with their own key, as indices into `parsed`, and those keys.
+    let (mut keyed, mut keys) = (Vec::new(), Vec::new());
     for (n, line) in body.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        parsed.push((n + 1, parse_line(line)));
+        let result = parse_line(line).map(|(change, explicit)| {
+            if explicit {
+                keyed.push(parsed.len());
+                keys.push((change.tenant.clone(), change.change_id.clone()));
+            }
+            change
+        });
+        parsed.push((n + 1, result));
+    }
+    // A key the store already shows used for another record: refuse the line now (see
+    // `check_key`), in one look-up for the whole request.
+    let stored = state.store.outcomes(&dataset.name, &keys).await?;
+    for (i, stored) in keyed.into_iter().zip(stored) {
+        if let (_, Ok(change)) = &parsed[i]
+            && let Some(refused) = refusal(change, stored.as_ref(), KEY_MEMBER)
+        {
+            parsed[i].1 = Err(refused);
+        }
     }
     let good: Vec<Change> = parsed
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok().cloned())
         .collect();
+    let wait = query.wait == Some(Wait::Applied);
+    let mut waiters: std::collections::VecDeque<Waiter> = if wait {
+        good.iter().map(|c| register(&state, &dataset, c)).collect()
+    } else {
+        Default::default()
+    };
     submit(&state, &dataset, &good).await?;
 
     let mut results = Vec::with_capacity(parsed.len());
     for (line, result) in parsed {
         let value = match result {
             Err(error) => line_error(line, error),
-            Ok(change) if query.wait == Some(Wait::Applied) => {
-                let reply = match wait_applied(&state, &dataset, &change).await {
-                    Ok(outcome) => applied_reply(&state, &dataset, &change, &outcome).await,
-                    Err(e) => Err(e),
-                };
+            Ok(change) if wait => {
+                let waiter = waiters.pop_front().expect("one waiter per good line");
+                let reply = wait_applied(&state, &dataset, &change, waiter, KEY_MEMBER)
+                    .await
+                    .and_then(|applied| applied_reply(&change, &applied, KEY_MEMBER));
                 match reply {
-                    Ok((status, record, _)) => json!({
-                        "line": line, "status": status.as_u16(),
-                        "change_id": change.change_id, "record": record,
+                    Ok(record) => json!({
+                        "line": line, "status": 200,
+                        "change_id": change.change_id, "record": crate::records::record_json(&record),
                     }),
                     Err(error) => {
                         let mut v = line_error(line, error);

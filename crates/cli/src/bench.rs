@@ -334,7 +334,7 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
     for h in handles {
         h.await?;
     }
-    let h = histogram.lock().expect("lock");
+    let h = histogram.lock().expect("lock").clone();
     println!(
         "http ({:?} log, {}): {:.0} PUTs/s accepted with {} connections; at {:.0} PUT ?wait=applied/s: \
          accept->applied p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples, {} errors)",

@@ -247,7 +247,7 @@ async fn accepted_put_has_a_location(api: &Api) {
     let status = api.settled(&location).await;
     assert_eq!(
         status,
-        json!({"change_id": change_id, "status": "applied", "version": 1})
+        json!({"change_id": change_id, "id": "plain", "status": "applied", "version": 1})
     );
     let (record, tag) = api.get_record("inventory", "acme", "plain").await;
     assert_record(&record, "acme", "plain", 1, json!({"n": 1}));
@@ -306,7 +306,7 @@ async fn idempotency_key_applies_once(api: &Api) {
     assert_eq!(tag, "\"1\"");
     assert_eq!(
         api.status_of("inventory", "acme", "key-1").await,
-        json!({"change_id": "key-1", "status": "applied", "version": 1})
+        json!({"change_id": "key-1", "id": "widget", "status": "applied", "version": 1})
     );
 
     // An Idempotency-Key that is no change id.
@@ -353,7 +353,7 @@ async fn wait_applied_and_unchanged_writes(api: &Api) {
     assert_eq!(etag(&headers), "\"1\"");
     assert_eq!(
         api.status_of("inventory", "acme", "same-again").await,
-        json!({"change_id": "same-again", "status": "unchanged", "version": 1})
+        json!({"change_id": "same-again", "id": "gadget", "status": "unchanged", "version": 1})
     );
 
     // GET returns exactly what the write replied, with the ETag.
@@ -411,7 +411,7 @@ async fn preconditions(api: &Api) {
     let status = api.status_of("inventory", "acme", "stale-1").await;
     assert_eq!(
         status,
-        json!({"change_id": "stale-1", "status": "rejected", "reason": "version_conflict", "current_version": 2})
+        json!({"change_id": "stale-1", "id": "guarded", "status": "rejected", "reason": "version_conflict", "current_version": 2})
     );
     let (record, _) = api.get_record("inventory", "acme", "guarded").await;
     assert_eq!(record["data"], json!({"v": 2}));
@@ -654,7 +654,7 @@ async fn delete_and_write_again(api: &Api) {
     assert_eq!(etag(&headers), "\"3\"");
     assert_eq!(
         api.status_of("inventory", "acme", "delete-again").await,
-        json!({"change_id": "delete-again", "status": "unchanged", "version": 3})
+        json!({"change_id": "delete-again", "id": "doomed", "status": "unchanged", "version": 3})
     );
     let r = api
         .client
@@ -765,7 +765,7 @@ async fn change_status(api: &Api) {
     let status = api.status_of("inventory", "acme", "order%2042%2F7").await;
     assert_eq!(
         status,
-        json!({"change_id": "order 42/7", "status": "applied", "version": 1})
+        json!({"change_id": "order 42/7", "id": "encoded", "status": "applied", "version": 1})
     );
 
     let r = api
@@ -1183,7 +1183,7 @@ async fn wait_applied_times_out_with_a_status_url() {
     let status = api.settled(status_url).await;
     assert_eq!(
         status,
-        json!({"change_id": "late-1", "status": "applied", "version": 1})
+        json!({"change_id": "late-1", "id": "late", "status": "applied", "version": 1})
     );
     let (record, _) = api.get_record("slow", "acme", "late").await;
     assert_record(&record, "acme", "late", 1, json!({"n": 1}));
@@ -1275,11 +1275,11 @@ async fn bulk_changes() {
     assert_eq!(
         outcomes,
         [
-            json!({"status": "applied", "version": 1}),
-            json!({"status": "applied", "version": 2}),
-            json!({"status": "applied", "version": 1}),
+            json!({"id": "o1", "status": "applied", "version": 1}),
+            json!({"id": "o1", "status": "applied", "version": 2}),
+            json!({"id": "g2", "status": "applied", "version": 1}),
             // Deleting a record that never existed changes nothing.
-            json!({"status": "unchanged", "version": 0}),
+            json!({"id": "nothing-here", "status": "unchanged", "version": 0}),
         ]
     );
     let (o1, _) = api.get_record("orders", "acme", "o1").await;
@@ -1352,7 +1352,7 @@ async fn bulk_changes() {
     assert!(results[9].get("change_id").is_none(), "{}", results[9]);
     assert_eq!(
         api.status_of("orders", "acme", "w-2").await,
-        json!({"change_id": "w-2", "status": "rejected", "reason": "version_conflict", "current_version": 2})
+        json!({"change_id": "w-2", "id": "o3", "status": "rejected", "reason": "version_conflict", "current_version": 2})
     );
     let (o3, _) = api.get_record("orders", "acme", "o3").await;
     assert_record(&o3, "acme", "o3", 2, json!({"v": 2}));
@@ -1719,13 +1719,205 @@ async fn config_file_datasets_and_sigterm() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Idempotency keys belong to one record.
+
+/// A change id (`Idempotency-Key`, or a bulk line's `idempotency_key`) names one change of one
+/// record of a tenant. Reused for another record it is refused with 422 naming the field, never
+/// taken for a duplicate of the first change (which dropped the write and answered 404); the
+/// first record is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_reused_for_another_record_is_refused() {
+    let api = Api::start(&[]).await;
+    api.declare("reuse", 2).await;
+    let write = |method: Method, id: &str, key: &str, query: &str| {
+        api.request(method, &(api.record("reuse", "t", id) + query))
+            .header("Idempotency-Key", key.to_owned())
+    };
+    let refused = |problem: &Value, field: &str, owner: &str, what: &str| {
+        assert_eq!(problem["field"], field, "{what}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("was already used for record {owner}")),
+            "{what}: the detail names the record owning the key: {detail}"
+        );
+    };
+
+    // Single routes, once the first change is applied: refused up front, with or without wait.
+    let r = write(Method::PUT, "a", "k1", "?wait=applied")
+        .json(&json!({"v": 1}))
+        .send()
+        .await
+        .unwrap();
+    let (_, a) = expect_json(r, 200, "first use of k1").await;
+    assert_record(&a, "t", "a", 1, json!({"v": 1}));
+    for (method, query) in [
+        (Method::PUT, "?wait=applied"),
+        (Method::PUT, ""),
+        (Method::PATCH, ""),
+        (Method::DELETE, "?wait=applied"),
+    ] {
+        let what = format!("{method} t:b{query} with a's key");
+        let mut req = write(method.clone(), "b", "k1", query);
+        if method != Method::DELETE {
+            req = req.json(&json!({"v": 2}));
+        }
+        let problem = expect_problem(req.send().await.unwrap(), 422, &what).await;
+        refused(&problem, "Idempotency-Key", "t:a", &what);
+    }
+
+    // The reuse sent before the first change was applied: reported when applied.
+    let r = write(Method::PUT, "c", "k2", "")
+        .json(&json!({"c": 1}))
+        .send()
+        .await
+        .unwrap();
+    expect_json(r, 202, "first use of k2").await;
+    let r = write(Method::PUT, "d", "k2", "?wait=applied")
+        .json(&json!({"d": 1}))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(r, 422, "k2 reused at once, waiting").await;
+    refused(
+        &problem,
+        "Idempotency-Key",
+        "t:c",
+        "k2 reused at once, waiting",
+    );
+    // Without waiting the reply is 202 or 422 (whether k2 was applied yet), but the write to
+    // t:f is never applied as if it were t:e's.
+    let r = write(Method::PUT, "e", "k3", "")
+        .json(&json!({"e": 1}))
+        .send()
+        .await
+        .unwrap();
+    expect_json(r, 202, "first use of k3").await;
+    let r = write(Method::PUT, "f", "k3", "")
+        .json(&json!({"f": 1}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert!(
+        status == 202 || status == 422,
+        "k3 reused at once: {status}"
+    );
+
+    // A bulk request waiting: the reusing line is refused, the others are fine, a true
+    // duplicate included.
+    let lines = [
+        json!({"op": "upsert", "tenant": "t", "id": "x1", "data": {"n": 1}, "idempotency_key": "bk"}),
+        json!({"op": "upsert", "tenant": "t", "id": "x2", "data": {"n": 2}, "idempotency_key": "bk"}),
+        json!({"op": "upsert", "tenant": "t", "id": "x3", "data": {"n": 3}, "idempotency_key": "bk3"}),
+        json!({"op": "upsert", "tenant": "t", "id": "x1", "data": {"n": 1}, "idempotency_key": "bk"}),
+        json!({"op": "upsert", "tenant": "u", "id": "x2", "data": {"n": 5}, "idempotency_key": "bk"}),
+    ];
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let r = api
+        .client
+        .post(api.url("/v1/datasets/reuse/changes?wait=applied"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (_, reply) = expect_json(r, 200, "bulk with a reused key").await;
+    let results = reply["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5, "{reply}");
+    assert_record(&results[0]["record"], "t", "x1", 1, json!({"n": 1}));
+    assert_problem_members(&results[1], 422, "bulk line reusing bk");
+    assert_eq!(results[1]["line"], 2, "{}", results[1]);
+    assert_eq!(results[1]["change_id"], "bk", "{}", results[1]);
+    refused(
+        &results[1],
+        "idempotency_key",
+        "t:x1",
+        "bulk line reusing bk",
+    );
+    assert_record(&results[2]["record"], "t", "x3", 1, json!({"n": 3}));
+    assert_record(&results[3]["record"], "t", "x1", 1, json!({"n": 1}));
+    assert_record(&results[4]["record"], "u", "x2", 1, json!({"n": 5}));
+
+    // A bulk request not waiting: a key the store shows taken is refused up front.
+    let body = [
+        json!({"op": "delete", "tenant": "t", "id": "x3", "idempotency_key": "k1"}),
+        json!({"op": "upsert", "tenant": "t", "id": "x4", "data": {"n": 4}, "idempotency_key": "bk4"}),
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect::<String>();
+    let r = api
+        .client
+        .post(api.url("/v1/datasets/reuse/changes"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (_, reply) = expect_json(r, 200, "bulk accept with a reused key").await;
+    let results = reply["results"].as_array().unwrap();
+    assert_problem_members(&results[0], 422, "bulk line reusing k1");
+    refused(
+        &results[0],
+        "idempotency_key",
+        "t:a",
+        "bulk line reusing k1",
+    );
+    assert_eq!(results[1]["status"], 202, "{}", results[1]);
+
+    // Once a later write of the tenant is applied (one partition, in order), everything above
+    // was processed: no refused change left a trace, and the owners are untouched.
+    api.put_applied("reuse", "t", "barrier", json!({})).await;
+    for id in ["b", "d", "f", "x2"] {
+        let r = api
+            .client
+            .get(api.record("reuse", "t", id))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(
+            r,
+            404,
+            &format!("t:{id}, only ever written with a reused key"),
+        )
+        .await;
+    }
+    let (a, tag) = api.get_record("reuse", "t", "a").await;
+    assert_record(&a, "t", "a", 1, json!({"v": 1}));
+    assert_eq!(tag, "\"1\"");
+    for (id, data) in [
+        ("c", json!({"c": 1})),
+        ("e", json!({"e": 1})),
+        ("x1", json!({"n": 1})),
+        ("x3", json!({"n": 3})),
+        ("x4", json!({"n": 4})),
+    ] {
+        let (record, _) = api.get_record("reuse", "t", id).await;
+        assert_record(&record, "t", id, 1, data);
+    }
+    // The change status names the record a key belongs to.
+    for (key, id) in [("k1", "a"), ("k2", "c"), ("k3", "e"), ("bk", "x1")] {
+        assert_eq!(
+            api.status_of("reuse", "t", key).await,
+            json!({"change_id": key, "id": id, "status": "applied", "version": 1}),
+            "status of {key}"
+        );
+    }
+    // A true duplicate is still answered with the first change's result.
+    let r = write(Method::PUT, "a", "k1", "?wait=applied")
+        .json(&json!({"v": 9}))
+        .send()
+        .await
+        .unwrap();
+    let (_, again) = expect_json(r, 200, "k1 again for t:a").await;
+    assert_record(&again, "t", "a", 1, json!({"v": 1}));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Known bugs, kept as tests of the expected behaviour until they are fixed.
 
 /// Each line of a bulk `?wait=applied` should report the outcome of that line. Today the reply
 /// carries the record as it is when the reply is built, after every line of the request was
 /// appended: line 1 below (an upsert) is answered with the record deleted by line 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: bulk ?wait=applied reports the record after later lines of the same key, not the line's own outcome"]
 async fn bulk_wait_reports_each_lines_own_outcome() {
     let api = Api::start(&[]).await;
     api.declare("lines", 1).await;
@@ -1754,7 +1946,6 @@ async fn bulk_wait_reports_each_lines_own_outcome() {
 /// `PUT /v1/datasets/{d}` must take `{"partitions": N}` only; serde's derived struct
 /// deserializer also accepts the sequence form `[N]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: PUT /v1/datasets/{d} with the body [2] declares a dataset of 2 partitions"]
 async fn declare_refuses_an_array_body() {
     let api = Api::start(&[]).await;
     let r = api

@@ -57,4 +57,34 @@ pub enum RejectReason {
     VersionConflict,
     /// A patch addressed a record that does not exist.
     NotFound,
+    /// The change id was already used by a change to another record of the tenant. A change id
+    /// names one change of one record; reusing it for another record would otherwise make the
+    /// second change look like a duplicate of the first and vanish. Never stored: the id stays
+    /// owned by the first record.
+    KeyReused,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reject_reasons_serialise_in_snake_case() {
+        for (reason, name) in [
+            (RejectReason::VersionConflict, "version_conflict"),
+            (RejectReason::NotFound, "not_found"),
+            (RejectReason::KeyReused, "key_reused"),
+        ] {
+            let outcome = Outcome::Rejected {
+                reason,
+                current_version: 2,
+            };
+            let json = serde_json::to_value(&outcome).unwrap();
+            assert_eq!(
+                json,
+                serde_json::json!({"status": "rejected", "reason": name, "current_version": 2})
+            );
+            assert_eq!(serde_json::from_value::<Outcome>(json).unwrap(), outcome);
+        }
+    }
 }

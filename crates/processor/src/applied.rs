@@ -9,28 +9,31 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tenantsync_core::{ChangeId, DatasetName, Outcome, TenantId};
-use tenantsync_store::LoggedChange;
+use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Outcome, Record, TenantId};
+use tenantsync_store::{Applied, LoggedChange};
 use tokio::sync::oneshot;
 
-type Key = (DatasetName, TenantId, ChangeId);
+/// A change: its id is unique per (dataset, tenant) only for one record; a reuse of the id for
+/// another record is another change (which the store refuses), so the record id is part of it.
+type Key = (DatasetName, TenantId, EntityId, ChangeId);
+
+/// A change's outcome and the record right after it (`None` while the key does not exist).
+pub type AppliedChange = (Outcome, Option<Record>);
+
+/// Waiters by change, each with its id (so a dropped waiter can remove itself).
+type Waiters = HashMap<Key, Vec<(u64, oneshot::Sender<AppliedChange>)>>;
 
 #[derive(Default)]
 pub struct AppliedHub {
-    waiters: Mutex<HashMap<Key, Vec<(u64, oneshot::Sender<Outcome>)>>>,
+    waiters: Mutex<Waiters>,
     next_id: AtomicU64,
 }
 
 impl AppliedHub {
     /// Registers interest in a change. Register before checking the store, so an outcome that
     /// arrives in between is not missed.
-    pub fn register(
-        self: &Arc<Self>,
-        dataset: &DatasetName,
-        tenant: &TenantId,
-        change_id: &ChangeId,
-    ) -> Waiter {
-        let key = (dataset.clone(), tenant.clone(), change_id.clone());
+    pub fn register(self: &Arc<Self>, dataset: &DatasetName, change: &Change) -> Waiter {
+        let key = key(dataset, change);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock().entry(key.clone()).or_default().push((id, tx));
@@ -42,26 +45,21 @@ impl AppliedHub {
         }
     }
 
-    /// Hands a batch's outcomes to whoever waits for them.
+    /// Hands a batch's results (see `Applied`) to whoever waits for them.
     pub(crate) fn notify(
         &self,
         dataset: &DatasetName,
         changes: &[LoggedChange],
-        outcomes: &[Outcome],
+        applied: &Applied,
     ) {
         let mut waiters = self.lock();
         if waiters.is_empty() {
             return;
         }
-        for (c, outcome) in changes.iter().zip(outcomes) {
-            let key = (
-                dataset.clone(),
-                c.change.tenant.clone(),
-                c.change.change_id.clone(),
-            );
-            if let Some(list) = waiters.remove(&key) {
+        for ((c, outcome), record) in changes.iter().zip(&applied.outcomes).zip(&applied.records) {
+            if let Some(list) = waiters.remove(&key(dataset, &c.change)) {
                 for (_, tx) in list {
-                    let _ = tx.send(outcome.clone());
+                    let _ = tx.send((outcome.clone(), record.clone()));
                 }
             }
         }
@@ -72,12 +70,19 @@ impl AppliedHub {
         self.lock().values().map(Vec::len).sum()
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<(u64, oneshot::Sender<Outcome>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
         // A panic while holding this lock leaves the map consistent; keep serving.
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn key(dataset: &DatasetName, change: &Change) -> Key {
+    (
+        dataset.clone(),
+        change.tenant.clone(),
+        change.id.clone(),
+        change.change_id.clone(),
+    )
 }
 
 /// One writer's wait for one change; unregisters itself when dropped.
@@ -85,13 +90,13 @@ pub struct Waiter {
     hub: Arc<AppliedHub>,
     key: Key,
     id: u64,
-    rx: oneshot::Receiver<Outcome>,
+    rx: oneshot::Receiver<AppliedChange>,
 }
 
 impl Waiter {
     /// The outcome, once this instance's processor applies the change. Never returns if
     /// another instance applies it.
-    pub async fn outcome(&mut self) -> Outcome {
+    pub async fn outcome(&mut self) -> AppliedChange {
         match (&mut self.rx).await {
             Ok(outcome) => outcome,
             // Only the hub drops senders, and only after sending: unreachable, but never spin.
@@ -115,22 +120,19 @@ impl Drop for Waiter {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use tenantsync_core::{Change, EntityId, Op};
+    use tenantsync_core::Op;
 
     use super::*;
 
-    fn change(tenant: &str, id: &str) -> LoggedChange {
-        LoggedChange {
-            offset: 0,
-            change: Change {
-                change_id: ChangeId::new(id).unwrap(),
-                op: Op::Delete,
-                tenant: TenantId::new(tenant).unwrap(),
-                id: EntityId::new("x").unwrap(),
-                data: None,
-                expected_version: None,
-                accepted_at: Utc::now(),
-            },
+    fn change(tenant: &str, id: &str, change_id: &str) -> Change {
+        Change {
+            change_id: ChangeId::new(change_id).unwrap(),
+            op: Op::Delete,
+            tenant: TenantId::new(tenant).unwrap(),
+            id: EntityId::new(id).unwrap(),
+            data: None,
+            expected_version: None,
+            accepted_at: Utc::now(),
         }
     }
 
@@ -138,19 +140,31 @@ mod tests {
     async fn wakes_exactly_the_waiters_of_applied_changes() {
         let hub = Arc::new(AppliedHub::default());
         let ds = DatasetName::new("d").unwrap();
-        let a = TenantId::new("a").unwrap();
-        let b = TenantId::new("b").unwrap();
-        let c1 = ChangeId::new("c1").unwrap();
-        let mut w1 = hub.register(&ds, &a, &c1);
-        let mut w1_again = hub.register(&ds, &a, &c1);
-        let w_other_tenant = hub.register(&ds, &b, &c1);
-        assert_eq!(hub.waiting(), 3);
+        let mine = change("a", "x", "c1");
+        let mut w1 = hub.register(&ds, &mine);
+        let mut w1_again = hub.register(&ds, &mine);
+        let other_tenant = hub.register(&ds, &change("b", "x", "c1"));
+        let other_record = hub.register(&ds, &change("a", "y", "c1"));
+        assert_eq!(hub.waiting(), 4);
         let outcome = Outcome::Applied { version: 4 };
-        hub.notify(&ds, &[change("a", "c1")], std::slice::from_ref(&outcome));
-        assert_eq!(w1.outcome().await, outcome.clone());
-        assert_eq!(w1_again.outcome().await, outcome);
-        assert_eq!(hub.waiting(), 1, "tenant b's change c1 is another change");
-        drop(w_other_tenant);
+        let applied = Applied {
+            outcomes: vec![outcome.clone()],
+            states: vec![],
+            records: vec![None],
+        };
+        let logged = LoggedChange {
+            offset: 0,
+            change: mine,
+        };
+        hub.notify(&ds, &[logged], &applied);
+        assert_eq!(w1.outcome().await, (outcome.clone(), None));
+        assert_eq!(w1_again.outcome().await, (outcome, None));
+        assert_eq!(
+            hub.waiting(),
+            2,
+            "c1 of tenant b, and c1 reused for record y, are other changes"
+        );
+        drop((other_tenant, other_record));
         assert_eq!(hub.waiting(), 0, "a dropped waiter unregisters");
     }
 }

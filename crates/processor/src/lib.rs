@@ -14,7 +14,7 @@ mod error;
 mod processor;
 pub mod state;
 
-pub use applied::{AppliedHub, Waiter};
+pub use applied::{AppliedChange, AppliedHub, Waiter};
 pub use datasets::{Datasets, Declared};
 pub use error::ProcessorError;
 pub use processor::{Processor, ProcessorConfig, ProcessorStats};

@@ -226,8 +226,7 @@ impl Processor {
                     .iter()
                     .map(|record| state::encode(record, dataset.partitions)),
             );
-            self.applied
-                .notify(&dataset.name, &batch, &applied.outcomes);
+            self.applied.notify(&dataset.name, &batch, &applied);
             offsets.push((partition, next));
             self.stats
                 .changes

@@ -16,7 +16,7 @@ use tenantsync_core::{
 };
 use tracing::warn;
 
-use crate::{Applied, LoggedChange, Offset};
+use crate::{Applied, LoggedChange, Offset, StoredOutcome};
 
 /// What one change does to one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,11 +182,14 @@ pub(crate) struct Plan {
 }
 
 /// Plans a batch. `records` and `outcomes` answer `lookups` slot for slot with the stored state
-/// (`None`: never existed) and the stored outcome (`None`: never applied); `position` is the
-/// partition's stored position.
+/// (`None`: never existed) and the stored outcome with its owning record (`None`: never
+/// applied); `position` is the partition's stored position.
 ///
-/// A change whose id already has an outcome, in the store or earlier in this batch, reports that
-/// outcome and changes nothing. A change at an offset below `position` is not applied again; if
+/// A change whose id already has an outcome, in the store or earlier in this batch, changes
+/// nothing: if the outcome belongs to the same record it is a duplicate and reports that
+/// outcome; if it belongs to another record the id was reused, and the change is rejected
+/// `key_reused` with its own record's live version, and not stored (so that the id stays the
+/// first record's). A change at an offset below `position` is not applied again; if
 /// it has no stored outcome the log no longer holds what was applied there (a recreated topic),
 /// so it is reported `unchanged`, not stored, and a warning is logged.
 #[allow(clippy::too_many_arguments)]
@@ -198,7 +201,7 @@ pub(crate) fn plan_batch(
     position: Offset,
     next_offset: Offset,
     records: Vec<Option<Record>>,
-    outcomes: Vec<Option<Outcome>>,
+    outcomes: Vec<Option<StoredOutcome>>,
     now: DateTime<Utc>,
 ) -> Plan {
     let now = truncate_to_micros(now);
@@ -210,14 +213,24 @@ pub(crate) fn plan_batch(
     let mut dirty = vec![false; current.len()];
     let mut last_seen = vec![0usize; current.len()];
     let mut results = Vec::with_capacity(changes.len());
+    let mut after = Vec::with_capacity(changes.len());
     let mut first_applied = Vec::new();
 
     for (index, logged) in changes.iter().enumerate() {
         let change = &logged.change;
         let (k, c) = (lookups.key_of[index], lookups.id_of[index]);
         last_seen[k] = index;
-        if let Some(outcome) = &known[c] {
-            results.push(outcome.clone());
+        if let Some(stored) = &known[c] {
+            if stored.id == change.id {
+                results.push(stored.outcome.clone());
+            } else {
+                // Not stored: the id stays the first record's, and a redelivery of this change
+                // is refused the same way.
+                results.push(Outcome::Rejected {
+                    reason: RejectReason::KeyReused,
+                    current_version: live_version(current[k].as_ref()),
+                });
+            }
         } else if logged.offset < position {
             warn!(
                 %dataset, partition, offset = logged.offset, position, tenant = %change.tenant,
@@ -233,10 +246,14 @@ pub(crate) fn plan_batch(
                 current[k] = Some(record);
                 dirty[k] = true;
             }
-            known[c] = Some(outcome.clone());
+            known[c] = Some(StoredOutcome {
+                id: change.id.clone(),
+                outcome: outcome.clone(),
+            });
             first_applied.push(index);
             results.push(outcome);
         }
+        after.push(current[k].clone());
     }
 
     let mut order: Vec<usize> = (0..current.len()).collect();
@@ -260,11 +277,17 @@ pub(crate) fn plan_batch(
         applied: Applied {
             outcomes: results,
             states,
+            records: after,
         },
         written,
         first_applied,
         position: position.max(next_offset),
     }
+}
+
+/// The version of a live record; 0 when it is absent or deleted (as rejections report it).
+fn live_version(record: Option<&Record>) -> u64 {
+    record.filter(|r| !r.is_deleted()).map_or(0, |r| r.version)
 }
 
 /// Both backends store microseconds; truncating before deciding keeps what `apply` returns
@@ -548,7 +571,7 @@ mod tests {
         position: Offset,
         next: Offset,
         records: Stored<RecordKey, Record>,
-        outcomes: Stored<(TenantId, ChangeId), Outcome>,
+        outcomes: Stored<(TenantId, ChangeId), StoredOutcome>,
     ) -> Plan {
         plan_at(changes, position, next, records, outcomes, now())
     }
@@ -559,7 +582,7 @@ mod tests {
         position: Offset,
         next: Offset,
         records: Stored<RecordKey, Record>,
-        outcomes: Stored<(TenantId, ChangeId), Outcome>,
+        outcomes: Stored<(TenantId, ChangeId), StoredOutcome>,
         at: DateTime<Utc>,
     ) -> Plan {
         let dataset = DatasetName::new("items").unwrap();
@@ -654,7 +677,10 @@ mod tests {
         let c = upsert("done", json!({"v": 9}));
         let outcomes = HashMap::from([(
             (c.tenant.clone(), c.change_id.clone()),
-            Outcome::Applied { version: 2 },
+            StoredOutcome {
+                id: c.id.clone(),
+                outcome: Outcome::Applied { version: 2 },
+            },
         )]);
         let below = upsert("lost", json!({"v": 10}));
         let p = plan(&[logged(5, c), logged(6, below)], 10, 7, records, outcomes);
@@ -669,6 +695,82 @@ mod tests {
         assert!(p.written.is_empty());
         assert!(p.first_applied.is_empty());
         assert_eq!(p.position, 10, "the position never moves backwards");
+    }
+
+    const REUSED: RejectReason = RejectReason::KeyReused;
+
+    #[test]
+    fn a_change_id_reused_for_another_record_is_rejected_and_not_stored() {
+        // In one batch: "k1" first names a change of sku-1, then one of "b", then of sku-1 again.
+        let changes = [
+            logged(0, upsert("k1", json!({"v": 1}))),
+            logged(1, keyed(upsert("k1", json!({"b": 1})), "b")),
+            logged(2, keyed(upsert("k2", json!({"b": 2})), "b")),
+            logged(3, keyed(upsert("k1", json!({"b": 3})), "b")),
+            logged(4, upsert("k1", json!({"v": 2}))),
+        ];
+        let p = plan(&changes, 0, 5, HashMap::new(), HashMap::new());
+        assert_eq!(
+            p.applied.outcomes,
+            vec![
+                Outcome::Applied { version: 1 },
+                Outcome::Rejected {
+                    reason: REUSED,
+                    current_version: 0
+                },
+                Outcome::Applied { version: 1 },
+                // Its own record's live version at that point of the batch.
+                Outcome::Rejected {
+                    reason: REUSED,
+                    current_version: 1
+                },
+                // A true duplicate still reports the first outcome.
+                Outcome::Applied { version: 1 },
+            ]
+        );
+        assert_eq!(p.first_applied, vec![0, 2], "reuses are not stored");
+        let data: Vec<_> = p
+            .applied
+            .states
+            .iter()
+            .map(|r| (r.id.as_str(), r.data.clone()))
+            .collect();
+        assert_eq!(
+            data,
+            [
+                ("b", Some(obj(json!({"b": 2})))),
+                ("sku-1", Some(obj(json!({"v": 1})))),
+            ]
+        );
+
+        // Against a stored outcome, at any offset (a redelivery below the position included).
+        let stored = record(3, Some(json!({"v": 3})));
+        let outcomes = HashMap::from([(
+            (stored.tenant.clone(), ChangeId::new("k1").unwrap()),
+            StoredOutcome {
+                id: EntityId::new("b").unwrap(),
+                outcome: Outcome::Applied { version: 1 },
+            },
+        )]);
+        let records = HashMap::from([(stored.key(), stored.clone())]);
+        for position in [0, 10] {
+            let p = plan(
+                &[logged(5, upsert("k1", json!({"v": 9})))],
+                position,
+                6,
+                records.clone(),
+                outcomes.clone(),
+            );
+            assert_eq!(
+                p.applied.outcomes,
+                vec![Outcome::Rejected {
+                    reason: REUSED,
+                    current_version: 3
+                }]
+            );
+            assert!(p.written.is_empty() && p.first_applied.is_empty());
+            assert_eq!(p.applied.states, vec![stored.clone()]);
+        }
     }
 
     #[test]
@@ -807,12 +909,16 @@ mod tests {
                 .iter()
                 .map(|&i| {
                     let c = &changes[i].change;
-                    ((c.tenant.clone(), c.change_id.clone()), first.applied.outcomes[i].clone())
+                    let stored = StoredOutcome { id: c.id.clone(), outcome: first.applied.outcomes[i].clone() };
+                    ((c.tenant.clone(), c.change_id.clone()), stored)
                 })
                 .collect();
             for position in [0, changes.len() as u64] {
                 let again = plan(&changes, position, 0, records.clone(), outcomes.clone());
-                prop_assert_eq!(&again.applied, &first.applied);
+                // Not `records`: for a change not applied now that is the key's state at that
+                // point of the batch, which after a replan is the final state.
+                prop_assert_eq!(&again.applied.outcomes, &first.applied.outcomes);
+                prop_assert_eq!(&again.applied.states, &first.applied.states);
                 prop_assert!(again.written.is_empty());
                 prop_assert!(again.first_applied.is_empty());
             }

@@ -36,18 +36,35 @@ pub struct LoggedChange {
     pub change: Change,
 }
 
+/// The stored outcome of a change id, with the record it belongs to. A change id is unique per
+/// (dataset, tenant) and names one change of one record: `id` is the record of the change that
+/// first used it, so a caller holding a change with the same id can tell a true duplicate
+/// (same `id`) from a reuse of the id for another record (rejected
+/// [`RejectReason::KeyReused`](tenantsync_core::RejectReason::KeyReused) at apply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOutcome {
+    /// The record (of the tenant) the change id belongs to.
+    pub id: EntityId,
+    pub outcome: Outcome,
+}
+
 /// The result of [`MasterStore::apply`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
     /// One outcome per input change, in input order. For a change that had been applied before
-    /// (same dataset, tenant and change id, or an offset below the stored position) this is the
-    /// stored outcome of the first application.
+    /// (same dataset, tenant, change id and record id, or an offset below the stored position)
+    /// this is the stored outcome of the first application. For a change whose id belongs to
+    /// another record of the tenant it is `Rejected { reason: KeyReused, .. }`.
     pub outcomes: Vec<Outcome>,
     /// The current state, after the batch, of every key the batch addressed (whether or not it
     /// changed), each key once, ordered by the key's last appearance in the batch. Deleted
     /// records appear as tombstones (`data == None`). Keys that never existed do not appear.
     /// The processor republishes exactly these.
     pub states: Vec<Record>,
+    /// One entry per input change, in input order: the key's record right after that change
+    /// (for a change not applied now, the key's state at that point of the batch); `None` while
+    /// the key does not exist. This is what a writer waiting for its change is shown.
+    pub records: Vec<Option<Record>>,
 }
 
 /// The authoritative store of records.
@@ -61,6 +78,12 @@ pub struct Applied {
 ///   whose id was applied before changes nothing and reports the first outcome. Changes at
 ///   offsets below the partition's stored position are not applied again either, so a batch
 ///   re-read after a crash is harmless.
+/// - **A change id belongs to one record.** The first change applied with an id owns it, with
+///   its record id. A later change with the same id (in the store or earlier in the same batch)
+///   but another record id is not a duplicate: it is rejected
+///   [`KeyReused`](tenantsync_core::RejectReason::KeyReused) with its own record's live version
+///   (0 if absent or deleted), changes nothing, and is not stored (the id stays the first
+///   record's, so redelivering it is rejected again). Never silently dropped.
 /// - **Versions.** A record's version starts at 1 and grows by exactly one per change that
 ///   alters its data or deletes it; a change that leaves the data exactly as it was creates no
 ///   new version. A delete keeps a tombstone row with its version, so a key written again
@@ -69,7 +92,8 @@ pub struct Applied {
 ///   record (rejected `not_found` when there is none); delete tombstones a live record (a delete
 ///   of an absent or deleted record is `unchanged`). `expected_version` `Some(0)` requires the
 ///   record to be absent or deleted, `Some(v)` requires it live at version `v`; otherwise the
-///   change is rejected `version_conflict`. Rejections are outcomes, stored like any other.
+///   change is rejected `version_conflict`. Rejections are outcomes, stored like any other
+///   (except `key_reused`, see above).
 /// - **Concurrency.** Many readers and writers may call concurrently. Two `apply` calls for the
 ///   same dataset partition are serialised by the position check: whichever commits second
 ///   skips what the first applied. This makes a stale processor (one whose partition moved to
@@ -107,13 +131,32 @@ pub trait MasterStore: Send + Sync + 'static {
         id: &EntityId,
     ) -> Result<Option<Record>, StoreError>;
 
-    /// The stored outcome of a change, or `None` if it has not been applied (yet).
+    /// The stored outcome of a change id and the record it belongs to, or `None` if no change
+    /// with this id has been applied (yet). A `key_reused` rejection is never stored, so the
+    /// outcome returned is always the owning record's; compare [`StoredOutcome::id`] with a
+    /// change's record id to tell whether this outcome is that change's.
     async fn outcome(
         &self,
         dataset: &DatasetName,
         tenant: &TenantId,
         change_id: &ChangeId,
-    ) -> Result<Option<Outcome>, StoreError>;
+    ) -> Result<Option<StoredOutcome>, StoreError>;
+
+    /// What [`outcome`](MasterStore::outcome) answers for each of several change ids of a
+    /// dataset, answer for answer in order, in fewer round trips (the API checks a bulk
+    /// request's idempotency keys with it). Implementations that cannot do better may keep
+    /// this default, one `outcome` call per id.
+    async fn outcomes(
+        &self,
+        dataset: &DatasetName,
+        change_ids: &[(TenantId, ChangeId)],
+    ) -> Result<Vec<Option<StoredOutcome>>, StoreError> {
+        let mut out = Vec::with_capacity(change_ids.len());
+        for (tenant, change_id) in change_ids {
+            out.push(self.outcome(dataset, tenant, change_id).await?);
+        }
+        Ok(out)
+    }
 
     /// Up to `limit` records of a tenant (tombstones included) with ids greater than `after`,
     /// ordered by id (byte order).

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Outcome, Record, TenantId};
+use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, TenantId};
 use tokio_postgres::NoTls;
 use tokio_postgres::Row;
 use tracing::info;
@@ -23,7 +23,7 @@ use tracing::info;
 use crate::apply;
 use crate::migrations::{self, Migration};
 use crate::rows::{self, RecordRow};
-use crate::{Applied, Dataset, LoggedChange, MasterStore, Offset, StoreError};
+use crate::{Applied, Dataset, LoggedChange, MasterStore, Offset, StoreError, StoredOutcome};
 
 const POOL_SIZE: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,9 +51,9 @@ const LOAD_RECORDS: &str = "SELECT r.tenant, r.id, r.version, r.data::text, r.up
      FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(tenant, id, slot) \
      CROSS JOIN LATERAL (SELECT * FROM records \
        WHERE dataset = $1 AND tenant = k.tenant AND id = k.id LIMIT 1) r";
-const LOAD_OUTCOMES: &str = "SELECT a.status, a.version, k.slot \
+const LOAD_OUTCOMES: &str = "SELECT a.id, a.status, a.version, k.slot \
      FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(tenant, change_id, slot) \
-     CROSS JOIN LATERAL (SELECT status, version FROM applied_changes \
+     CROSS JOIN LATERAL (SELECT id, status, version FROM applied_changes \
        WHERE dataset = $1 AND tenant = k.tenant AND change_id = k.change_id LIMIT 1) a";
 const WRITE_RECORDS: &str = "INSERT INTO records \
      (dataset, tenant, id, version, data, updated_at, change_id) \
@@ -65,12 +65,13 @@ const WRITE_RECORDS: &str = "INSERT INTO records \
 /// A plain insert: under the position lock an outcome can only exist already if the same tenant
 /// was applied through two partitions, and then failing (and retrying) beats applying twice.
 const WRITE_OUTCOMES: &str = "INSERT INTO applied_changes \
-     (dataset, tenant, change_id, status, version) \
-     SELECT $1, t, c, s, v FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[]) \
-       AS x(t, c, s, v)";
+     (dataset, tenant, change_id, id, status, version) \
+     SELECT $1, t, c, i, s, v \
+     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
+       AS x(t, c, i, s, v)";
 const SELECT_RECORD: &str = "SELECT tenant, id, version, data::text, updated_at, change_id \
      FROM records WHERE dataset = $1 AND tenant = $2 AND id = $3";
-const SELECT_OUTCOME: &str = "SELECT status, version FROM applied_changes \
+const SELECT_OUTCOME: &str = "SELECT id, status, version FROM applied_changes \
      WHERE dataset = $1 AND tenant = $2 AND change_id = $3";
 const SCAN_FIRST: &str = "SELECT tenant, id, version, data::text, updated_at, change_id \
      FROM records WHERE dataset = $1 AND tenant = $2 ORDER BY id LIMIT $3";
@@ -330,11 +331,11 @@ impl MasterStore for PostgresStore {
             let record = record_row(row)?;
             *slot(&mut records, row.try_get(6)?)? = Some(record);
         }
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; lookups.change_ids.len()];
+        let mut outcomes: Vec<Option<StoredOutcome>> = vec![None; lookups.change_ids.len()];
         for row in &outcome_rows {
-            let status: String = row.try_get(0)?;
-            let outcome = rows::outcome_from_row(&status, row.try_get(1)?)?;
-            *slot(&mut outcomes, row.try_get(2)?)? = Some(outcome);
+            let status: String = row.try_get(1)?;
+            let outcome = rows::stored_outcome_from_row(row.try_get(0)?, &status, row.try_get(2)?)?;
+            *slot(&mut outcomes, row.try_get(3)?)? = Some(outcome);
         }
 
         let plan = apply::plan_batch(
@@ -352,6 +353,7 @@ impl MasterStore for PostgresStore {
         let columns = RecordColumns::new(plan.written.iter().map(|&i| &plan.applied.states[i]))?;
         let mut o_tenants = Vec::with_capacity(plan.first_applied.len());
         let mut o_ids = Vec::with_capacity(plan.first_applied.len());
+        let mut o_records = Vec::with_capacity(plan.first_applied.len());
         let mut o_statuses = Vec::with_capacity(plan.first_applied.len());
         let mut o_versions = Vec::with_capacity(plan.first_applied.len());
         for &i in &plan.first_applied {
@@ -359,6 +361,7 @@ impl MasterStore for PostgresStore {
             let (status, version) = rows::outcome_to_row(&plan.applied.outcomes[i])?;
             o_tenants.push(change.tenant.as_str());
             o_ids.push(change.change_id.as_str());
+            o_records.push(change.id.as_str());
             o_statuses.push(status);
             o_versions.push(version);
         }
@@ -392,7 +395,14 @@ impl MasterStore for PostgresStore {
             }
             tx.execute(
                 &write_outcomes,
-                &[&ds, &o_tenants, &o_ids, &o_statuses, &o_versions],
+                &[
+                    &ds,
+                    &o_tenants,
+                    &o_ids,
+                    &o_records,
+                    &o_statuses,
+                    &o_versions,
+                ],
             )
             .await
         };
@@ -441,7 +451,7 @@ impl MasterStore for PostgresStore {
         dataset: &DatasetName,
         tenant: &TenantId,
         change_id: &ChangeId,
-    ) -> Result<Option<Outcome>, StoreError> {
+    ) -> Result<Option<StoredOutcome>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(SELECT_OUTCOME).await?;
         let row = client
@@ -452,11 +462,39 @@ impl MasterStore for PostgresStore {
             .await?;
         match row {
             Some(row) => {
-                let status: String = row.try_get(0)?;
-                Ok(Some(rows::outcome_from_row(&status, row.try_get(1)?)?))
+                let status: String = row.try_get(1)?;
+                Ok(Some(rows::stored_outcome_from_row(
+                    row.try_get(0)?,
+                    &status,
+                    row.try_get(2)?,
+                )?))
             }
             None => Ok(None),
         }
+    }
+
+    async fn outcomes(
+        &self,
+        dataset: &DatasetName,
+        change_ids: &[(TenantId, ChangeId)],
+    ) -> Result<Vec<Option<StoredOutcome>>, StoreError> {
+        if change_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tenants: Vec<&str> = change_ids.iter().map(|(t, _)| t.as_str()).collect();
+        let ids: Vec<&str> = change_ids.iter().map(|(_, c)| c.as_str()).collect();
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(LOAD_OUTCOMES).await?;
+        let found = client
+            .query(&stmt, &[&dataset.as_str(), &tenants, &ids])
+            .await?;
+        let mut out: Vec<Option<StoredOutcome>> = vec![None; change_ids.len()];
+        for row in &found {
+            let status: String = row.try_get(1)?;
+            let outcome = rows::stored_outcome_from_row(row.try_get(0)?, &status, row.try_get(2)?)?;
+            *slot(&mut out, row.try_get(3)?)? = Some(outcome);
+        }
+        Ok(out)
     }
 
     async fn scan(

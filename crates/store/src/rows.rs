@@ -1,5 +1,5 @@
 //! Conversions between domain values and the columns both schemas share: outcomes as
-//! (status, version), data as JSON text, unsigned numbers as signed 64-bit integers.
+//! (id, status, version), data as JSON text, unsigned numbers as signed 64-bit integers.
 //!
 //! Reading never trusts a row: a value that does not convert is [`StoreError::Corrupt`], never
 //! a panic.
@@ -7,12 +7,15 @@
 use chrono::{DateTime, Utc};
 use tenantsync_core::{ChangeId, EntityId, Object, Outcome, Record, RejectReason, TenantId};
 
-use crate::StoreError;
+use crate::{StoreError, StoredOutcome};
 
 const APPLIED: &str = "applied";
 const UNCHANGED: &str = "unchanged";
 const VERSION_CONFLICT: &str = "version_conflict";
 const NOT_FOUND: &str = "not_found";
+/// Never written by `apply` (a reused change id is not stored); mapped so that the conversion
+/// is total rather than a panic.
+const KEY_REUSED: &str = "key_reused";
 
 /// An outcome as its `status` and `version` columns.
 pub(crate) fn outcome_to_row(outcome: &Outcome) -> Result<(&'static str, i64), StoreError> {
@@ -27,6 +30,10 @@ pub(crate) fn outcome_to_row(outcome: &Outcome) -> Result<(&'static str, i64), S
             reason: RejectReason::NotFound,
             current_version,
         } => (NOT_FOUND, *current_version),
+        Outcome::Rejected {
+            reason: RejectReason::KeyReused,
+            current_version,
+        } => (KEY_REUSED, *current_version),
     };
     Ok((status, to_i64("version", version)?))
 }
@@ -44,12 +51,31 @@ pub(crate) fn outcome_from_row(status: &str, version: i64) -> Result<Outcome, St
             reason: RejectReason::NotFound,
             current_version: version,
         },
+        KEY_REUSED => Outcome::Rejected {
+            reason: RejectReason::KeyReused,
+            current_version: version,
+        },
         other => {
             return Err(StoreError::Corrupt {
                 what: "outcome status",
                 detail: format!("unknown status {other:?}"),
             });
         }
+    })
+}
+
+/// A row of `applied_changes`: the id of the record owning the change id, and its outcome.
+pub(crate) fn stored_outcome_from_row(
+    id: String,
+    status: &str,
+    version: i64,
+) -> Result<StoredOutcome, StoreError> {
+    Ok(StoredOutcome {
+        id: EntityId::new(id).map_err(|e| StoreError::Corrupt {
+            what: "outcome record id",
+            detail: e.to_string(),
+        })?,
+        outcome: outcome_from_row(status, version)?,
     })
 }
 
@@ -125,6 +151,10 @@ mod tests {
                 reason: RejectReason::NotFound,
                 current_version: 0,
             },
+            Outcome::Rejected {
+                reason: RejectReason::KeyReused,
+                current_version: 4,
+            },
         ] {
             let (status, version) = outcome_to_row(&outcome).unwrap();
             assert_eq!(outcome_from_row(status, version).unwrap(), outcome);
@@ -135,6 +165,17 @@ mod tests {
         ));
         assert!(matches!(
             outcome_from_row(APPLIED, -1),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert_eq!(
+            stored_outcome_from_row("a".into(), UNCHANGED, 2).unwrap(),
+            StoredOutcome {
+                id: EntityId::new("a").unwrap(),
+                outcome: Outcome::Unchanged { version: 2 },
+            }
+        );
+        assert!(matches!(
+            stored_outcome_from_row(String::new(), APPLIED, 1),
             Err(StoreError::Corrupt { .. })
         ));
     }

@@ -18,14 +18,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Outcome, Record, TenantId};
+use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, TenantId};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{error, info};
 
 use crate::apply;
 use crate::migrations::{self, Migration};
 use crate::rows::{self, RecordRow};
-use crate::{Applied, Dataset, LoggedChange, MasterStore, Offset, StoreError};
+use crate::{Applied, Dataset, LoggedChange, MasterStore, Offset, StoreError, StoredOutcome};
 
 /// Reader connections: enough for the API's concurrent reads on 2 cores, few enough that a
 /// burst of reads does not starve the writer of CPU.
@@ -56,10 +56,10 @@ const UPSERT_RECORD: &str = "INSERT INTO records \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
      ON CONFLICT (dataset, tenant, id) DO UPDATE SET version = excluded.version, \
      data = excluded.data, updated_at = excluded.updated_at, change_id = excluded.change_id";
-const SELECT_OUTCOME: &str = "SELECT status, version FROM applied_changes \
+const SELECT_OUTCOME: &str = "SELECT id, status, version FROM applied_changes \
      WHERE dataset = ?1 AND tenant = ?2 AND change_id = ?3";
 const INSERT_OUTCOME: &str = "INSERT INTO applied_changes \
-     (dataset, tenant, change_id, status, version) VALUES (?1, ?2, ?3, ?4, ?5)";
+     (dataset, tenant, change_id, id, status, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const SCAN_FIRST: &str = "SELECT tenant, id, version, data, updated_at, change_id \
      FROM records WHERE dataset = ?1 AND tenant = ?2 ORDER BY id LIMIT ?3";
 const SCAN_AFTER: &str = "SELECT tenant, id, version, data, updated_at, change_id \
@@ -288,8 +288,8 @@ fn sorted_slots<A: Ord, B: Ord>(keys: &[(&A, &B)]) -> Vec<usize> {
     order
 }
 
-fn outcome_row(row: &Row<'_>) -> rusqlite::Result<(String, i64)> {
-    Ok((row.get(0)?, row.get(1)?))
+fn outcome_row(row: &Row<'_>) -> rusqlite::Result<(String, String, i64)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
 }
 
 fn partition_param(partition: u32) -> i64 {
@@ -338,7 +338,7 @@ fn apply_in_transaction(
                 )
                 .optional()?;
             outcomes[slot] = row
-                .map(|(status, version)| rows::outcome_from_row(&status, version))
+                .map(|(id, status, version)| rows::stored_outcome_from_row(id, &status, version))
                 .transpose()?;
         }
     }
@@ -383,6 +383,7 @@ fn apply_in_transaction(
                 ds,
                 change.tenant.as_str(),
                 change.change_id.as_str(),
+                change.id.as_str(),
                 status,
                 version
             ])?;
@@ -525,7 +526,7 @@ impl MasterStore for SqliteStore {
         dataset: &DatasetName,
         tenant: &TenantId,
         change_id: &ChangeId,
-    ) -> Result<Option<Outcome>, StoreError> {
+    ) -> Result<Option<StoredOutcome>, StoreError> {
         let (dataset, tenant, change_id) = (dataset.clone(), tenant.clone(), change_id.clone());
         self.read(move |conn| {
             conn.prepare_cached(SELECT_OUTCOME)?
@@ -534,8 +535,40 @@ impl MasterStore for SqliteStore {
                     outcome_row,
                 )
                 .optional()?
-                .map(|(status, version)| rows::outcome_from_row(&status, version))
+                .map(|(id, status, version)| rows::stored_outcome_from_row(id, &status, version))
                 .transpose()
+        })
+        .await
+    }
+
+    async fn outcomes(
+        &self,
+        dataset: &DatasetName,
+        change_ids: &[(TenantId, ChangeId)],
+    ) -> Result<Vec<Option<StoredOutcome>>, StoreError> {
+        if change_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (dataset, change_ids) = (dataset.clone(), change_ids.to_vec());
+        // One reader job (one snapshot) for all of them, rather than a blocking task per id.
+        self.read(move |conn| {
+            let mut select = conn.prepare_cached(SELECT_OUTCOME)?;
+            let mut out = Vec::with_capacity(change_ids.len());
+            for (tenant, change_id) in &change_ids {
+                let row = select
+                    .query_row(
+                        params![dataset.as_str(), tenant.as_str(), change_id.as_str()],
+                        outcome_row,
+                    )
+                    .optional()?;
+                out.push(
+                    row.map(|(id, status, version)| {
+                        rows::stored_outcome_from_row(id, &status, version)
+                    })
+                    .transpose()?,
+                );
+            }
+            Ok(out)
         })
         .await
     }

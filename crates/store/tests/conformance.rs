@@ -65,6 +65,7 @@ macro_rules! suite {
                 reapply_below_the_position,
                 position_never_moves_backwards,
                 duplicate_change_ids,
+                change_id_reused_for_another_record,
                 states_content_and_order,
                 outcome_lookups,
                 scan_pages_in_byte_order_with_tombstones,
@@ -392,7 +393,7 @@ async fn rejections_are_stored_outcomes(store: &dyn MasterStore) {
             .outcome(&ds("items"), &tenant("acme"), &cid("stale"))
             .await
             .unwrap(),
-        Some(conflict(1))
+        Some(owned("a", conflict(1)))
     );
     // The record reaches version 2, where the precondition would hold; redelivering the
     // rejected change still reports the first outcome and changes nothing.
@@ -409,7 +410,7 @@ async fn rejections_are_stored_outcomes(store: &dyn MasterStore) {
             .outcome(&ds("items"), &tenant("acme"), &cid("nf"))
             .await
             .unwrap(),
-        Some(not_found())
+        Some(owned("nope", not_found()))
     );
 }
 
@@ -449,8 +450,11 @@ async fn idempotent_reapply_of_the_same_batch(store: &dyn MasterStore) {
     let before = scan_all(store, &ds("items"), &tenant("acme"), 100).await;
     for _ in 0..2 {
         let again = apply_ok(store, "items", &batch, 10).await;
+        // Not `records`: for a change not applied now that is its key's state at that point of
+        // the batch, which on a redelivery is the state the first delivery left.
         assert_eq!(
-            again, first,
+            (&again.outcomes, &again.states),
+            (&first.outcomes, &first.states),
             "same outcomes and the same states, updated_at included"
         );
     }
@@ -596,6 +600,97 @@ async fn duplicate_change_ids(store: &dyn MasterStore) {
     assert_eq!(other.outcomes, vec![applied(1)]);
 }
 
+/// A change id belongs to the record of the first change that used it. Another record's change
+/// with the same id is no duplicate: it is refused `key_reused` (never silently dropped),
+/// changes nothing, and is not stored, so the first record keeps the id and its outcome.
+async fn change_id_reused_for_another_record(store: &dyn MasterStore) {
+    let items = ds("items");
+    let owner = |c: &'static str| {
+        let items = items.clone();
+        async move {
+            store
+                .outcome(&items, &tenant("acme"), &cid(c))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        one(store, 0, upsert("k1", "acme", "a", json!({"v": 1}))).await,
+        applied(1)
+    );
+    let original = get(store, "acme", "a").await.unwrap();
+
+    // In a later batch, for a record that does not exist yet.
+    let reuse = apply_ok(
+        store,
+        "items",
+        &at(1, vec![upsert("k1", "acme", "b", json!({"b": 1}))]),
+        2,
+    )
+    .await;
+    assert_eq!(reuse.outcomes, vec![key_reused(0)]);
+    assert!(reuse.states.is_empty(), "{:?}", reuse.states);
+    assert_eq!(reuse.records, vec![None]);
+    assert_eq!(get(store, "acme", "b").await, None);
+    assert_eq!(owner("k1").await, Some(owned("a", applied(1))));
+    assert_eq!(store.position(&items, 0).await.unwrap(), 2);
+
+    // For a live record: the refusal reports that record's version; deletes are refused too.
+    one(store, 2, upsert("k2", "acme", "b", json!({"b": 2}))).await;
+    assert_eq!(
+        one(store, 3, upsert("k1", "acme", "b", json!({"b": 3}))).await,
+        key_reused(1)
+    );
+    assert_eq!(
+        one(store, 4, delete("k1", "acme", "b")).await,
+        key_reused(1)
+    );
+    let b = get(store, "acme", "b").await.unwrap();
+    assert_eq!(
+        (b.version, b.data, b.change_id),
+        (1, Some(obj(json!({"b": 2}))), cid("k2"))
+    );
+
+    // The original is untouched, and a true duplicate still reports the first outcome.
+    assert_eq!(
+        one(store, 5, upsert("k1", "acme", "a", json!({"v": 9}))).await,
+        applied(1)
+    );
+    assert_eq!(get(store, "acme", "a").await, Some(original.clone()));
+    assert_eq!(owner("k1").await, Some(owned("a", applied(1))));
+
+    // Within one batch: the first change with the id owns it, whatever comes after.
+    let batch = at(
+        6,
+        vec![
+            upsert("w", "acme", "c", json!({"c": 1})),
+            upsert("w", "acme", "d", json!({"d": 1})),
+            patch("w", "acme", "a", json!({"v": 2})),
+            upsert("w", "acme", "c", json!({"c": 2})),
+        ],
+    );
+    let first = apply_ok(store, "items", &batch, 10).await;
+    assert_eq!(
+        first.outcomes,
+        vec![applied(1), key_reused(0), key_reused(1), applied(1)]
+    );
+    assert_eq!(get(store, "acme", "d").await, None);
+    assert_eq!(get(store, "acme", "a").await, Some(original));
+    let c = get(store, "acme", "c").await.unwrap();
+    assert_eq!((c.version, c.data), (1, Some(obj(json!({"c": 1})))));
+    assert_eq!(owner("w").await, Some(owned("c", applied(1))));
+    // Redelivered below the position: refused again, the same way.
+    let again = apply_ok(store, "items", &batch, 10).await;
+    assert_eq!(again.outcomes, first.outcomes);
+    assert_eq!(again.states, first.states);
+
+    // Ids are per tenant: another tenant's record may use the same id.
+    assert_eq!(
+        one(store, 10, upsert("k1", "globex", "b", json!({}))).await,
+        applied(1)
+    );
+}
+
 async fn states_content_and_order(store: &dyn MasterStore) {
     one(store, 0, upsert("c0", "acme", "r", json!({"r": 1}))).await;
     let batch = at(
@@ -641,6 +736,27 @@ async fn states_content_and_order(store: &dyn MasterStore) {
     assert!(out.states[3].is_deleted());
     assert_eq!(out.states[3].version, 2);
     assert!(apply_ok(store, "items", &[], 9).await.states.is_empty());
+
+    // `records`: each change's own result, even when a later change of the batch replaced it.
+    let versions: Vec<_> = out
+        .records
+        .iter()
+        .map(|r| r.as_ref().map(|r| (r.version, r.data.clone())))
+        .collect();
+    let data = |v: serde_json::Value| Some(v.as_object().unwrap().clone());
+    assert_eq!(
+        versions,
+        [
+            Some((1, data(json!({"v": 1})))),
+            Some((1, data(json!({"v": 1})))),
+            Some((2, data(json!({"v": 2})))),
+            None,
+            Some((1, data(json!({"r": 1})))),
+            Some((1, data(json!({"g": 1})))),
+            Some((2, None)),
+            None,
+        ]
+    );
 }
 
 async fn outcome_lookups(store: &dyn MasterStore) {
@@ -659,14 +775,14 @@ async fn outcome_lookups(store: &dyn MasterStore) {
             .outcome(&items, &tenant("acme"), &cid("c1"))
             .await
             .unwrap(),
-        Some(applied(1))
+        Some(owned("a", applied(1)))
     );
     assert_eq!(
         store
             .outcome(&items, &tenant("acme"), &cid("c2"))
             .await
             .unwrap(),
-        Some(unchanged(1))
+        Some(owned("a", unchanged(1)))
     );
     assert_eq!(
         store
@@ -682,6 +798,30 @@ async fn outcome_lookups(store: &dyn MasterStore) {
             .unwrap(),
         None
     );
+
+    // Several at once: answer for answer, in order, repeats included.
+    let asked = [
+        (tenant("acme"), cid("c2")),
+        (tenant("acme"), cid("none")),
+        (tenant("globex"), cid("c1")),
+        (tenant("acme"), cid("c1")),
+        (tenant("acme"), cid("c2")),
+    ];
+    assert_eq!(
+        store.outcomes(&items, &asked).await.unwrap(),
+        vec![
+            Some(owned("a", unchanged(1))),
+            None,
+            None,
+            Some(owned("a", applied(1))),
+            Some(owned("a", unchanged(1))),
+        ]
+    );
+    assert_eq!(
+        store.outcomes(&ds("other"), &asked[..1]).await.unwrap(),
+        vec![None]
+    );
+    assert!(store.outcomes(&items, &[]).await.unwrap().is_empty());
 }
 
 async fn scan_pages_in_byte_order_with_tombstones(store: &dyn MasterStore) {
@@ -846,7 +986,7 @@ async fn empty_and_huge_values(store: &dyn MasterStore) {
             .outcome(&ds("items"), &tenant("acme"), &cid(&long_change_id))
             .await
             .unwrap(),
-        Some(applied(1))
+        Some(owned("x", applied(1)))
     );
 }
 
@@ -937,7 +1077,10 @@ async fn concurrent_overlapping_applies(store: Arc<dyn MasterStore>) {
                         let c = &logged.change;
                         assert_eq!(
                             Some(outcome),
-                            model.outcomes.get(&(c.tenant.clone(), c.change_id.clone())),
+                            model
+                                .outcomes
+                                .get(&(c.tenant.clone(), c.change_id.clone()))
+                                .map(|stored| &stored.outcome),
                             "round {round} task {task} offset {}",
                             logged.offset
                         );
@@ -1090,19 +1233,27 @@ async fn run_case(
             .apply(dataset, 0, &batch, end as u64)
             .await
             .expect("apply");
-        position = position.max(end);
-        let model = prefixes
-            .entry(position)
-            .or_insert_with(|| Model::replay(&log[..position]));
+        // Each change is considered on the state the store held then: the stored position's
+        // prefix for a change below it (a redelivery), its own prefix otherwise. That matters
+        // for a reused change id, whose refusal is not stored and reports the live version.
         for (logged, outcome) in batch.iter().zip(&out.outcomes) {
-            let c = &logged.change;
+            let i = logged.offset as usize;
+            let seen = i.max(position);
+            let mut then = prefixes
+                .entry(seen)
+                .or_insert_with(|| Model::replay(&log[..seen]))
+                .clone();
             assert_eq!(
-                Some(outcome),
-                model.outcomes.get(&(c.tenant.clone(), c.change_id.clone())),
+                outcome,
+                &then.apply(&logged.change),
                 "offset {}",
                 logged.offset
             );
         }
+        position = position.max(end);
+        let model = prefixes
+            .entry(position)
+            .or_insert_with(|| Model::replay(&log[..position]));
         // States: the model's records after the effective prefix, by last appearance.
         let mut last: Vec<(
             usize,

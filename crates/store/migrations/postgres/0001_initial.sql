@@ -24,13 +24,16 @@ CREATE TABLE records (
     PRIMARY KEY (dataset, tenant, id)
 );
 
--- The outcome of every change ever applied, keyed by its idempotency key. status is one of
+-- The outcome of every change ever applied, keyed by its idempotency key. id is the record the
+-- change addressed: a change id belongs to that one record, and a later change of another record
+-- with the same id is rejected key_reused (and not stored here). status is one of
 -- applied | unchanged | version_conflict | not_found; version is the resulting version for
 -- applied and unchanged, the record's current version for the rejections.
 CREATE TABLE applied_changes (
     dataset   text COLLATE "C" NOT NULL,
     tenant    text COLLATE "C" NOT NULL,
     change_id text COLLATE "C" NOT NULL,
+    id        text COLLATE "C" NOT NULL,
     status    text NOT NULL,
     version   bigint NOT NULL,
     PRIMARY KEY (dataset, tenant, change_id)

@@ -24,13 +24,16 @@ CREATE TABLE records (
     PRIMARY KEY (dataset, tenant, id)
 ) WITHOUT ROWID;
 
--- The outcome of every change ever applied, keyed by its idempotency key. status is one of
+-- The outcome of every change ever applied, keyed by its idempotency key. id is the record the
+-- change addressed: a change id belongs to that one record, and a later change of another record
+-- with the same id is rejected key_reused (and not stored here). status is one of
 -- applied | unchanged | version_conflict | not_found; version is the resulting version for
 -- applied and unchanged, the record's current version for the rejections.
 CREATE TABLE applied_changes (
     dataset   TEXT    NOT NULL,
     tenant    TEXT    NOT NULL,
     change_id TEXT    NOT NULL,
+    id        TEXT    NOT NULL,
     status    TEXT    NOT NULL,
     version   INTEGER NOT NULL,
     PRIMARY KEY (dataset, tenant, change_id)

@@ -14,7 +14,7 @@ use tenantsync_core::{
     Change, ChangeId, DatasetName, EntityId, Object, Op, Outcome, Record, RejectReason, TenantId,
 };
 use tenantsync_store::{
-    LoggedChange, MasterStore, Offset, postgres::PostgresStore, sqlite::SqliteStore,
+    LoggedChange, MasterStore, Offset, StoredOutcome, postgres::PostgresStore, sqlite::SqliteStore,
 };
 
 pub const POSTGRES_ENV: &str = "TENANTSYNC_TEST_POSTGRES";
@@ -207,6 +207,21 @@ pub const fn not_found() -> Outcome {
     }
 }
 
+pub const fn key_reused(current_version: u64) -> Outcome {
+    Outcome::Rejected {
+        reason: RejectReason::KeyReused,
+        current_version,
+    }
+}
+
+/// A stored outcome owned by record `id`.
+pub fn owned(id: &str, outcome: Outcome) -> StoredOutcome {
+    StoredOutcome {
+        id: eid(id),
+        outcome,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reference model
 
@@ -229,11 +244,13 @@ impl ModelRecord {
 }
 
 /// The contract as a plain in-memory state machine over one dataset: a change log is replayed
-/// in offset order, each change id taking effect once, at its first occurrence.
+/// in offset order, each change id taking effect once, at its first occurrence, and belonging to
+/// the record of that occurrence.
 #[derive(Debug, Clone, Default)]
 pub struct Model {
     pub records: BTreeMap<(TenantId, EntityId), ModelRecord>,
-    pub outcomes: HashMap<(TenantId, ChangeId), Outcome>,
+    /// What the store must hold for each change id: its first outcome and its record.
+    pub outcomes: HashMap<(TenantId, ChangeId), StoredOutcome>,
 }
 
 impl Model {
@@ -245,16 +262,23 @@ impl Model {
         m
     }
 
+    /// Applies `c` to the model and returns the outcome the store must report for it now.
     pub fn apply(&mut self, c: &Change) -> Outcome {
         let id_key = (c.tenant.clone(), c.change_id.clone());
-        if let Some(o) = self.outcomes.get(&id_key) {
-            return o.clone();
-        }
         let key = (c.tenant.clone(), c.id.clone());
         let current = self.records.get(&key);
         let stored = current.map_or(0, |r| r.version);
         let live = current.and_then(|r| r.data.clone());
         let live_version = if live.is_some() { stored } else { 0 };
+        if let Some(o) = self.outcomes.get(&id_key) {
+            // A duplicate reports the first outcome; the id reused for another record is
+            // refused, and stays the first record's.
+            return if o.id == c.id {
+                o.outcome.clone()
+            } else {
+                key_reused(live_version)
+            };
+        }
         let outcome = 'decide: {
             if let Some(e) = c.expected_version {
                 let ok = match e {
@@ -293,7 +317,13 @@ impl Model {
             );
             applied(stored + 1)
         };
-        self.outcomes.insert(id_key, outcome.clone());
+        self.outcomes.insert(
+            id_key,
+            StoredOutcome {
+                id: c.id.clone(),
+                outcome: outcome.clone(),
+            },
+        );
         outcome
     }
 
