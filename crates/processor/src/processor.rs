@@ -167,10 +167,13 @@ impl Processor {
             };
             let idle = entries.is_empty();
             if !idle {
+                let (count, started) = (entries.len(), Instant::now());
                 let (messages, offsets) = self.apply(dataset, entries).await?;
+                let applied = started.elapsed();
                 if let Some(publish) = publishing.take() {
                     uncommitted.extend(publish.finish().await?);
                 }
+                debug!(dataset = %dataset.name, count, ?applied, waited_for_publish = ?(started.elapsed() - applied), "batch applied");
                 publishing = Some(Publish::start(
                     self.log.clone(),
                     state_topic.clone(),
