@@ -151,6 +151,7 @@ mod tests {
             outcomes: vec![outcome.clone()],
             states: vec![],
             records: vec![None],
+            previous_position: 0,
         };
         let logged = LoggedChange {
             offset: 0,

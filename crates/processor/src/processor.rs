@@ -9,7 +9,7 @@ use tenantsync_store::{Dataset, LoggedChange, MasterStore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{AppliedHub, Datasets, ProcessorError, changes, state};
 
@@ -50,6 +50,8 @@ pub struct ProcessorStats {
     pub batches: AtomicU64,
     pub states_published: AtomicU64,
     pub undecodable: AtomicU64,
+    /// Changes-log entries deleted by the log before they were applied.
+    pub lost: AtomicU64,
 }
 
 /// Applies every dataset's changes to the master store and publishes the results.
@@ -223,6 +225,18 @@ impl Processor {
                 .store
                 .apply(&dataset.name, partition, &batch, next)
                 .await?;
+            let first = entries.first().map_or(next, |e| e.offset);
+            if first > applied.previous_position {
+                // Nothing can bring these back; say so loudly rather than carry on silently.
+                self.stats
+                    .lost
+                    .fetch_add(first - applied.previous_position, Ordering::Relaxed);
+                error!(
+                    dataset = %dataset.name, partition, from = applied.previous_position, to = first,
+                    "changes-log entries were deleted (retention?) before the processor applied them; \
+                     they are lost: keep the changes log's retention longer than any processor outage"
+                );
+            }
             messages.extend(
                 applied
                     .states

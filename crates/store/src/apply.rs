@@ -278,6 +278,7 @@ pub(crate) fn plan_batch(
             outcomes: results,
             states,
             records: after,
+            previous_position: position,
         },
         written,
         first_applied,

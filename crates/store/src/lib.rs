@@ -65,6 +65,9 @@ pub struct Applied {
     /// (for a change not applied now, the key's state at that point of the batch); `None` while
     /// the key does not exist. This is what a writer waiting for its change is shown.
     pub records: Vec<Option<Record>>,
+    /// The partition's position before this batch. A batch whose first offset is above it means
+    /// the log lost entries that were never applied (retention ran ahead of the processor).
+    pub previous_position: Offset,
 }
 
 /// The authoritative store of records.

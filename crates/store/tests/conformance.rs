@@ -707,6 +707,7 @@ async fn states_content_and_order(store: &dyn MasterStore) {
         ],
     );
     let out = apply_ok(store, "items", &batch, 9).await;
+    assert_eq!(out.previous_position, 1, "the position before this batch");
     // Ordered by last appearance: a@2, r@4, globex/a@5, b@6; never-existing keys left out.
     let keys: Vec<_> = out
         .states
