@@ -3,8 +3,12 @@
 //! that the state log's last value per key equals the master store, and that no key's version
 //! ever went down on the state log.
 //!
-//! `TENANTSYNC_CRASH_KILLS` (default 20) sets the number of kills, `TENANTSYNC_CRASH_CHANGES`
-//! (default 20000) the minimum number of changes, `TENANTSYNC_CRASH_SEED` the workload's seed.
+//! The Kafka runs include one with two processes in one consumer group sharing the master store,
+//! killed in turn, so partitions move between them.
+//!
+//! `TENANTSYNC_CRASH_KILLS` sets the number of kills (default 20; a multi-process run splits them
+//! between its processes), `TENANTSYNC_CRASH_CHANGES` the minimum number of changes (default
+//! 20000), `TENANTSYNC_CRASH_SEED` the workload's seed.
 
 mod common;
 
@@ -168,10 +172,14 @@ fn next_change(rng: &mut StdRng, model: &Model, tenant: &str, seq: usize) -> Wor
 }
 
 /// Sends changes until every one was accepted (202), retrying through kills with the same
-/// idempotency keys. Single changes go through PUT/PATCH/DELETE, several through bulk NDJSON.
-async fn submit(client: &reqwest::Client, base: &str, changes: &[WorkChange]) {
+/// idempotency keys, on the next instance when there are several. Single changes go through
+/// PUT/PATCH/DELETE, several through bulk NDJSON.
+async fn submit(client: &reqwest::Client, bases: &[String], changes: &[WorkChange]) {
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut attempt = 0;
     loop {
+        let base = &bases[attempt % bases.len()];
+        attempt += 1;
         assert!(
             Instant::now() < deadline,
             "the server did not accept changes for 180 s"
@@ -195,7 +203,7 @@ async fn submit(client: &reqwest::Client, base: &str, changes: &[WorkChange]) {
             };
             match req.send().await {
                 Ok(r) if r.status() == 202 => return,
-                Ok(r) if r.status().is_server_error() => continue,
+                Ok(r) if r.status().is_server_error() => None,
                 Ok(r) => panic!("unexpected {} for {c:?}: {:?}", r.status(), r.text().await),
                 Err(_) => None,
             }
@@ -278,43 +286,55 @@ impl Backend {
     }
 }
 
-async fn run(backend: Backend, data_dir: &std::path::Path) {
-    let kills = env_or("TENANTSYNC_CRASH_KILLS", 20) as usize;
+/// Runs the workload against `instances` processes sharing one log and one master store,
+/// SIGKILLing one of them at a time.
+async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
+    // Several instances split the kills between them, keeping CI's run time in bounds.
+    let kills = env_or("TENANTSYNC_CRASH_KILLS", 20) as usize / instances;
     let min_changes = env_or("TENANTSYNC_CRASH_CHANGES", 20_000) as usize;
     let seed = env_or("TENANTSYNC_CRASH_SEED", rand::random());
     eprintln!(
-        "crash test: seed {seed} (TENANTSYNC_CRASH_SEED), {kills} kills, >= {min_changes} changes"
+        "crash test: seed {seed} (TENANTSYNC_CRASH_SEED), {instances} instance(s), {kills} kills, \
+         >= {min_changes} changes"
     );
 
+    let store_url = format!("sqlite://{}", data_dir.join("store.sqlite3").display());
     // A restarted Kafka member waits out the killed one's session before it owns partitions.
     let mut args = backend.args();
-    args.extend(["--apply-timeout-secs".to_owned(), "90".to_owned()]);
+    args.extend(["--apply-timeout-secs", "90", "--store", &store_url].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(data_dir, &args).await;
-    common::declare(&server, DATASET, PARTITIONS).await;
-    let base = server.url("");
-    let server = Arc::new(Mutex::new(server));
+    let mut servers = Vec::new();
+    for i in 0..instances {
+        let dir = data_dir.join(format!("instance-{i}"));
+        servers.push(Server::start(&dir, &args).await);
+    }
+    common::declare(&servers[0], DATASET, PARTITIONS).await;
+    let bases: Vec<String> = servers.iter().map(|s| s.url("")).collect();
+    let servers: Vec<_> = servers
+        .into_iter()
+        .map(|s| Arc::new(Mutex::new(s)))
+        .collect();
 
     let tenants: Vec<String> = (0..TENANTS).map(|t| format!("tenant-{t:02}")).collect();
     let model = Arc::new(std::sync::Mutex::new(Model::default()));
     let killing_done = Arc::new(AtomicBool::new(false));
     let submitted = Arc::new(AtomicUsize::new(0));
 
-    // Each kill lands at a random moment after the restarted processor has applied something,
-    // so kills hit recovery and steady processing alike, on both backends.
+    // Each kill lands at a random moment after the processors (all of them, through the shared
+    // store) applied something, so kills hit recovery and steady processing alike.
     let killer = {
-        let server = server.clone();
+        let servers = servers.clone();
         let done = killing_done.clone();
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
             for _ in 0..kills {
-                let mut s = server.lock().await;
+                let mut s = servers[rng.random_range(0..servers.len())].lock().await;
                 let before = common::applied_total(&s, DATASET).await;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 while common::applied_total(&s, DATASET).await <= before {
                     assert!(
                         Instant::now() < deadline,
-                        "the processor made no progress for 120 s"
+                        "the processors made no progress for 120 s"
                     );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -328,12 +348,10 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
     let mut workers = Vec::new();
     for w in 0..WORKERS {
         let my_tenants: Vec<String> = tenants.iter().skip(w).step_by(WORKERS).cloned().collect();
-        let (model, done, submitted, base) = (
-            model.clone(),
-            killing_done.clone(),
-            submitted.clone(),
-            base.clone(),
-        );
+        let (model, done, submitted) = (model.clone(), killing_done.clone(), submitted.clone());
+        // Workers start on different instances.
+        let mut bases = bases.clone();
+        bases.rotate_left(w % instances);
         workers.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
@@ -372,7 +390,7 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
                         batch.push(c);
                     }
                 }
-                submit(&client, &base, &batch).await;
+                submit(&client, &bases, &batch).await;
                 submitted.fetch_add(batch.len(), Ordering::SeqCst);
                 if trickle {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -387,12 +405,14 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
     }
 
     // Every tenant's changes are in its one partition, in order: once a last write per tenant
-    // is applied, everything the tenant was sent before is too.
+    // is applied, everything the tenant was sent before is too. Whichever instance applies it,
+    // the writer learns of it (from the shared store when it is another instance).
     let client = reqwest::Client::new();
     for t in &tenants {
         let r = client
             .put(format!(
-                "{base}/v1/datasets/{DATASET}/tenants/{t}/records/last?wait=applied"
+                "{}/v1/datasets/{DATASET}/tenants/{t}/records/last?wait=applied",
+                bases[0]
             ))
             .timeout(Duration::from_secs(120))
             .json(&json!({"done": true}))
@@ -410,21 +430,21 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
         });
     }
     // The store commits a batch before the processor publishes it, so the state log may still
-    // lag here. Kill once more, then wait until the restarted processor has published and
-    // committed everything (which recovery after a kill must achieve on its own).
-    let mut server = Arc::try_unwrap(server).ok().unwrap().into_inner();
-    server.restart().await;
-    common::wait_caught_up(&server, DATASET).await;
-    server.kill();
+    // lag here. Kill once more, then wait until the processors have published and committed
+    // everything (which recovery after a kill must achieve on its own).
+    let mut servers: Vec<Server> = servers
+        .into_iter()
+        .map(|s| Arc::try_unwrap(s).ok().unwrap().into_inner())
+        .collect();
+    servers[0].restart().await;
+    common::wait_caught_up(&servers[0], DATASET).await;
+    for s in &mut servers {
+        s.kill();
+    }
     let total = submitted.load(Ordering::SeqCst);
     eprintln!("crash test: {total} changes submitted through {kills} kills");
 
-    let store = tenantsync_store::open(&format!(
-        "sqlite://{}",
-        data_dir.join("store.sqlite3").display()
-    ))
-    .await
-    .unwrap();
+    let store = tenantsync_store::open(&store_url).await.unwrap();
     let dataset = DatasetName::new(DATASET).unwrap();
     let mut stored: BTreeMap<String, Record> = BTreeMap::new();
     for t in &tenants {
@@ -456,7 +476,7 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
     }
 
     // 2. The state log's last value per key == master store; 3. versions never went down.
-    let log = backend.open_log(data_dir).await;
+    let log = backend.open_log(&data_dir.join("instance-0")).await;
     let topic = Topics::default().state(&dataset);
     let mut last: BTreeMap<String, Record> = BTreeMap::new();
     for p in 0..PARTITIONS {
@@ -505,26 +525,33 @@ async fn run(backend: Backend, data_dir: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_backend_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    run(Backend::Embedded, dir.path()).await;
+    run(Backend::Embedded, dir.path(), 1).await;
+}
+
+/// A mock cluster with the dataset's topics (it does not implement CreateTopics).
+fn kafka_backend() -> Backend {
+    let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
+    let topics = Topics::default();
+    let dataset = DatasetName::new(DATASET).unwrap();
+    for topic in [topics.changes(&dataset), topics.state(&dataset)] {
+        cluster.create_topic(&topic, PARTITIONS as i32, 3).unwrap();
+    }
+    Backend::Kafka {
+        servers: cluster.bootstrap_servers(),
+        _cluster: cluster,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_backend_survives_sigkill() {
-    let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
-    let topics = Topics::default();
-    let dataset = DatasetName::new(DATASET).unwrap();
-    // The mock cluster does not implement CreateTopics.
-    for topic in [topics.changes(&dataset), topics.state(&dataset)] {
-        cluster.create_topic(&topic, PARTITIONS as i32, 3).unwrap();
-    }
-    let servers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    run(
-        Backend::Kafka {
-            servers,
-            _cluster: cluster,
-        },
-        dir.path(),
-    )
-    .await;
+    run(kafka_backend(), dir.path(), 1).await;
+}
+
+/// Two processes in one consumer group, sharing the master store: partitions move between them
+/// as either is killed and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_processes_share_partitions_through_sigkills() {
+    let dir = tempfile::tempdir().unwrap();
+    run(kafka_backend(), dir.path(), 2).await;
 }
