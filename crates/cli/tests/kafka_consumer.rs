@@ -1,0 +1,175 @@
+//! A team outside tenantsync consumes a dataset's state topic with a plain Kafka client in its
+//! own consumer group, as the README describes, and rebuilds an identical copy of the master
+//! store: live records by key, tombstones removing them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use serde_json::{Value, json};
+use tenantsync_core::{DatasetName, EntityId, TenantId, Topics, partition_for_tenant};
+
+const DATASET: &str = "orders";
+const PARTITIONS: u32 = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_consumer_group_rebuilds_the_master_store() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let topics = Topics::default();
+    let dataset = DatasetName::new(DATASET).unwrap();
+    let state_topic = topics.state(&dataset);
+    // The mock cluster does not implement CreateTopics.
+    for topic in [topics.changes(&dataset), state_topic.clone()] {
+        cluster.create_topic(&topic, PARTITIONS as i32, 1).unwrap();
+    }
+    let servers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let log = format!("kafka://{servers}");
+    let server = common::Server::start(dir.path(), &["--log", &log]).await;
+    common::declare(&server, DATASET, PARTITIONS).await;
+
+    // Creates, updates, patches and deletes over several tenants, some keys deleted and written
+    // again, some deleted for good.
+    let mut lines = String::new();
+    for round in 0..5 {
+        for t in 0..6 {
+            for i in 0..20 {
+                let (tenant, id) = (format!("tenant-{t}"), format!("order-{i}"));
+                let line = match (round + i) % 5 {
+                    0 | 1 => json!({"op": "upsert", "tenant": tenant, "id": id,
+                                   "data": {"round": round, "total": i * 10}}),
+                    2 => json!({"op": "patch", "tenant": tenant, "id": id,
+                                "data": {"note": format!("r{round}"), "total": null}}),
+                    _ => json!({"op": "delete", "tenant": tenant, "id": id}),
+                };
+                lines.push_str(&format!("{line}\n"));
+            }
+        }
+    }
+    let client = reqwest::Client::new();
+    let reply: Value = client
+        .post(server.url(&format!("/v1/datasets/{DATASET}/changes")))
+        .body(lines)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        reply["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == 202),
+        "{reply}"
+    );
+    common::wait_caught_up(&server, DATASET).await;
+
+    // What the master store holds, read through the API.
+    let mut expected: BTreeMap<String, Value> = BTreeMap::new();
+    for t in 0..6 {
+        for i in 0..20 {
+            let (tenant, id) = (format!("tenant-{t}"), format!("order-{i}"));
+            let r = client
+                .get(server.url(&format!(
+                    "/v1/datasets/{DATASET}/tenants/{tenant}/records/{id}"
+                )))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                let body: Value = r.json().await.unwrap();
+                expected.insert(format!("{tenant}:{id}"), body);
+            } else {
+                assert_eq!(r.status(), 404);
+            }
+        }
+    }
+    assert!(
+        !expected.is_empty() && expected.len() < 120,
+        "some records live, some deleted"
+    );
+
+    // The outside team's consumer: any Kafka client, its own group, from the beginning.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("group.id", "analytics-team")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&state_topic]).unwrap();
+    let ends: Vec<i64> = (0..PARTITIONS as i32)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(&state_topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect();
+    let mut next = vec![0i64; PARTITIONS as usize];
+    let mut copy: BTreeMap<String, Value> = BTreeMap::new();
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next.iter().zip(&ends).any(|(n, e)| n < e) {
+        assert!(Instant::now() < deadline, "consumed {next:?} of {ends:?}");
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let key = std::str::from_utf8(message.key().unwrap())
+            .unwrap()
+            .to_owned();
+        let (tenant, id) = key.split_once(':').unwrap();
+        // Partitioned by tenant, exactly as Kafka's default partitioner would place the tenant.
+        let tenant_id = TenantId::new(tenant).unwrap();
+        assert_eq!(
+            message.partition() as u32,
+            partition_for_tenant(&tenant_id, PARTITIONS)
+        );
+        EntityId::new(id).unwrap();
+        let headers = message.headers().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| std::str::from_utf8(v).unwrap().to_owned())
+                .unwrap_or_else(|| panic!("{key} lacks the {name} header"))
+        };
+        assert_eq!(header("tenant"), tenant);
+        let version: u64 = header("version").parse().unwrap();
+        let previous = versions.insert(key.clone(), version).unwrap_or(0);
+        assert!(
+            version >= previous,
+            "{key} went from {previous} to {version}"
+        );
+        match message.payload() {
+            Some(value) => {
+                let record: Value = serde_json::from_slice(value).unwrap();
+                assert_eq!(record["version"], version);
+                assert_eq!(header("change-id"), record["change_id"]);
+                copy.insert(key, record);
+            }
+            None => {
+                header("change-id");
+                copy.remove(&key);
+            }
+        }
+        next[message.partition() as usize] = message.offset() + 1;
+    }
+
+    assert_eq!(copy.len(), expected.len(), "live records in the copy");
+    for (key, record) in &expected {
+        let got = &copy[key];
+        for field in ["tenant", "id", "version", "data", "updated_at"] {
+            assert_eq!(got[field], record[field], "{key}: {field}");
+        }
+    }
+}
