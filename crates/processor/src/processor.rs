@@ -46,9 +46,13 @@ impl Default for ProcessorConfig {
 /// Counters of the processor's work since start.
 #[derive(Debug, Default)]
 pub struct ProcessorStats {
+    /// Changes applied to the master store (duplicates and re-reads after a restart included).
     pub changes: AtomicU64,
+    /// Store transactions, one per partition of each polled batch.
     pub batches: AtomicU64,
+    /// States handed to the state log (counted when sent, before the log acknowledges them).
     pub states_published: AtomicU64,
+    /// Changes-log entries skipped because they do not decode as a change.
     pub undecodable: AtomicU64,
     /// Changes-log entries deleted by the log before they were applied.
     pub lost: AtomicU64,
