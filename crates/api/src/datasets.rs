@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tenantsync_core::DatasetName;
-use tenantsync_processor::{Declared, ProcessorConfig};
+use tenantsync_processor::{Declared, MAX_PARTITIONS, ProcessorConfig};
 use tenantsync_store::Dataset;
 
 use crate::extract;
@@ -40,7 +40,7 @@ pub async fn declare(
     let object = serde_json::Value::Object(extract::json_object(&body)?);
     let DeclareBody { partitions } = serde_json::from_value(object).map_err(|e| {
         ApiError::BadBody(format!(
-            "the body must be {{\"partitions\": N}} with N from 1 to 1024: {e}"
+            "the body must be {{\"partitions\": N}} with N from 1 to {MAX_PARTITIONS}: {e}"
         ))
     })?;
     let dataset = Dataset { name, partitions };
@@ -67,7 +67,7 @@ pub async fn show(
         let applied = state.store.position(&dataset.name, p).await?;
         let committed = state
             .log
-            .committed(ProcessorConfig::DEFAULT_GROUP, &topic, p)
+            .committed(ProcessorConfig::GROUP, &topic, p)
             .await?
             .unwrap_or(0);
         partitions.push(json!({

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tenantsync_core::{ChangeId, Op, Outcome, Record, TenantId};
+use tenantsync_core::{ChangeId, Op, Record, TenantId};
 
 use crate::extract::{self, Wait, WriteQuery};
 use crate::write;
@@ -146,25 +146,10 @@ pub async fn change_status(
     let Some(stored) = stored else {
         return Ok(Json(json!({"change_id": change_id, "status": "pending"})).into_response());
     };
-    let id = stored.id;
-    let body = match stored.outcome {
-        Outcome::Applied { version } => {
-            json!({"change_id": change_id, "id": id, "status": "applied", "version": version})
-        }
-        Outcome::Unchanged { version } => {
-            json!({"change_id": change_id, "id": id, "status": "unchanged", "version": version})
-        }
-        Outcome::Rejected {
-            reason,
-            current_version,
-        } => json!({
-            "change_id": change_id,
-            "id": id,
-            "status": "rejected",
-            // As `RejectReason` serialises: version_conflict, not_found.
-            "reason": reason,
-            "current_version": current_version,
-        }),
-    };
+    // `Outcome` serialises as the status and its members: {"status": "applied", "version": 3},
+    // {"status": "rejected", "reason": "version_conflict", "current_version": 2}, ...
+    let mut body = serde_json::to_value(&stored.outcome).expect("an outcome serialises");
+    body["change_id"] = json!(change_id);
+    body["id"] = json!(stored.id);
     Ok(Json(body).into_response())
 }

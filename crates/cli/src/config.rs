@@ -11,11 +11,11 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
 use tenantsync_core::{DatasetName, Topics};
+use tenantsync_processor::MAX_PARTITIONS;
 
 pub const DEFAULT_DATA_DIR: &str = "./tenantsync-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_TOMBSTONE_RETENTION_SECS: u64 = 7 * 24 * 3600;
-pub const DEFAULT_MAX_PARTITIONS: u32 = 1024;
 
 /// Flags of `tenantsync serve`. Each flag can also be set by the environment variable shown.
 #[derive(Debug, Default, Args)]
@@ -229,9 +229,9 @@ impl Settings {
             bail!("invalid processor.max_batch: must be 1 to 100000");
         }
         for (i, d) in self.datasets.iter().enumerate() {
-            if d.partitions == 0 || d.partitions > DEFAULT_MAX_PARTITIONS {
+            if d.partitions == 0 || d.partitions > MAX_PARTITIONS {
                 bail!(
-                    "invalid datasets[{i}].partitions: {} must be 1 to {DEFAULT_MAX_PARTITIONS}",
+                    "invalid datasets[{i}].partitions: {} must be 1 to {MAX_PARTITIONS}",
                     d.partitions
                 );
             }

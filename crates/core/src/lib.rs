@@ -15,7 +15,7 @@ pub use change::{Change, ChangeId, Op, merge_patch};
 pub use error::InvalidInput;
 pub use ids::{DatasetName, EntityId, RecordKey, TenantId};
 pub use partitioner::{murmur2, partition_for_tenant};
-pub use record::{Outcome, Record, RejectReason, TOMBSTONE_HEADERS};
+pub use record::{Outcome, Record, RejectReason};
 pub use topics::Topics;
 
 /// A JSON object: the shape of every record's data.

@@ -18,10 +18,6 @@ pub struct Record {
     pub change_id: ChangeId,
 }
 
-/// Header names on a state-log tombstone, whose value is null and so cannot say which version
-/// of which record was deleted.
-pub const TOMBSTONE_HEADERS: [&str; 3] = ["tenant", "version", "change-id"];
-
 impl Record {
     pub fn key(&self) -> RecordKey {
         RecordKey::new(self.tenant.clone(), self.id.clone())

@@ -15,6 +15,6 @@ mod processor;
 pub mod state;
 
 pub use applied::{AppliedChange, AppliedHub, Waiter};
-pub use datasets::{Datasets, Declared};
+pub use datasets::{Datasets, Declared, MAX_PARTITIONS};
 pub use error::ProcessorError;
 pub use processor::{Processor, ProcessorConfig, ProcessorStats};

@@ -16,8 +16,6 @@ use crate::{AppliedHub, Datasets, ProcessorError, changes, state};
 /// Tuning of the processor. The defaults suit both backends.
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
-    /// Consumer group of the processors; every instance sharing a log and store uses the same.
-    pub group: String,
     /// Most changes consumed and applied in one batch (one store transaction).
     pub max_batch: usize,
     /// How long one poll of the changes log waits for new entries.
@@ -28,14 +26,14 @@ pub struct ProcessorConfig {
 }
 
 impl ProcessorConfig {
-    pub const DEFAULT_GROUP: &'static str = "tenantsync-processor";
+    /// Consumer group of the processors: every instance sharing a log and store is a member.
+    pub const GROUP: &'static str = "tenantsync-processor";
     pub const DEFAULT_MAX_BATCH: usize = 2_000;
 }
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
-            group: Self::DEFAULT_GROUP.to_owned(),
             max_batch: Self::DEFAULT_MAX_BATCH,
             poll_wait: Duration::from_millis(500),
             commit_interval: Duration::from_millis(250),
@@ -151,7 +149,7 @@ impl Processor {
         let topics = self.datasets.topics();
         let mut consumer = self
             .log
-            .consume(&self.config.group, &topics.changes(&dataset.name))
+            .consume(ProcessorConfig::GROUP, &topics.changes(&dataset.name))
             .await?;
         let state_topic = topics.state(&dataset.name);
         let mut uncommitted = BTreeMap::new();

@@ -59,7 +59,7 @@ impl Decision {
 pub(crate) fn decide(current: Option<&Record>, change: &Change, now: DateTime<Utc>) -> Decision {
     let live: Option<(&Object, u64)> =
         current.and_then(|r| r.data.as_ref().map(|data| (data, r.version)));
-    let live_version = live.map_or(0, |(_, version)| version);
+    let live_version = live_version(current);
     // The version a new write continues from: a tombstone keeps its version.
     let stored_version = current.map_or(0, |r| r.version);
 
@@ -146,24 +146,37 @@ pub(crate) fn lookups(changes: &[LoggedChange]) -> Lookups<'_> {
     };
     for logged in changes {
         let c = &logged.change;
-        let next = out.keys.len();
-        let k = *key_index
-            .entry((c.tenant.as_str(), c.id.as_str()))
-            .or_insert(next);
-        if k == next {
-            out.keys.push((&c.tenant, &c.id));
-        }
-        let next = out.change_ids.len();
-        let i = *id_index
-            .entry((c.tenant.as_str(), c.change_id.as_str()))
-            .or_insert(next);
-        if i == next {
-            out.change_ids.push((&c.tenant, &c.change_id));
-        }
+        let k = slot(
+            &mut key_index,
+            &mut out.keys,
+            (c.tenant.as_str(), c.id.as_str()),
+            (&c.tenant, &c.id),
+        );
+        let i = slot(
+            &mut id_index,
+            &mut out.change_ids,
+            (c.tenant.as_str(), c.change_id.as_str()),
+            (&c.tenant, &c.change_id),
+        );
         out.key_of.push(k);
         out.id_of.push(i);
     }
     out
+}
+
+/// The slot of `key` in `list`, pushing `item` there when the key is new.
+fn slot<'a, T>(
+    index: &mut HashMap<(&'a str, &'a str), usize>,
+    list: &mut Vec<T>,
+    key: (&'a str, &'a str),
+    item: T,
+) -> usize {
+    let next = list.len();
+    let slot = *index.entry(key).or_insert(next);
+    if slot == next {
+        list.push(item);
+    }
+    slot
 }
 
 /// What a batch does, ready to be written in one transaction.
