@@ -6,6 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use tenantsync_core::InvalidInput;
+use tenantsync_feed::FeedError;
+use tenantsync_feed::subscriptions::SubscriptionError;
 use tenantsync_log::LogError;
 use tenantsync_processor::ProcessorError;
 use tenantsync_store::StoreError;
@@ -42,6 +44,8 @@ pub enum ApiError {
         change_id: String,
         status_url: String,
     },
+    /// The feed position is past tombstone retention: start over from a snapshot.
+    Gone(String),
     /// The log or the store is unreachable right now.
     Unavailable(String),
     Internal(String),
@@ -102,6 +106,7 @@ impl ApiError {
                     ),
                 )
             }
+            ApiError::Gone(d) => (StatusCode::GONE, "cursor-gone", d.clone()),
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", d.clone()),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -187,6 +192,28 @@ impl From<ProcessorError> for ApiError {
             ProcessorError::Store(e) => e.into(),
             e @ ProcessorError::InvalidPartitions { .. } => ApiError::BadBody(e.to_string()),
             e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<FeedError> for ApiError {
+    fn from(e: FeedError) -> Self {
+        match e {
+            FeedError::Gone => ApiError::Gone(format!(
+                "{e}: request the feed again without a cursor, and replace your copy of the tenant with what it returns"
+            )),
+            FeedError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl ApiError {
+    /// A subscription operation's error; `field` names where a refused cursor came from.
+    pub(crate) fn subscription(e: SubscriptionError, field: &'static str) -> Self {
+        match e {
+            SubscriptionError::Cursor(e) => InvalidInput::new(field, e.to_string()).into(),
+            SubscriptionError::Gone => ApiError::NotFound(e.to_string()),
+            SubscriptionError::Store(e) => e.into(),
         }
     }
 }

@@ -5,8 +5,11 @@
 mod datasets;
 mod error;
 mod extract;
+mod feed;
 mod health;
+mod metrics;
 mod records;
+mod subscriptions;
 mod write;
 
 use std::sync::Arc;
@@ -15,11 +18,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
+use tenantsync_feed::Hub;
 use tenantsync_log::Log;
-use tenantsync_processor::{AppliedHub, Datasets};
+use tenantsync_processor::{AppliedHub, Datasets, Processor};
 use tenantsync_store::MasterStore;
 
 pub use error::ApiError;
+pub use metrics::ApiMetrics;
 
 /// Settings of the API, validated by the binary.
 #[derive(Debug, Clone)]
@@ -28,6 +33,38 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How long `?wait=applied` waits for the processor before answering 504.
     pub apply_timeout: Duration,
+    pub feed: FeedConfig,
+}
+
+/// Settings of the change feeds and subscriptions.
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// Changes per page (or batch) when the request names no `limit`.
+    pub default_limit: usize,
+    /// The largest `limit` accepted.
+    pub max_limit: usize,
+    /// The longest long-poll `wait`; longer requests are capped to it.
+    pub max_wait: Duration,
+    /// Interval of SSE heartbeat comments.
+    pub sse_heartbeat: Duration,
+    /// SSE events buffered per stream ahead of the client.
+    pub sse_buffer: usize,
+    /// How long an SSE stream may sit with a full buffer (its client not reading) before it is
+    /// ended; the client resumes from its last event id.
+    pub sse_stall_timeout: Duration,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            default_limit: 100,
+            max_limit: 1_000,
+            max_wait: Duration::from_secs(30),
+            sse_heartbeat: Duration::from_secs(15),
+            sse_buffer: 64,
+            sse_stall_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl ApiConfig {
@@ -40,6 +77,7 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             apply_timeout: Self::DEFAULT_APPLY_TIMEOUT,
+            feed: FeedConfig::default(),
         }
     }
 }
@@ -51,6 +89,11 @@ pub struct AppState {
     pub datasets: Arc<Datasets>,
     /// Where `?wait=applied` writers wait for this instance's processor.
     pub applied: Arc<AppliedHub>,
+    /// Live wake-ups for feed readers.
+    pub hub: Arc<Hub>,
+    /// This instance's processor, for its counters in `/metrics` (`None` when not running one).
+    pub processor: Option<Arc<Processor>>,
+    pub metrics: ApiMetrics,
     pub config: ApiConfig,
 }
 
@@ -77,6 +120,23 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(records::change_status),
         )
         .route("/v1/datasets/{dataset}/changes", post(write::bulk))
+        .route(
+            "/v1/datasets/{dataset}/tenants/{tenant}/changes",
+            get(feed::changes),
+        )
+        .route("/v1/subscriptions", get(subscriptions::list))
+        .route(
+            "/v1/subscriptions/{name}",
+            put(subscriptions::put)
+                .get(subscriptions::show)
+                .delete(subscriptions::delete),
+        )
+        .route(
+            "/v1/subscriptions/{name}/changes",
+            get(subscriptions::changes),
+        )
+        .route("/v1/subscriptions/{name}/ack", post(subscriptions::ack))
+        .route("/metrics", get(metrics::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

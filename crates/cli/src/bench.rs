@@ -23,6 +23,8 @@ use crate::backends::{open_log, open_store};
 use crate::config::{FileConfig, ServeArgs, Settings};
 use crate::serve;
 
+mod subscribers;
+
 const DATASET: &str = "bench";
 
 #[derive(Debug, Subcommand)]
@@ -31,6 +33,9 @@ pub enum BenchCommand {
     Processor(ProcessorArgs),
     /// HTTP: single-record PUTs accepted per second, then accept->applied latency at a fixed rate.
     Http(HttpArgs),
+    /// Change-feed subscribers: write->delivery latency to many long-poll or SSE subscribers,
+    /// and server memory per idle subscriber.
+    Subscribers(subscribers::SubscribersArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,6 +132,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Processor(args) => processor(args).await,
         BenchCommand::Http(args) => http(args).await,
+        BenchCommand::Subscribers(args) => subscribers::run(args).await,
     }
 }
 

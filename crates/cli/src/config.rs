@@ -48,9 +48,20 @@ pub struct ServeArgs {
     /// How long ?wait=applied waits for the processor, in seconds [default: 10].
     #[arg(long, env = "TENANTSYNC_APPLY_TIMEOUT_SECS", value_name = "SECS")]
     pub apply_timeout_secs: Option<u64>,
-    /// How long state-log tombstones are kept before compaction may drop them [default: 604800].
+    /// How long deletes stay visible as tombstones, in the state log and in change feeds, in
+    /// seconds; a feed reader further behind must start over from a snapshot [default: 604800].
     #[arg(long, env = "TENANTSYNC_TOMBSTONE_RETENTION_SECS", value_name = "SECS")]
     pub tombstone_retention_secs: Option<u64>,
+    /// Longest long-poll `wait` of a change feed or subscription, in seconds [default: 30].
+    #[arg(long, env = "TENANTSYNC_MAX_WAIT_SECS", value_name = "SECS")]
+    pub max_wait_secs: Option<u64>,
+    /// Interval of SSE heartbeat comments, in seconds [default: 15].
+    #[arg(long, env = "TENANTSYNC_SSE_HEARTBEAT_SECS", value_name = "SECS")]
+    pub sse_heartbeat_secs: Option<u64>,
+    /// How long an SSE client may stop reading before its stream is ended, in seconds
+    /// [default: 30]. It resumes with Last-Event-ID.
+    #[arg(long, env = "TENANTSYNC_SSE_STALL_TIMEOUT_SECS", value_name = "SECS")]
+    pub sse_stall_timeout_secs: Option<u64>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -72,6 +83,9 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub apply_timeout_secs: Option<u64>,
     pub tombstone_retention_secs: Option<u64>,
+    pub max_wait_secs: Option<u64>,
+    pub sse_heartbeat_secs: Option<u64>,
+    pub sse_stall_timeout_secs: Option<u64>,
     #[serde(default)]
     pub kafka: KafkaSection,
     #[serde(default)]
@@ -114,6 +128,7 @@ pub struct Settings {
     pub apply_timeout: Duration,
     pub tombstone_retention: Duration,
     pub max_batch: usize,
+    pub feed: tenantsync_api::FeedConfig,
     pub datasets: Vec<DatasetSection>,
 }
 
@@ -177,6 +192,26 @@ impl Settings {
                     .or(file.tombstone_retention_secs)
                     .unwrap_or(DEFAULT_TOMBSTONE_RETENTION_SECS),
             ),
+            feed: {
+                let default = tenantsync_api::FeedConfig::default();
+                let secs = |arg: Option<u64>, file: Option<u64>, default: Duration| {
+                    arg.or(file).map_or(default, Duration::from_secs)
+                };
+                tenantsync_api::FeedConfig {
+                    max_wait: secs(args.max_wait_secs, file.max_wait_secs, default.max_wait),
+                    sse_heartbeat: secs(
+                        args.sse_heartbeat_secs,
+                        file.sse_heartbeat_secs,
+                        default.sse_heartbeat,
+                    ),
+                    sse_stall_timeout: secs(
+                        args.sse_stall_timeout_secs,
+                        file.sse_stall_timeout_secs,
+                        default.sse_stall_timeout,
+                    ),
+                    ..default
+                }
+            },
             max_batch: file
                 .processor
                 .max_batch
@@ -224,6 +259,15 @@ impl Settings {
         }
         if self.apply_timeout.is_zero() {
             bail!("invalid apply_timeout_secs: must be at least 1");
+        }
+        if self.tombstone_retention.is_zero() {
+            bail!("invalid tombstone_retention_secs: must be at least 1");
+        }
+        if self.feed.sse_heartbeat.is_zero() {
+            bail!("invalid sse_heartbeat_secs: must be at least 1");
+        }
+        if self.feed.sse_stall_timeout.is_zero() {
+            bail!("invalid sse_stall_timeout_secs: must be at least 1");
         }
         if self.max_batch == 0 || self.max_batch > 100_000 {
             bail!("invalid processor.max_batch: must be 1 to 100000");

@@ -3,20 +3,23 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use tenantsync_api::{ApiConfig, AppState};
+use tenantsync_api::{ApiConfig, ApiMetrics, AppState};
 use tenantsync_core::Topics;
+use tenantsync_feed::{Hub, retention};
 use tenantsync_processor::{Datasets, Processor, ProcessorConfig};
 use tenantsync_store::Dataset;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::backends::{open_log, open_store, redact};
 use crate::config::Settings;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    raise_fd_limit();
     let running = start(&settings).await?;
     info!(log = %redact(&settings.log), store = %redact(&settings.store), "tenantsync started");
     // Tests and scripts read this line to learn the port when listening on port 0.
@@ -73,23 +76,46 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot declare dataset {} from the config file", d.name))?;
     }
-    let processor = Arc::new(Processor::new(
+    let hub = Hub::new();
+    let processor = Arc::new(
+        Processor::new(
+            log.clone(),
+            store.clone(),
+            datasets.clone(),
+            ProcessorConfig {
+                max_batch: settings.max_batch,
+                ..ProcessorConfig::default()
+            },
+        )
+        .with_observer(hub.clone()),
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(hub.clone().run(
         log.clone(),
         store.clone(),
         datasets.clone(),
-        ProcessorConfig {
-            max_batch: settings.max_batch,
-            ..ProcessorConfig::default()
-        },
+        shutdown.clone(),
+    ));
+    tokio::spawn(retention::run(
+        store.clone(),
+        hub.clone(),
+        datasets.clone(),
+        settings.tombstone_retention,
+        (settings.tombstone_retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        shutdown.clone(),
     ));
     let state = Arc::new(AppState {
         log,
         store,
         datasets,
         applied: processor.applied(),
+        hub,
+        processor: Some(processor.clone()),
+        metrics: ApiMetrics::default(),
         config: ApiConfig {
             max_body_bytes: settings.max_body_bytes,
             apply_timeout: settings.apply_timeout,
+            feed: settings.feed.clone(),
         },
     });
 
@@ -97,11 +123,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
     let processing = tokio::spawn(processor.clone().run(shutdown.clone()));
     let signal = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, tenantsync_api::router(state))
+        // into_make_service builds the routes once; serving the Router itself rebuilds them for
+        // every connection (several KiB each).
+        axum::serve(listener, tenantsync_api::router(state).into_make_service())
             .with_graceful_shutdown(signal.cancelled_owned())
             .await
     });
@@ -112,6 +139,21 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         server,
         processing,
     })
+}
+
+/// Raises this process's open-file limit to its hard limit: every subscriber connection holds
+/// a file descriptor, and the usual soft limit (1024) would refuse connections long before
+/// memory runs short.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(error) => warn!(%error, soft, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(error) => warn!(%error, "cannot read the open-file limit"),
+    }
 }
 
 async fn wait_for_signal() {

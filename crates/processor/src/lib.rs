@@ -17,4 +17,4 @@ pub mod state;
 pub use applied::{AppliedChange, AppliedHub, Waiter};
 pub use datasets::{Datasets, Declared, MAX_PARTITIONS};
 pub use error::ProcessorError;
-pub use processor::{Processor, ProcessorConfig, ProcessorStats};
+pub use processor::{CommitObserver, Processor, ProcessorConfig, ProcessorStats};

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tenantsync_core::{DatasetName, Record};
 use tenantsync_log::{GroupConsumer, Log, LogError, Message, Offset, Partition};
 use tenantsync_store::{Dataset, LoggedChange, MasterStore};
 use tokio::task::JoinHandle;
@@ -56,6 +57,15 @@ pub struct ProcessorStats {
     pub lost: AtomicU64,
 }
 
+/// Told of every batch the processor committed to the master store, before its writers are
+/// answered and before its states are published: a reader in this process that learns of the
+/// change this way reads it from the store, so a writer that got its answer and then reads a
+/// feed of this instance sees its own write.
+pub trait CommitObserver: Send + Sync {
+    /// `states` are the batch's records as committed.
+    fn committed(&self, dataset: &DatasetName, states: &[Record]);
+}
+
 /// Applies every dataset's changes to the master store and publishes the results.
 pub struct Processor {
     log: Arc<dyn Log>,
@@ -64,6 +74,7 @@ pub struct Processor {
     config: ProcessorConfig,
     stats: ProcessorStats,
     applied: Arc<AppliedHub>,
+    observer: Option<Arc<dyn CommitObserver>>,
 }
 
 impl Processor {
@@ -80,7 +91,14 @@ impl Processor {
             config,
             stats: ProcessorStats::default(),
             applied: Arc::new(AppliedHub::default()),
+            observer: None,
         }
+    }
+
+    /// Tells `observer` of every committed batch.
+    pub fn with_observer(mut self, observer: Arc<dyn CommitObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn stats(&self) -> &ProcessorStats {
@@ -245,6 +263,9 @@ impl Processor {
                     .iter()
                     .map(|record| state::encode(record, dataset.partitions)),
             );
+            if let Some(observer) = &self.observer {
+                observer.committed(&dataset.name, &applied.states);
+            }
             self.applied.notify(&dataset.name, &batch, &applied);
             offsets.push((partition, next));
             self.stats

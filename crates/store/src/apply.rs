@@ -179,14 +179,33 @@ fn slot<'a, T>(
     slot
 }
 
+/// The tenants of the keys a backend found absent (`records` answers `lookups.keys` slot for
+/// slot): those whose version floor [`plan_batch`] may need, each once.
+pub(crate) fn tenants_creating<'a>(
+    lookups: &Lookups<'a>,
+    records: &[Option<Record>],
+) -> Vec<&'a TenantId> {
+    let mut tenants: Vec<&TenantId> = lookups
+        .keys
+        .iter()
+        .zip(records)
+        .filter(|(_, record)| record.is_none())
+        .map(|((tenant, _), _)| *tenant)
+        .collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    tenants
+}
+
 /// What a batch does, ready to be written in one transaction.
 #[derive(Debug)]
 pub(crate) struct Plan {
     /// What [`crate::MasterStore::apply`] returns.
     pub applied: Applied,
-    /// The records the batch altered, as indices into `applied.states`, sorted by key so that
-    /// concurrent writers lock rows in the same order.
-    pub written: Vec<usize>,
+    /// The records the batch altered, as indices into `applied.states` with the seq to store
+    /// (the offset of the change that last wrote the record), sorted by key so that concurrent
+    /// writers lock rows in the same order.
+    pub written: Vec<(usize, Offset)>,
     /// The changes applied for the first time, as indices into the batch (and
     /// `applied.outcomes`): their outcomes are to be stored.
     pub first_applied: Vec<usize>,
@@ -196,7 +215,10 @@ pub(crate) struct Plan {
 
 /// Plans a batch. `records` and `outcomes` answer `lookups` slot for slot with the stored state
 /// (`None`: never existed) and the stored outcome with its owning record (`None`: never
-/// applied); `position` is the partition's stored position.
+/// applied); `position` is the partition's stored position; `floors` holds the version floor
+/// (the highest purged tombstone version) of tenants that have one, at least of those with a key
+/// the batch creates: a created key starts above it. A backend loads `floors` after `records`,
+/// so that a tombstone purged in between is seen in one or the other.
 ///
 /// A change whose id already has an outcome, in the store or earlier in this batch, changes
 /// nothing: if the outcome belongs to the same record it is a duplicate and reports that
@@ -215,6 +237,7 @@ pub(crate) fn plan_batch(
     next_offset: Offset,
     records: Vec<Option<Record>>,
     outcomes: Vec<Option<StoredOutcome>>,
+    floors: &HashMap<TenantId, u64>,
     now: DateTime<Utc>,
 ) -> Plan {
     let now = truncate_to_micros(now);
@@ -224,6 +247,7 @@ pub(crate) fn plan_batch(
     current.resize(lookups.keys.len(), None);
     known.resize(lookups.change_ids.len(), None);
     let mut dirty = vec![false; current.len()];
+    let mut seqs = vec![0; current.len()];
     let mut last_seen = vec![0usize; current.len()];
     let mut results = Vec::with_capacity(changes.len());
     let mut after = Vec::with_capacity(changes.len());
@@ -253,11 +277,15 @@ pub(crate) fn plan_batch(
             let version = current[k].as_ref().map_or(0, |r| r.version);
             results.push(Outcome::Unchanged { version });
         } else {
-            let decision = decide(current[k].as_ref(), change, now);
+            let mut decision = decide(current[k].as_ref(), change, now);
+            if let (None, Decision::Write(created)) = (&current[k], &mut decision) {
+                created.version += floors.get(&change.tenant).copied().unwrap_or(0);
+            }
             let outcome = decision.outcome();
             if let Decision::Write(record) = decision {
                 current[k] = Some(record);
                 dirty[k] = true;
+                seqs[k] = logged.offset;
             }
             known[c] = Some(StoredOutcome {
                 id: change.id.clone(),
@@ -276,12 +304,12 @@ pub(crate) fn plan_batch(
     for k in order {
         if let Some(record) = current[k].take() {
             if dirty[k] {
-                written.push(states.len());
+                written.push((states.len(), seqs[k]));
             }
             states.push(record);
         }
     }
-    written.sort_unstable_by(|&a, &b| {
+    written.sort_unstable_by(|&(a, _), &(b, _)| {
         let (a, b): (&Record, &Record) = (&states[a], &states[b]);
         (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id))
     });
@@ -615,11 +643,25 @@ mod tests {
             .iter()
             .map(|(t, c)| outcomes.get(&((*t).clone(), (*c).clone())).cloned())
             .collect();
-        plan_batch(&dataset, 0, changes, &l, position, next, r, o, at)
+        plan_batch(
+            &dataset,
+            0,
+            changes,
+            &l,
+            position,
+            next,
+            r,
+            o,
+            &HashMap::new(),
+            at,
+        )
     }
 
     fn written_records(p: &Plan) -> Vec<&Record> {
-        p.written.iter().map(|&i| &p.applied.states[i]).collect()
+        p.written
+            .iter()
+            .map(|&(i, _)| &p.applied.states[i])
+            .collect()
     }
 
     #[test]

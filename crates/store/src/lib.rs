@@ -15,7 +15,10 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Outcome, Record, TenantId};
+use chrono::{DateTime, Utc};
+use tenantsync_core::{
+    Change, ChangeId, DatasetName, EntityId, Outcome, Record, SubscriptionName, TenantId,
+};
 
 pub use error::StoreError;
 
@@ -70,6 +73,87 @@ pub struct Applied {
     pub previous_position: Offset,
 }
 
+/// A record as the change feed serves it: its current state and its `seq`, the changes-log
+/// offset of the change that last wrote it. Within a tenant (one partition) a later write always
+/// has a higher seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedRecord {
+    pub seq: Offset,
+    pub record: Record,
+}
+
+/// A page of a tenant's change feed, from [`MasterStore::tenant_feed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantFeed {
+    /// Ordered by seq.
+    pub records: Vec<FeedRecord>,
+    /// The tenant's end when the page was read (before its records, in the same snapshot or
+    /// an earlier one): one past its highest seq, and never below `horizon`. Every later write
+    /// of the tenant gets a seq at or above it.
+    pub end: Offset,
+    /// The tenant's horizon when the page was read (after its records): tombstones with seqs
+    /// below it may have been purged, so a reader that had not yet read past it may have
+    /// missed a delete.
+    pub horizon: Offset,
+}
+
+/// Where a reader of a tenant's feed is: the next seq to read, and the seq from which
+/// tombstones are delivered. Below `live_from` the reader is taking a snapshot and has never
+/// held any record whose tombstone sits there, so those are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FeedPosition {
+    pub next_seq: Offset,
+    pub live_from: Offset,
+}
+
+impl FeedPosition {
+    /// Whether a reader here may have missed a purged tombstone: it has not read past
+    /// `horizon` yet, and tombstones it would still be shown sit below it.
+    pub fn is_behind(&self, horizon: Offset) -> bool {
+        horizon > self.next_seq.max(self.live_from)
+    }
+}
+
+/// Which tenants a subscription covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantSelection {
+    All,
+    /// The API stores them sorted, without duplicates.
+    Only(Vec<TenantId>),
+}
+
+impl TenantSelection {
+    pub fn covers(&self, tenant: &TenantId) -> bool {
+        match self {
+            TenantSelection::All => true,
+            TenantSelection::Only(tenants) => tenants.contains(tenant),
+        }
+    }
+}
+
+/// A named subscription: a set of datasets and tenants whose changes one party follows, with
+/// its progress kept by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub name: SubscriptionName,
+    /// The API stores them sorted, without duplicates.
+    pub datasets: Vec<DatasetName>,
+    pub tenants: TenantSelection,
+    /// Set when the subscription was first created and kept by updates: it tells this
+    /// subscription's cursors from those of a deleted one of the same name. Stored to the
+    /// microsecond.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a subscription acknowledged for one tenant of one dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub dataset: DatasetName,
+    pub tenant: TenantId,
+    pub position: FeedPosition,
+    pub acked_at: DateTime<Utc>,
+}
+
 /// The authoritative store of records.
 ///
 /// # Contract
@@ -90,7 +174,12 @@ pub struct Applied {
 /// - **Versions.** A record's version starts at 1 and grows by exactly one per change that
 ///   alters its data or deletes it; a change that leaves the data exactly as it was creates no
 ///   new version. A delete keeps a tombstone row with its version, so a key written again
-///   continues above it. Versions never go down.
+///   continues above it; once tombstones are purged, a key created in their tenant starts above
+///   the highest version purged there. Versions never go down.
+/// - **Feed order.** Every write of a record stores its seq (the offset of the change). Writes of
+///   a tenant's records commit in seq order, so a reader that has seen a seq has seen every
+///   lower one of that tenant: reading [`tenant_feed`](MasterStore::tenant_feed) page after
+///   page misses no write.
 /// - **Operations.** Upsert replaces data; patch is a JSON Merge Patch (RFC 7396) of the live
 ///   record (rejected `not_found` when there is none); delete tombstones a live record (a delete
 ///   of an absent or deleted record is `unchanged`). `expected_version` `Some(0)` requires the
@@ -170,6 +259,70 @@ pub trait MasterStore: Send + Sync + 'static {
         after: Option<&EntityId>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError>;
+
+    /// Up to `limit` records of a tenant with seq `>= from`, ordered by seq. Tombstones with a
+    /// seq below `live_from` are left out; `None` means below the tenant's end at this read,
+    /// which is how the first page of a snapshot skips deletes its reader never needs.
+    async fn tenant_feed(
+        &self,
+        dataset: &DatasetName,
+        tenant: &TenantId,
+        from: Offset,
+        live_from: Option<Offset>,
+        limit: usize,
+    ) -> Result<TenantFeed, StoreError>;
+
+    /// Every tenant with records in the dataset, or whose records were all purged, with its end
+    /// as [`TenantFeed::end`] defines it, ordered by tenant.
+    async fn tenant_ends(
+        &self,
+        dataset: &DatasetName,
+    ) -> Result<Vec<(TenantId, Offset)>, StoreError>;
+
+    /// Deletes up to `limit` tombstones of the dataset last written before `before`, and raises
+    /// their tenants' horizons and version floors to match, in one transaction. Returns how
+    /// many were deleted.
+    async fn purge_tombstones(
+        &self,
+        dataset: &DatasetName,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
+    /// Creates a subscription (its `created_at` is taken from the argument) or updates the
+    /// datasets and tenants of an existing one (keeping its `created_at` and progress). Returns
+    /// the stored subscription and whether it was created.
+    async fn put_subscription(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<(Subscription, bool), StoreError>;
+
+    async fn subscription(
+        &self,
+        name: &SubscriptionName,
+    ) -> Result<Option<Subscription>, StoreError>;
+
+    /// Every subscription, ordered by name.
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
+
+    /// Deletes a subscription and its progress. Returns whether it existed.
+    async fn delete_subscription(&self, name: &SubscriptionName) -> Result<bool, StoreError>;
+
+    /// Everything the subscription acknowledged, ordered by dataset and tenant.
+    async fn subscription_progress(
+        &self,
+        name: &SubscriptionName,
+    ) -> Result<Vec<Progress>, StoreError>;
+
+    /// Records a subscription's progress for one tenant of one dataset, replacing what was
+    /// there, if the subscription named exists and was created at `created_at`. Returns
+    /// whether it did.
+    async fn ack(
+        &self,
+        name: &SubscriptionName,
+        created_at: DateTime<Utc>,
+        progress: &Progress,
+    ) -> Result<bool, StoreError>;
 
     /// Succeeds when the store is reachable (for readiness checks).
     async fn check(&self) -> Result<(), StoreError>;

@@ -6,16 +6,24 @@
 //! which serialises concurrent appliers of one partition: the second one waits, then reads the
 //! advanced position and the first one's outcomes, and applies nothing twice. Each batch costs a
 //! handful of round trips whatever its size: statements are pipelined, and records and outcomes
-//! are loaded and written with one array-parameter (`unnest`) statement each.
+//! are loaded and written with one array-parameter (`unnest`) statement each. Version floors are
+//! loaded in a statement of their own after the records (READ COMMITTED gives it a later
+//! snapshot), so a tombstone purged meanwhile is seen either as a row or as its floor.
+//!
+//! The feed reads a tenant's end and its records in one statement (one snapshot) and its horizon
+//! in the next; purging deletes tombstones and raises their tenants' horizons in one statement.
+//! An `ack` takes a share lock on its subscription's row and deleting a subscription deletes the
+//! row before its progress, so an ack racing a delete never leaves progress behind.
 //!
 //! This module must never decide what a change does itself: that is [`crate::apply`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, TenantId};
+use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, SubscriptionName, TenantId};
 use tokio_postgres::NoTls;
 use tokio_postgres::Row;
 use tracing::info;
@@ -23,7 +31,10 @@ use tracing::info;
 use crate::apply;
 use crate::migrations::{self, Migration};
 use crate::rows::{self, RecordRow};
-use crate::{Applied, Dataset, LoggedChange, MasterStore, Offset, StoreError, StoredOutcome};
+use crate::{
+    Applied, Dataset, FeedRecord, LoggedChange, MasterStore, Offset, Progress, StoreError,
+    StoredOutcome, Subscription, TenantFeed,
+};
 
 const POOL_SIZE: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,13 +66,17 @@ const LOAD_OUTCOMES: &str = "SELECT a.id, a.status, a.version, k.slot \
      FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(tenant, change_id, slot) \
      CROSS JOIN LATERAL (SELECT id, status, version FROM applied_changes \
        WHERE dataset = $1 AND tenant = k.tenant AND change_id = k.change_id LIMIT 1) a";
+/// Run after [`LOAD_RECORDS`], as a statement of its own: see [`crate::apply::plan_batch`].
+const LOAD_FLOORS: &str = "SELECT tenant, version_floor FROM tenant_horizons \
+     WHERE dataset = $1 AND tenant = ANY($2::text[])";
 const WRITE_RECORDS: &str = "INSERT INTO records \
-     (dataset, tenant, id, version, data, updated_at, change_id) \
-     SELECT $1, t, i, v, d::json, u, c \
-     FROM unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::timestamptz[], $7::text[]) \
-       AS x(t, i, v, d, u, c) \
+     (dataset, tenant, id, version, data, updated_at, change_id, seq) \
+     SELECT $1, t, i, v, d::json, u, c, s \
+     FROM unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::timestamptz[], $7::text[], \
+       $8::int8[]) AS x(t, i, v, d, u, c, s) \
      ON CONFLICT (dataset, tenant, id) DO UPDATE SET version = excluded.version, \
-     data = excluded.data, updated_at = excluded.updated_at, change_id = excluded.change_id";
+     data = excluded.data, updated_at = excluded.updated_at, change_id = excluded.change_id, \
+     seq = excluded.seq";
 /// A plain insert: under the position lock an outcome can only exist already if the same tenant
 /// was applied through two partitions, and then failing (and retrying) beats applying twice.
 const WRITE_OUTCOMES: &str = "INSERT INTO applied_changes \
@@ -77,6 +92,89 @@ const SCAN_FIRST: &str = "SELECT tenant, id, version, data::text, updated_at, ch
      FROM records WHERE dataset = $1 AND tenant = $2 ORDER BY id LIMIT $3";
 const SCAN_AFTER: &str = "SELECT tenant, id, version, data::text, updated_at, change_id \
      FROM records WHERE dataset = $1 AND tenant = $2 AND id > $3 ORDER BY id LIMIT $4";
+/// The tenant's end and a page of its feed in one statement, so both come from one snapshot
+/// (the end is never below a seq on the page). Always one row at least: with no records on the
+/// page, a single row whose record columns are NULL carries the end. `$4` is `live_from`, NULL
+/// for the end.
+const SELECT_FEED: &str = "WITH e AS MATERIALIZED (SELECT GREATEST(\
+       coalesce((SELECT max(seq) + 1 FROM records WHERE dataset = $1 AND tenant = $2), 0), \
+       coalesce((SELECT purged_below FROM tenant_horizons WHERE dataset = $1 AND tenant = $2), 0)\
+     )::int8 AS end_seq) \
+     SELECT e.end_seq, r.tenant, r.id, r.version, r.data::text, r.updated_at, r.change_id, r.seq \
+     FROM e LEFT JOIN LATERAL (SELECT * FROM records \
+       WHERE dataset = $1 AND tenant = $2 AND seq >= $3 \
+         AND (data IS NOT NULL OR seq >= coalesce($4::int8, e.end_seq)) \
+       ORDER BY seq LIMIT $5) r ON true \
+     ORDER BY r.seq";
+/// Run after [`SELECT_FEED`], as a statement of its own, so it sees any purge that took rows
+/// away from the page.
+const SELECT_HORIZON: &str =
+    "SELECT purged_below FROM tenant_horizons WHERE dataset = $1 AND tenant = $2";
+/// The distinct tenants are found by skipping through the `(dataset, tenant, seq)` index, one
+/// probe per tenant (a plain GROUP BY would read every record of the dataset), and each
+/// tenant's highest seq with one more probe.
+const TENANT_ENDS: &str = "WITH RECURSIVE t(tenant) AS (\
+       (SELECT tenant FROM records WHERE dataset = $1 ORDER BY tenant LIMIT 1) \
+       UNION ALL \
+       SELECT (SELECT r.tenant FROM records r WHERE r.dataset = $1 AND r.tenant > t.tenant \
+               ORDER BY r.tenant LIMIT 1) \
+       FROM t WHERE t.tenant IS NOT NULL), \
+     ends(tenant, end_seq) AS (\
+       SELECT t.tenant, (SELECT max(r.seq) + 1 FROM records r \
+                         WHERE r.dataset = $1 AND r.tenant = t.tenant) \
+       FROM t WHERE t.tenant IS NOT NULL \
+       UNION ALL \
+       SELECT tenant, purged_below FROM tenant_horizons WHERE dataset = $1) \
+     SELECT tenant, max(end_seq)::int8 FROM ends GROUP BY tenant ORDER BY tenant";
+/// One statement, so one transaction: the tombstones go and their tenants' horizons and version
+/// floors rise together (horizon rows upserted in tenant order, so concurrent purges lock them
+/// alike). The outer `data IS NULL AND updated_at < $2` is checked again on a row a concurrent
+/// apply rewrote while this waited for its lock, so a recreated record survives.
+const PURGE_TOMBSTONES: &str = "WITH gone AS (\
+       DELETE FROM records WHERE (dataset, tenant, id) IN (\
+         SELECT dataset, tenant, id FROM records \
+         WHERE dataset = $1 AND data IS NULL AND updated_at < $2 \
+         ORDER BY updated_at LIMIT $3) \
+       AND data IS NULL AND updated_at < $2 \
+       RETURNING tenant, seq, version), \
+     per_tenant AS (\
+       SELECT tenant, max(seq) + 1 AS purged_below, max(version) AS version_floor, \
+              count(*) AS n \
+       FROM gone GROUP BY tenant), \
+     raised AS (\
+       INSERT INTO tenant_horizons (dataset, tenant, purged_below, version_floor) \
+       SELECT $1, tenant, purged_below, version_floor FROM per_tenant \
+       ORDER BY tenant \
+       ON CONFLICT (dataset, tenant) DO UPDATE SET \
+         purged_below = GREATEST(tenant_horizons.purged_below, excluded.purged_below), \
+         version_floor = GREATEST(tenant_horizons.version_floor, excluded.version_floor)) \
+     SELECT coalesce(sum(n), 0)::int8 FROM per_tenant";
+/// `xmax = 0` holds for a row this statement inserted, not for one it updated: it tells a
+/// creation from an update in one statement, race-free.
+const PUT_SUBSCRIPTION: &str = "INSERT INTO subscriptions (name, datasets, tenants, created_at) \
+     VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (name) DO UPDATE SET datasets = excluded.datasets, tenants = excluded.tenants \
+     RETURNING name, datasets, tenants, created_at, xmax = 0";
+const SELECT_SUBSCRIPTION: &str =
+    "SELECT name, datasets, tenants, created_at FROM subscriptions WHERE name = $1";
+const SELECT_SUBSCRIPTIONS: &str =
+    "SELECT name, datasets, tenants, created_at FROM subscriptions ORDER BY name";
+/// First of the two statements of a delete: it takes the row lock an `ack` waits for.
+const DELETE_SUBSCRIPTION: &str = "DELETE FROM subscriptions WHERE name = $1";
+/// Second, with a snapshot taken after the first got its lock: it sees every progress row an
+/// ack committed before.
+const DELETE_PROGRESS: &str = "DELETE FROM subscription_progress WHERE name = $1";
+const SELECT_PROGRESS: &str = "SELECT dataset, tenant, next_seq, live_from, acked_at \
+     FROM subscription_progress WHERE name = $1 ORDER BY dataset, tenant";
+/// Writes only if the subscription exists with this `created_at`; `FOR SHARE` makes a
+/// concurrent delete either wait for this ack (and then delete its row) or win (and this one
+/// writes nothing).
+const ACK: &str = "INSERT INTO subscription_progress \
+     (name, dataset, tenant, next_seq, live_from, acked_at) \
+     SELECT name, $3, $4, $5, $6, $7 FROM subscriptions \
+     WHERE name = $1 AND created_at = $2 FOR SHARE \
+     ON CONFLICT (name, dataset, tenant) DO UPDATE SET next_seq = excluded.next_seq, \
+     live_from = excluded.live_from, acked_at = excluded.acked_at";
 /// Inserts or, for an existing dataset, returns the stored partition count in one statement.
 const DECLARE_DATASET: &str = "INSERT INTO datasets (name, partitions) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING partitions";
@@ -209,6 +307,13 @@ fn corrupt_id(what: &'static str, detail: impl std::fmt::Display) -> StoreError 
     }
 }
 
+/// A row of (name, datasets, tenants, created_at).
+fn subscription_row(row: &Row) -> Result<Subscription, StoreError> {
+    let datasets: &str = row.try_get(1)?;
+    let tenants: Option<&str> = row.try_get(2)?;
+    rows::subscription_from_row(row.try_get(0)?, datasets, tenants, row.try_get(3)?)
+}
+
 /// The columns of a batch of record writes, as arrays for one `unnest` insert.
 #[derive(Default)]
 struct RecordColumns<'a> {
@@ -218,12 +323,13 @@ struct RecordColumns<'a> {
     data: Vec<Option<String>>,
     updated_at: Vec<DateTime<Utc>>,
     change_ids: Vec<&'a str>,
+    seqs: Vec<i64>,
 }
 
 impl<'a> RecordColumns<'a> {
-    fn new(records: impl Iterator<Item = &'a Record>) -> Result<Self, StoreError> {
+    fn new(records: impl Iterator<Item = (&'a Record, Offset)>) -> Result<Self, StoreError> {
         let mut c = Self::default();
-        for r in records {
+        for (r, seq) in records {
             c.tenants.push(r.tenant.as_str());
             c.ids.push(r.id.as_str());
             c.versions.push(rows::to_i64("version", r.version)?);
@@ -231,6 +337,7 @@ impl<'a> RecordColumns<'a> {
                 .push(r.data.as_ref().map(rows::encode_data).transpose()?);
             c.updated_at.push(r.updated_at);
             c.change_ids.push(r.change_id.as_str());
+            c.seqs.push(rows::to_i64("seq", seq)?);
         }
         Ok(c)
     }
@@ -304,11 +411,12 @@ impl MasterStore for PostgresStore {
 
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let (insert_position, lock_position, load_records, load_outcomes) = tokio::try_join!(
+        let (insert_position, lock_position, load_records, load_outcomes, load_floors) = tokio::try_join!(
             tx.prepare_cached(INSERT_POSITION),
             tx.prepare_cached(LOCK_POSITION),
             tx.prepare_cached(LOAD_RECORDS),
             tx.prepare_cached(LOAD_OUTCOMES),
+            tx.prepare_cached(LOAD_FLOORS),
         )?;
         // One round trip: the server runs these in order, so the loads see everything committed
         // by whoever held the position lock before us.
@@ -337,6 +445,24 @@ impl MasterStore for PostgresStore {
             let outcome = rows::stored_outcome_from_row(row.try_get(0)?, &status, row.try_get(2)?)?;
             *slot(&mut outcomes, row.try_get(3)?)? = Some(outcome);
         }
+        // Another round trip, but only for batches that create keys, and it must come after
+        // the records' statement anyway.
+        let creating = apply::tenants_creating(&lookups, &records);
+        let mut floors: HashMap<TenantId, u64> = HashMap::new();
+        if !creating.is_empty() {
+            let names: Vec<&str> = creating.iter().map(|t| t.as_str()).collect();
+            for row in tx.query(&load_floors, &[&ds, &names]).await? {
+                let tenant: &str = row.try_get(0)?;
+                let floor = rows::to_u64("version floor", row.try_get(1)?)?;
+                let i = names.binary_search(&tenant).map_err(|_| {
+                    corrupt_id(
+                        "version floor",
+                        format!("tenant {tenant:?} was not asked for"),
+                    )
+                })?;
+                floors.insert(creating[i].clone(), floor);
+            }
+        }
 
         let plan = apply::plan_batch(
             dataset,
@@ -347,10 +473,15 @@ impl MasterStore for PostgresStore {
             next_offset,
             records,
             outcomes,
+            &floors,
             Utc::now(),
         );
 
-        let columns = RecordColumns::new(plan.written.iter().map(|&i| &plan.applied.states[i]))?;
+        let columns = RecordColumns::new(
+            plan.written
+                .iter()
+                .map(|&(i, seq)| (&plan.applied.states[i], seq)),
+        )?;
         let mut o_tenants = Vec::with_capacity(plan.first_applied.len());
         let mut o_ids = Vec::with_capacity(plan.first_applied.len());
         let mut o_records = Vec::with_capacity(plan.first_applied.len());
@@ -385,6 +516,7 @@ impl MasterStore for PostgresStore {
                     &columns.data,
                     &columns.updated_at,
                     &columns.change_ids,
+                    &columns.seqs,
                 ],
             )
             .await
@@ -524,6 +656,212 @@ impl MasterStore for PostgresStore {
             }
         };
         found.iter().map(record_row).collect()
+    }
+
+    async fn tenant_feed(
+        &self,
+        dataset: &DatasetName,
+        tenant: &TenantId,
+        from: Offset,
+        live_from: Option<Offset>,
+        limit: usize,
+    ) -> Result<TenantFeed, StoreError> {
+        let (ds, t) = (dataset.as_str(), tenant.as_str());
+        let from = rows::to_i64("feed seq", from)?;
+        let live_from = live_from
+            .map(|l| rows::to_i64("feed live_from", l))
+            .transpose()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.pool.get().await?;
+        let (feed, horizon) = tokio::try_join!(
+            client.prepare_cached(SELECT_FEED),
+            client.prepare_cached(SELECT_HORIZON),
+        )?;
+        // Pipelined, but the server runs them in order: the horizon's snapshot is the later one.
+        let (found, horizon) = tokio::try_join!(
+            async {
+                client
+                    .query(&feed, &[&ds, &t, &from, &live_from, &limit])
+                    .await
+            },
+            async { client.query_opt(&horizon, &[&ds, &t]).await },
+        )?;
+        let end = match found.first() {
+            Some(row) => rows::to_u64("feed end", row.try_get(0)?)?,
+            None => return Err(corrupt_id("feed end", "the feed query returned no row")),
+        };
+        let mut records = Vec::with_capacity(found.len());
+        for row in &found {
+            let seq: Option<i64> = row.try_get(7)?;
+            let Some(seq) = seq else { continue };
+            records.push(FeedRecord {
+                seq: rows::to_u64("seq", seq)?,
+                record: RecordRow {
+                    tenant: row.try_get(1)?,
+                    id: row.try_get(2)?,
+                    version: row.try_get(3)?,
+                    data: row.try_get(4)?,
+                    updated_at: row.try_get(5)?,
+                    change_id: row.try_get(6)?,
+                }
+                .into_record()?,
+            });
+        }
+        let horizon = match horizon {
+            Some(row) => rows::to_u64("horizon", row.try_get(0)?)?,
+            None => 0,
+        };
+        Ok(TenantFeed {
+            records,
+            end,
+            horizon,
+        })
+    }
+
+    async fn tenant_ends(
+        &self,
+        dataset: &DatasetName,
+    ) -> Result<Vec<(TenantId, Offset)>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(TENANT_ENDS).await?;
+        client
+            .query(&stmt, &[&dataset.as_str()])
+            .await?
+            .iter()
+            .map(|row| {
+                let tenant: String = row.try_get(0)?;
+                let tenant = TenantId::new(tenant).map_err(|e| corrupt_id("feed tenant", e))?;
+                Ok((tenant, rows::to_u64("tenant end", row.try_get(1)?)?))
+            })
+            .collect()
+    }
+
+    async fn purge_tombstones(
+        &self,
+        dataset: &DatasetName,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(PURGE_TOMBSTONES).await?;
+        let purged: i64 = client
+            .query_one(&stmt, &[&dataset.as_str(), &before, &limit])
+            .await?
+            .try_get(0)?;
+        rows::to_u64("purged tombstones", purged)
+    }
+
+    async fn put_subscription(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<(Subscription, bool), StoreError> {
+        let (datasets, tenants) = rows::subscription_to_row(subscription)?;
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(PUT_SUBSCRIPTION).await?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &subscription.name.as_str(),
+                    &datasets,
+                    &tenants,
+                    &rows::to_micros(subscription.created_at),
+                ],
+            )
+            .await?;
+        Ok((subscription_row(&row)?, row.try_get(4)?))
+    }
+
+    async fn subscription(
+        &self,
+        name: &SubscriptionName,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SELECT_SUBSCRIPTION).await?;
+        client
+            .query_opt(&stmt, &[&name.as_str()])
+            .await?
+            .as_ref()
+            .map(subscription_row)
+            .transpose()
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SELECT_SUBSCRIPTIONS).await?;
+        client
+            .query(&stmt, &[])
+            .await?
+            .iter()
+            .map(subscription_row)
+            .collect()
+    }
+
+    async fn delete_subscription(&self, name: &SubscriptionName) -> Result<bool, StoreError> {
+        let name = name.as_str();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let (delete_subscription, delete_progress) = tokio::try_join!(
+            tx.prepare_cached(DELETE_SUBSCRIPTION),
+            tx.prepare_cached(DELETE_PROGRESS),
+        )?;
+        // Pipelined; the server runs them in this order, which is what keeps acks out.
+        let (deleted, _) = tokio::try_join!(
+            async { tx.execute(&delete_subscription, &[&name]).await },
+            async { tx.execute(&delete_progress, &[&name]).await },
+        )?;
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    async fn subscription_progress(
+        &self,
+        name: &SubscriptionName,
+    ) -> Result<Vec<Progress>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SELECT_PROGRESS).await?;
+        client
+            .query(&stmt, &[&name.as_str()])
+            .await?
+            .iter()
+            .map(|row| {
+                rows::progress_from_row(
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                )
+            })
+            .collect()
+    }
+
+    async fn ack(
+        &self,
+        name: &SubscriptionName,
+        created_at: DateTime<Utc>,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        let next_seq = rows::to_i64("next_seq", progress.position.next_seq)?;
+        let live_from = rows::to_i64("live_from", progress.position.live_from)?;
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(ACK).await?;
+        let written = client
+            .execute(
+                &stmt,
+                &[
+                    &name.as_str(),
+                    &rows::to_micros(created_at),
+                    &progress.dataset.as_str(),
+                    &progress.tenant.as_str(),
+                    &next_seq,
+                    &live_from,
+                    &rows::to_micros(progress.acked_at),
+                ],
+            )
+            .await?;
+        Ok(written > 0)
     }
 
     async fn check(&self) -> Result<(), StoreError> {

@@ -5,9 +5,12 @@
 //! a panic.
 
 use chrono::{DateTime, Utc};
-use tenantsync_core::{ChangeId, EntityId, Object, Outcome, Record, RejectReason, TenantId};
+use tenantsync_core::{
+    ChangeId, DatasetName, EntityId, Object, Outcome, Record, RejectReason, SubscriptionName,
+    TenantId,
+};
 
-use crate::{StoreError, StoredOutcome};
+use crate::{FeedPosition, Progress, StoreError, StoredOutcome, Subscription, TenantSelection};
 
 const APPLIED: &str = "applied";
 const UNCHANGED: &str = "unchanged";
@@ -132,6 +135,84 @@ impl RecordRow {
             updated_at: self.updated_at,
         })
     }
+}
+
+/// Microseconds since the Unix epoch, as both schemas keep subscription times.
+pub(crate) fn to_micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(crate) fn from_micros(what: &'static str, micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt {
+        what,
+        detail: format!("timestamp {micros} out of range"),
+    })
+}
+
+/// A subscription's `datasets` and `tenants` columns: JSON arrays, `tenants` NULL for all.
+pub(crate) fn subscription_to_row(
+    subscription: &Subscription,
+) -> Result<(String, Option<String>), StoreError> {
+    let datasets = to_json(&subscription.datasets)?;
+    let tenants = match &subscription.tenants {
+        TenantSelection::All => None,
+        TenantSelection::Only(tenants) => Some(to_json(tenants)?),
+    };
+    Ok((datasets, tenants))
+}
+
+/// A subscription read back from its row.
+pub(crate) fn subscription_from_row(
+    name: String,
+    datasets: &str,
+    tenants: Option<&str>,
+    created_at: i64,
+) -> Result<Subscription, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "subscription",
+        detail,
+    };
+    Ok(Subscription {
+        name: SubscriptionName::new(name).map_err(|e| corrupt(e.to_string()))?,
+        datasets: serde_json::from_str(datasets).map_err(|e| corrupt(e.to_string()))?,
+        tenants: match tenants {
+            None => TenantSelection::All,
+            Some(text) => TenantSelection::Only(
+                serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?,
+            ),
+        },
+        created_at: from_micros("subscription created_at", created_at)?,
+    })
+}
+
+/// A row of `subscription_progress` read back.
+pub(crate) fn progress_from_row(
+    dataset: String,
+    tenant: String,
+    next_seq: i64,
+    live_from: i64,
+    acked_at: i64,
+) -> Result<Progress, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "subscription progress",
+        detail,
+    };
+    Ok(Progress {
+        dataset: DatasetName::new(dataset).map_err(|e| corrupt(e.to_string()))?,
+        tenant: TenantId::new(tenant).map_err(|e| corrupt(e.to_string()))?,
+        position: FeedPosition {
+            next_seq: to_u64("progress seq", next_seq)?,
+            live_from: to_u64("progress live_from", live_from)?,
+        },
+        acked_at: from_micros("progress acked_at", acked_at)?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        what: "subscription",
+        detail: format!("cannot encode as JSON: {e}"),
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! This module must never block an async worker thread on SQLite, and never decide what a
 //! change does itself: that is [`crate::apply`].
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -18,14 +19,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, TenantId};
+use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, SubscriptionName, TenantId};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{error, info};
 
 use crate::apply;
 use crate::migrations::{self, Migration};
 use crate::rows::{self, RecordRow};
-use crate::{Applied, Dataset, LoggedChange, MasterStore, Offset, StoreError, StoredOutcome};
+use crate::{
+    Applied, Dataset, FeedRecord, LoggedChange, MasterStore, Offset, Progress, StoreError,
+    StoredOutcome, Subscription, TenantFeed,
+};
 
 /// Reader connections: enough for the API's concurrent reads on 2 cores, few enough that a
 /// burst of reads does not starve the writer of CPU.
@@ -52,10 +56,45 @@ const UPSERT_POSITION: &str = "INSERT INTO positions (dataset, partition, next_o
 const SELECT_RECORD: &str = "SELECT tenant, id, version, data, updated_at, change_id \
      FROM records WHERE dataset = ?1 AND tenant = ?2 AND id = ?3";
 const UPSERT_RECORD: &str = "INSERT INTO records \
-     (dataset, tenant, id, version, data, updated_at, change_id) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+     (dataset, tenant, id, version, data, updated_at, change_id, seq) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
      ON CONFLICT (dataset, tenant, id) DO UPDATE SET version = excluded.version, \
-     data = excluded.data, updated_at = excluded.updated_at, change_id = excluded.change_id";
+     data = excluded.data, updated_at = excluded.updated_at, change_id = excluded.change_id, \
+     seq = excluded.seq";
+const SELECT_FLOOR: &str =
+    "SELECT version_floor FROM tenant_horizons WHERE dataset = ?1 AND tenant = ?2";
+/// The tenant's end, as `TenantFeed::end` defines it.
+const SELECT_END: &str = "SELECT max(\
+     coalesce((SELECT max(seq) + 1 FROM records WHERE dataset = ?1 AND tenant = ?2), 0), \
+     coalesce((SELECT purged_below FROM tenant_horizons WHERE dataset = ?1 AND tenant = ?2), 0))";
+const SELECT_HORIZON: &str =
+    "SELECT purged_below FROM tenant_horizons WHERE dataset = ?1 AND tenant = ?2";
+const SELECT_FEED: &str = "SELECT tenant, id, version, data, updated_at, change_id, seq \
+     FROM records WHERE dataset = ?1 AND tenant = ?2 AND seq >= ?3 \
+     AND (data IS NOT NULL OR seq >= ?4) ORDER BY seq LIMIT ?5";
+const SELECT_ENDS: &str = "SELECT tenant, max(e) FROM (\
+     SELECT tenant, max(seq) + 1 AS e FROM records WHERE dataset = ?1 GROUP BY tenant \
+     UNION ALL SELECT tenant, purged_below FROM tenant_horizons WHERE dataset = ?1) \
+     GROUP BY tenant ORDER BY tenant";
+const PURGE: &str = "DELETE FROM records WHERE dataset = ?1 AND (tenant, id) IN (\
+     SELECT tenant, id FROM records \
+     WHERE dataset = ?1 AND data IS NULL AND updated_at < ?2 ORDER BY updated_at LIMIT ?3) \
+     RETURNING tenant, seq, version";
+const RAISE_HORIZON: &str = "INSERT INTO tenant_horizons \
+     (dataset, tenant, purged_below, version_floor) VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (dataset, tenant) DO UPDATE \
+     SET purged_below = max(purged_below, excluded.purged_below), \
+     version_floor = max(version_floor, excluded.version_floor)";
+const SELECT_SUBSCRIPTION: &str =
+    "SELECT name, datasets, tenants, created_at FROM subscriptions WHERE name = ?1";
+const SELECT_PROGRESS: &str = "SELECT dataset, tenant, next_seq, live_from, acked_at \
+     FROM subscription_progress WHERE name = ?1 ORDER BY dataset, tenant";
+const ACK: &str = "INSERT INTO subscription_progress \
+     (name, dataset, tenant, next_seq, live_from, acked_at) \
+     SELECT ?1, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS \
+     (SELECT 1 FROM subscriptions WHERE name = ?1 AND created_at = ?2) \
+     ON CONFLICT (name, dataset, tenant) DO UPDATE SET next_seq = excluded.next_seq, \
+     live_from = excluded.live_from, acked_at = excluded.acked_at";
 const SELECT_OUTCOME: &str = "SELECT id, status, version FROM applied_changes \
      WHERE dataset = ?1 AND tenant = ?2 AND change_id = ?3";
 const INSERT_OUTCOME: &str = "INSERT INTO applied_changes \
@@ -281,6 +320,12 @@ fn record_row(row: &Row<'_>) -> rusqlite::Result<RecordRow> {
     })
 }
 
+type SubscriptionRow = (String, String, Option<String>, i64);
+
+fn subscription_row(row: &Row<'_>) -> rusqlite::Result<SubscriptionRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
 /// The indices of `keys`, in key order.
 fn sorted_slots<A: Ord, B: Ord>(keys: &[(&A, &B)]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..keys.len()).collect();
@@ -343,6 +388,19 @@ fn apply_in_transaction(
         }
     }
 
+    let mut floors = HashMap::new();
+    {
+        let mut select = tx.prepare_cached(SELECT_FLOOR)?;
+        for tenant in apply::tenants_creating(&lookups, &records) {
+            let floor: Option<i64> = select
+                .query_row(params![ds, tenant.as_str()], |row| row.get(0))
+                .optional()?;
+            if let Some(floor) = floor {
+                floors.insert(tenant.clone(), rows::to_u64("version floor", floor)?);
+            }
+        }
+    }
+
     let plan = apply::plan_batch(
         dataset,
         partition,
@@ -352,12 +410,13 @@ fn apply_in_transaction(
         next_offset,
         records,
         outcomes,
+        &floors,
         Utc::now(),
     );
 
     {
         let mut upsert = tx.prepare_cached(UPSERT_RECORD)?;
-        for &i in &plan.written {
+        for &(i, seq) in &plan.written {
             let r = &plan.applied.states[i];
             let data = r.data.as_ref().map(rows::encode_data).transpose()?;
             upsert.execute(params![
@@ -368,6 +427,7 @@ fn apply_in_transaction(
                 data,
                 r.updated_at.timestamp_micros(),
                 r.change_id.as_str(),
+                rows::to_i64("seq", seq)?,
             ])?;
         }
     }
@@ -595,6 +655,249 @@ impl MasterStore for SqliteStore {
                     .collect::<Result<Vec<_>, _>>()?,
             };
             found.into_iter().map(RecordRow::into_record).collect()
+        })
+        .await
+    }
+
+    async fn tenant_feed(
+        &self,
+        dataset: &DatasetName,
+        tenant: &TenantId,
+        from: Offset,
+        live_from: Option<Offset>,
+        limit: usize,
+    ) -> Result<TenantFeed, StoreError> {
+        let (dataset, tenant) = (dataset.clone(), tenant.clone());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let from = rows::to_i64("feed seq", from)?;
+        let live_from = live_from
+            .map(|l| rows::to_i64("feed live_from", l))
+            .transpose()?;
+        self.read(move |conn| {
+            let (ds, t) = (dataset.as_str(), tenant.as_str());
+            // One read transaction: end, records and horizon come from one snapshot.
+            let tx = conn.unchecked_transaction()?;
+            let end: i64 = tx
+                .prepare_cached(SELECT_END)?
+                .query_row(params![ds, t], |row| row.get(0))?;
+            let records = tx
+                .prepare_cached(SELECT_FEED)?
+                .query_map(
+                    params![ds, t, from, live_from.unwrap_or(end), limit],
+                    |row| Ok((record_row(row)?, row.get::<_, i64>(6)?)),
+                )?
+                .map(|row| {
+                    let (record, seq) = row?;
+                    Ok(FeedRecord {
+                        seq: rows::to_u64("record seq", seq)?,
+                        record: record.into_record()?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let horizon: Option<i64> = tx
+                .prepare_cached(SELECT_HORIZON)?
+                .query_row(params![ds, t], |row| row.get(0))
+                .optional()?;
+            tx.finish()?;
+            Ok(TenantFeed {
+                records,
+                end: rows::to_u64("tenant end", end)?,
+                horizon: rows::to_u64("tenant horizon", horizon.unwrap_or(0))?,
+            })
+        })
+        .await
+    }
+
+    async fn tenant_ends(
+        &self,
+        dataset: &DatasetName,
+    ) -> Result<Vec<(TenantId, Offset)>, StoreError> {
+        let dataset = dataset.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(SELECT_ENDS)?
+                .query_map([dataset.as_str()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })?
+                .map(|row| {
+                    let (tenant, end) = row?;
+                    Ok((
+                        TenantId::new(tenant).map_err(|e| StoreError::Corrupt {
+                            what: "record tenant",
+                            detail: e.to_string(),
+                        })?,
+                        rows::to_u64("tenant end", end)?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn purge_tombstones(
+        &self,
+        dataset: &DatasetName,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let dataset = dataset.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ds = dataset.as_str();
+            // Per tenant: one past the highest purged seq, and the highest purged version.
+            let mut horizons: HashMap<String, (i64, i64)> = HashMap::new();
+            let mut purged = 0u64;
+            {
+                let mut purge = tx.prepare_cached(PURGE)?;
+                let mut found = purge.query(params![ds, before.timestamp_micros(), limit])?;
+                while let Some(row) = found.next()? {
+                    let (tenant, seq, version): (String, i64, i64) =
+                        (row.get(0)?, row.get(1)?, row.get(2)?);
+                    let entry = horizons.entry(tenant).or_insert((0, 0));
+                    entry.0 = entry.0.max(seq + 1);
+                    entry.1 = entry.1.max(version);
+                    purged += 1;
+                }
+            }
+            {
+                let mut raise = tx.prepare_cached(RAISE_HORIZON)?;
+                for (tenant, (below, floor)) in &horizons {
+                    raise.execute(params![ds, tenant, below, floor])?;
+                }
+            }
+            tx.commit()?;
+            Ok(purged)
+        })
+        .await
+    }
+
+    async fn put_subscription(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<(Subscription, bool), StoreError> {
+        let subscription = subscription.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (datasets, tenants) = rows::subscription_to_row(&subscription)?;
+            let name = subscription.name.as_str();
+            let existing: Option<i64> = tx
+                .query_row(
+                    "SELECT created_at FROM subscriptions WHERE name = ?1",
+                    [name],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let created = existing.is_none();
+            let created_at = existing.unwrap_or(rows::to_micros(subscription.created_at));
+            tx.execute(
+                "INSERT INTO subscriptions (name, datasets, tenants, created_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO UPDATE \
+                 SET datasets = excluded.datasets, tenants = excluded.tenants",
+                params![name, datasets, tenants, created_at],
+            )?;
+            tx.commit()?;
+            Ok((
+                Subscription {
+                    created_at: rows::from_micros("subscription created_at", created_at)?,
+                    ..subscription
+                },
+                created,
+            ))
+        })
+        .await
+    }
+
+    async fn subscription(
+        &self,
+        name: &SubscriptionName,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let name = name.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(SELECT_SUBSCRIPTION)?
+                .query_row([name.as_str()], subscription_row)
+                .optional()?
+                .map(|(name, datasets, tenants, created_at)| {
+                    rows::subscription_from_row(name, &datasets, tenants.as_deref(), created_at)
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT name, datasets, tenants, created_at FROM subscriptions ORDER BY name",
+            )?
+            .query_map([], subscription_row)?
+            .map(|row| {
+                let (name, datasets, tenants, created_at) = row?;
+                rows::subscription_from_row(name, &datasets, tenants.as_deref(), created_at)
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_subscription(&self, name: &SubscriptionName) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM subscription_progress WHERE name = ?1",
+                [name.as_str()],
+            )?;
+            let deleted =
+                tx.execute("DELETE FROM subscriptions WHERE name = ?1", [name.as_str()])?;
+            tx.commit()?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn subscription_progress(
+        &self,
+        name: &SubscriptionName,
+    ) -> Result<Vec<Progress>, StoreError> {
+        let name = name.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(SELECT_PROGRESS)?
+                .query_map([name.as_str()], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })?
+                .map(|row| {
+                    let (dataset, tenant, next_seq, live_from, acked_at) = row?;
+                    rows::progress_from_row(dataset, tenant, next_seq, live_from, acked_at)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn ack(
+        &self,
+        name: &SubscriptionName,
+        created_at: DateTime<Utc>,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        let (name, progress) = (name.clone(), progress.clone());
+        self.write(move |conn| {
+            let written = conn.prepare_cached(ACK)?.execute(params![
+                name.as_str(),
+                rows::to_micros(created_at),
+                progress.dataset.as_str(),
+                progress.tenant.as_str(),
+                rows::to_i64("progress seq", progress.position.next_seq)?,
+                rows::to_i64("progress live_from", progress.position.live_from)?,
+                rows::to_micros(progress.acked_at),
+            ])?;
+            Ok(written > 0)
         })
         .await
     }

@@ -53,6 +53,110 @@ pub async fn postgres() -> Option<Harness> {
     })
 }
 
+/// Stores whose database was created by schema version 1 (before records had a `seq`) and
+/// holds records written then, for checking what migrating such a database does.
+pub mod v1 {
+    use super::*;
+
+    /// A record written under schema version 1, in dataset `items`.
+    pub struct LegacyRecord {
+        pub tenant: &'static str,
+        pub id: &'static str,
+        pub version: i64,
+        /// `None`: a tombstone.
+        pub data: Option<&'static str>,
+    }
+
+    /// Partition 0 of `items` had applied this many offsets when the database was migrated.
+    pub const POSITION: i64 = 10;
+
+    pub async fn sqlite(records: &[LegacyRecord]) -> Option<Harness> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("store.db");
+        {
+            let conn = rusqlite::Connection::open(&path).expect("open sqlite file");
+            conn.execute_batch(include_str!("../../migrations/sqlite/0001_initial.sql"))
+                .expect("schema version 1");
+            conn.execute_batch(
+                "CREATE TABLE tenantsync_migrations (
+                     version    INTEGER NOT NULL PRIMARY KEY,
+                     name       TEXT    NOT NULL,
+                     applied_at TEXT    NOT NULL
+                 );
+                 INSERT INTO tenantsync_migrations VALUES (1, '0001_initial', '')",
+            )
+            .expect("migrations table");
+            for r in records {
+                conn.execute(
+                    "INSERT INTO records (dataset, tenant, id, version, data, updated_at, \
+                     change_id) VALUES ('items', ?1, ?2, ?3, ?4, 0, 'legacy')",
+                    rusqlite::params![r.tenant, r.id, r.version, r.data],
+                )
+                .expect("legacy record");
+            }
+            conn.execute(
+                "INSERT INTO positions (dataset, partition, next_offset) VALUES ('items', 0, ?1)",
+                [POSITION],
+            )
+            .expect("legacy position");
+        }
+        let store = SqliteStore::open(&path)
+            .await
+            .expect("open and migrate sqlite store");
+        Some(Harness {
+            store: Arc::new(store),
+            _guard: Guard::Sqlite(dir),
+        })
+    }
+
+    pub async fn postgres(records: &[LegacyRecord]) -> Option<Harness> {
+        let schema = PgSchema::create().await?;
+        {
+            let client = admin(&schema.url).await;
+            client
+                .batch_execute(include_str!("../../migrations/postgres/0001_initial.sql"))
+                .await
+                .expect("schema version 1");
+            client
+                .batch_execute(
+                    "CREATE TABLE tenantsync_migrations (
+                         version    bigint      NOT NULL PRIMARY KEY,
+                         name       text        NOT NULL,
+                         applied_at timestamptz NOT NULL DEFAULT now()
+                     );
+                     INSERT INTO tenantsync_migrations (version, name) VALUES (1, '0001_initial')",
+                )
+                .await
+                .expect("migrations table");
+            for r in records {
+                client
+                    .execute(
+                        "INSERT INTO records (dataset, tenant, id, version, data, updated_at, \
+                         change_id) VALUES ('items', $1, $2, $3, $4::text::json, now(), 'legacy')",
+                        &[&r.tenant, &r.id, &r.version, &r.data],
+                    )
+                    .await
+                    .expect("legacy record");
+            }
+            client
+                .execute(
+                    "INSERT INTO positions (dataset, partition, next_offset) \
+                     VALUES ('items', 0, $1)",
+                    &[&POSITION],
+                )
+                .await
+                .expect("legacy position");
+        }
+        let store = PostgresStore::connect(&schema.url)
+            .await
+            .expect("connect and migrate postgres store");
+        Some(Harness {
+            store: Arc::new(store),
+            _guard: Guard::Postgres(schema),
+        })
+    }
+}
+
 /// A schema of its own in the test database, dropped when the test ends (even by a panic).
 pub struct PgSchema {
     pub base_url: String,

@@ -1,0 +1,259 @@
+//! `GET /v1/datasets/{dataset}/tenants/{tenant}/changes`: a tenant's change feed, snapshot then
+//! live, as JSON pages (with optional long-poll) or as Server-Sent Events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tenantsync_core::{DatasetName, InvalidInput, TenantId};
+use tenantsync_feed::{FeedCursor, FeedError, Page, read_or_wait};
+use tenantsync_store::{FeedPosition, FeedRecord};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::extract;
+use crate::metrics::Gauge;
+use crate::{ApiError, AppState};
+
+/// `?cursor=&limit=&wait=`, shared with subscriptions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Seconds to long-poll when nothing is new.
+    #[serde(default)]
+    pub wait: Option<f64>,
+}
+
+impl FeedQuery {
+    pub fn limit(&self, state: &AppState) -> Result<usize, ApiError> {
+        let max = state.config.feed.max_limit;
+        match self.limit {
+            None => Ok(state.config.feed.default_limit.min(max)),
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(n) => {
+                Err(InvalidInput::new("limit", format!("must be 1 to {max}, got {n}")).into())
+            }
+        }
+    }
+
+    /// The wait, capped at the server's maximum.
+    pub fn wait(&self, state: &AppState) -> Result<Duration, ApiError> {
+        match self.wait {
+            None => Ok(Duration::ZERO),
+            Some(s) if s.is_finite() && s >= 0.0 => {
+                Ok(Duration::from_secs_f64(s).min(state.config.feed.max_wait))
+            }
+            Some(s) => Err(InvalidInput::new(
+                "wait",
+                format!("must be a number of seconds >= 0, got {s}"),
+            )
+            .into()),
+        }
+    }
+}
+
+/// A change as subscribers see it.
+pub fn change_json(r: &FeedRecord) -> Value {
+    let record = &r.record;
+    json!({
+        "op": if record.is_deleted() { "delete" } else { "upsert" },
+        "id": record.id,
+        "version": record.version,
+        "data": record.data,
+        "updated_at": record.updated_at,
+    })
+}
+
+fn wants_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with("text/event-stream"))
+        })
+}
+
+pub async fn changes(
+    State(state): State<Arc<AppState>>,
+    Path((dataset, tenant)): Path<(String, String)>,
+    query: Result<Query<FeedQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let dataset = extract::dataset(&state, &dataset).await?.name;
+    let tenant = TenantId::new(tenant)?;
+    let query = extract::query(query)?;
+    let limit = query.limit(&state)?;
+    let sse = wants_event_stream(&headers);
+    // An SSE client resuming after a disconnect sends the last event id it saw.
+    let last_event_id = headers
+        .get("last-event-id")
+        .filter(|_| sse)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| InvalidInput::new("Last-Event-ID", "must be visible ASCII"))
+        })
+        .transpose()?;
+    let cursor = match (query.cursor.as_deref(), last_event_id) {
+        (_, Some(id)) if !id.is_empty() => Some(("Last-Event-ID", id)),
+        (Some(c), _) => Some(("cursor", c)),
+        _ => None,
+    };
+    let position = match cursor {
+        None => None,
+        Some((field, raw)) => {
+            let cursor =
+                FeedCursor::decode(raw).map_err(|e| InvalidInput::new(field, e.to_string()))?;
+            cursor
+                .check(&dataset, &tenant)
+                .map_err(|e| InvalidInput::new(field, e.to_string()))?;
+            Some(cursor.position)
+        }
+    };
+    if sse {
+        return stream(state, dataset, tenant, position, limit).await;
+    }
+    let wait = query.wait(&state)?;
+    let page = {
+        let _waiting = (!wait.is_zero()).then(|| Gauge::hold(&state.metrics.long_polls));
+        read_or_wait(
+            state.store.as_ref(),
+            &state.hub,
+            &dataset,
+            &tenant,
+            position,
+            limit,
+            wait,
+        )
+        .await?
+    };
+    state
+        .metrics
+        .delivered_feed
+        .fetch_add(page.records.len() as u64, Ordering::Relaxed);
+    Ok(Json(page_json(&dataset, &tenant, &page)).into_response())
+}
+
+fn cursor_at(dataset: &DatasetName, tenant: &TenantId, position: FeedPosition) -> String {
+    FeedCursor {
+        dataset: dataset.clone(),
+        tenant: tenant.clone(),
+        position,
+    }
+    .encode()
+}
+
+fn page_json(dataset: &DatasetName, tenant: &TenantId, page: &Page) -> Value {
+    json!({
+        "changes": page.records.iter().map(change_json).collect::<Vec<_>>(),
+        "cursor": cursor_at(dataset, tenant, page.next),
+        "up_to_date": page.up_to_date,
+    })
+}
+
+/// The SSE variant. The first page is read before answering, so a bad or expired position gets
+/// its 400 or 410 as a status. A producer task then reads page after page into a bounded
+/// channel that the response drains as the client reads: a client that stops reading fills the
+/// channel, and after `sse_stall_timeout` its producer gives up and the stream ends (the client
+/// resumes from its last event id). Every event's id is the cursor just past it.
+async fn stream(
+    state: Arc<AppState>,
+    dataset: DatasetName,
+    tenant: TenantId,
+    position: Option<FeedPosition>,
+    limit: usize,
+) -> Result<Response, ApiError> {
+    let first = read_or_wait(
+        state.store.as_ref(),
+        &state.hub,
+        &dataset,
+        &tenant,
+        position,
+        limit,
+        Duration::ZERO,
+    )
+    .await?;
+    let config = state.config.feed.clone();
+    let heartbeat = config.sse_heartbeat;
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(config.sse_buffer);
+    tokio::spawn(async move {
+        let _open = Gauge::hold(&state.metrics.sse_streams);
+        let mut page = first;
+        let mut was_up_to_date = false;
+        loop {
+            for record in &page.records {
+                let after = FeedPosition {
+                    next_seq: record.seq + 1,
+                    live_from: page.next.live_from,
+                };
+                let id = cursor_at(&dataset, &tenant, after);
+                let event = Event::default()
+                    .event("change")
+                    .id(id)
+                    .json_data(change_json(record));
+                let Ok(event) = event else { continue };
+                if tx
+                    .send_timeout(Ok(event), config.sse_stall_timeout)
+                    .await
+                    .is_err()
+                {
+                    state.metrics.sse_cut_off.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                state.metrics.delivered_sse.fetch_add(1, Ordering::Relaxed);
+            }
+            if page.up_to_date && !was_up_to_date {
+                let event = Event::default()
+                    .event("up-to-date")
+                    .id(cursor_at(&dataset, &tenant, page.next))
+                    .data("{}");
+                if tx
+                    .send_timeout(Ok(event), config.sse_stall_timeout)
+                    .await
+                    .is_err()
+                {
+                    state.metrics.sse_cut_off.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            was_up_to_date = page.up_to_date;
+            let next = tokio::select! {
+                _ = tx.closed() => return,
+                next = read_or_wait(state.store.as_ref(), &state.hub, &dataset, &tenant, Some(page.next), limit, config.max_wait) => next,
+            };
+            page = match next {
+                Ok(page) => page,
+                Err(FeedError::Gone) => {
+                    let problem = ApiError::from(FeedError::Gone).problem().1;
+                    let event = Event::default().event("gone").json_data(problem);
+                    if let Ok(event) = event {
+                        let _ = tx.send_timeout(Ok(event), config.sse_stall_timeout).await;
+                    }
+                    return;
+                }
+                // The client reconnects and resumes from its last event id.
+                Err(FeedError::Store(error)) => {
+                    tracing::warn!(%error, "SSE stream ended: the store failed");
+                    return;
+                }
+            };
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+        .into_response())
+}

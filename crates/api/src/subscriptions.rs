@@ -1,0 +1,235 @@
+//! `/v1/subscriptions`: named subscriptions over datasets and tenants, their single-tenant
+//! batches, acknowledgements and lag.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tenantsync_core::{DatasetName, InvalidInput, SubscriptionName, TenantId};
+use tenantsync_feed::subscriptions::{self, Batch};
+use tenantsync_store::{Subscription, TenantSelection};
+
+use crate::extract;
+use crate::feed::{FeedQuery, change_json};
+use crate::metrics::Gauge;
+use crate::{ApiError, AppState};
+
+/// Records counted per lagging tenant in a subscription's `lag`.
+const LAG_COUNT_LIMIT: usize = 10_000;
+
+/// `PUT` body: `{"datasets": ["inventory"], "tenants": ["acme", "globex"] | "*"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    datasets: Vec<DatasetName>,
+    tenants: Tenants,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Tenants {
+    List(Vec<TenantId>),
+    All(String),
+}
+
+fn subscription_json(s: &Subscription) -> Value {
+    json!({
+        "name": s.name,
+        "datasets": s.datasets,
+        "tenants": match &s.tenants {
+            TenantSelection::All => json!("*"),
+            TenantSelection::Only(t) => json!(t),
+        },
+        "created_at": s.created_at,
+    })
+}
+
+async fn find(state: &AppState, name: &str) -> Result<Subscription, ApiError> {
+    let name = SubscriptionName::new(name)?;
+    state
+        .store
+        .subscription(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("subscription {name} does not exist")))
+}
+
+pub async fn put(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let name = SubscriptionName::new(name)?;
+    let body = extract::body(body, state.config.max_body_bytes)?;
+    let spec: Spec = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadBody(format!(
+            "expected {{\"datasets\": [\"inventory\"], \"tenants\": [\"acme\"] or \"*\"}}: {e}"
+        ))
+    })?;
+    let mut datasets = spec.datasets;
+    datasets.sort_unstable();
+    datasets.dedup();
+    if datasets.is_empty() {
+        return Err(InvalidInput::new("datasets", "name at least one dataset").into());
+    }
+    for dataset in &datasets {
+        extract::dataset(&state, dataset.as_str()).await?;
+    }
+    let tenants = match spec.tenants {
+        Tenants::All(s) if s == "*" => TenantSelection::All,
+        Tenants::All(s) => {
+            return Err(InvalidInput::new(
+                "tenants",
+                format!("{s:?} is neither a list of tenant ids nor \"*\" (all tenants)"),
+            )
+            .into());
+        }
+        Tenants::List(mut list) => {
+            list.sort_unstable();
+            list.dedup();
+            if list.is_empty() {
+                return Err(
+                    InvalidInput::new("tenants", "name at least one tenant, or \"*\"").into(),
+                );
+            }
+            TenantSelection::Only(list)
+        }
+    };
+    let (stored, created) = state
+        .store
+        .put_subscription(&Subscription {
+            name,
+            datasets,
+            tenants,
+            created_at: Utc::now(),
+        })
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(subscription_json(&stored))).into_response())
+}
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let all = state.store.subscriptions().await?;
+    Ok(Json(json!({
+        "subscriptions": all.iter().map(subscription_json).collect::<Vec<_>>()
+    })))
+}
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let subscription = find(&state, &name).await?;
+    let lag = subscriptions::lag(
+        state.store.as_ref(),
+        &state.hub,
+        &subscription,
+        LAG_COUNT_LIMIT,
+    )
+    .await?;
+    let mut body = subscription_json(&subscription);
+    body["lag"] = json!(
+        lag.iter()
+            .map(|l| json!({
+                "dataset": l.dataset,
+                "tenant": l.tenant,
+                "changes": l.changes,
+                "seconds": l.seconds,
+                "reset_pending": l.reset_pending,
+            }))
+            .collect::<Vec<_>>()
+    );
+    Ok(Json(body))
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = SubscriptionName::new(name)?;
+    if state.store.delete_subscription(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "subscription {name} does not exist"
+        )))
+    }
+}
+
+/// The next batch: one tenant's changes. `?cursor=` acknowledges the previous batch first.
+/// `204 No Content` when nothing is pending after `?wait=`.
+pub async fn changes(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: Result<Query<FeedQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let subscription = find(&state, &name).await?;
+    let query = extract::query(query)?;
+    let (limit, wait) = (query.limit(&state)?, query.wait(&state)?);
+    if let Some(cursor) = &query.cursor {
+        subscriptions::ack(state.store.as_ref(), &subscription, cursor)
+            .await
+            .map_err(|e| ApiError::subscription(e, "cursor"))?;
+    }
+    let batch = {
+        let _waiting = (!wait.is_zero()).then(|| Gauge::hold(&state.metrics.long_polls));
+        subscriptions::next_batch(state.store.as_ref(), &state.hub, &subscription, limit, wait)
+            .await
+            .map_err(|e| ApiError::subscription(e, "cursor"))?
+    };
+    let Some(batch) = batch else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    state
+        .metrics
+        .delivered_subscription
+        .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+    Ok(Json(batch_json(&batch)).into_response())
+}
+
+fn batch_json(batch: &Batch) -> Value {
+    json!({
+        "dataset": batch.dataset,
+        "tenant": batch.tenant,
+        "reset": batch.reset,
+        "changes": batch.records.iter().map(change_json).collect::<Vec<_>>(),
+        "cursor": batch.cursor.encode(),
+        "up_to_date": batch.up_to_date,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ack {
+    cursor: String,
+}
+
+/// `POST .../ack` with `{"cursor": "..."}`: records that the batch was processed.
+pub async fn ack(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let subscription = find(&state, &name).await?;
+    let body = extract::body(body, state.config.max_body_bytes)?;
+    let ack: Ack = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadBody(format!(
+            "expected {{\"cursor\": \"<a batch's cursor>\"}}: {e}"
+        ))
+    })?;
+    subscriptions::ack(state.store.as_ref(), &subscription, &ack.cursor)
+        .await
+        .map_err(|e| ApiError::subscription(e, "cursor"))?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,336 @@
+//! Live wake-ups, shared by every reader of an instance.
+//!
+//! One [`tail`] task per partition of each dataset's state log reads every state this or any
+//! other instance publishes and tells the [`Hub`] which tenant changed. Readers waiting at the
+//! end of a tenant's feed sleep on that tenant's signal instead of polling the store, so a
+//! thousand idle long-polls cost no store reads, and a change wakes only the readers of its
+//! tenant. The state log is read once per instance, whatever the number of readers.
+//!
+//! The hub also remembers each tenant's end (one past its highest seq) as last read from the
+//! store, and whether anything was published for the tenant since. A reader positioned at a
+//! clean end has nothing to read and skips the store. A state is published only after its
+//! change committed to the store, so an end measured before the wake-up is never trusted after
+//! it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tenantsync_core::{DatasetName, Record, TenantId};
+use tenantsync_log::{Log, Partition};
+use tenantsync_processor::{CommitObserver, Datasets};
+use tenantsync_store::{Dataset, MasterStore, Offset};
+
+use crate::tenant_feed::TailCache;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How long one read of the state log waits for new entries before asking again.
+const TAIL_WAIT: Duration = Duration::from_secs(10);
+const TAIL_BATCH: usize = 1_000;
+const RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Tenant {
+    /// Bumped for every state of the tenant the tail reads.
+    changed: Option<watch::Sender<u64>>,
+    generation: u64,
+    /// The end last read from the store, with the generation at the time of the read.
+    end: Option<(Offset, u64)>,
+    /// The tenant's latest records, shared by its live readers; kept while any reader waits.
+    tail: Option<Arc<tokio::sync::Mutex<TailCache>>>,
+}
+
+#[derive(Default)]
+struct DatasetTenants {
+    tenants: HashMap<TenantId, Tenant>,
+    /// Bumped for every state of the dataset: what subscriptions covering all tenants wait on.
+    changed: Option<watch::Sender<u64>>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// States read from the state logs.
+    pub states_seen: AtomicU64,
+    /// Tombstones purged from the master store by this instance's retention task.
+    pub tombstones_purged: AtomicU64,
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct Hub {
+    datasets: Mutex<HashMap<DatasetName, DatasetTenants>>,
+    stats: HubStats,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    fn with_tenant<T>(
+        &self,
+        dataset: &DatasetName,
+        tenant: &TenantId,
+        f: impl FnOnce(&mut Tenant) -> T,
+    ) -> T {
+        let mut datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
+        let ds = datasets.entry(dataset.clone()).or_default();
+        f(ds.tenants.entry(tenant.clone()).or_default())
+    }
+
+    /// A receiver that changes whenever a state of the tenant is published.
+    pub fn watch(&self, dataset: &DatasetName, tenant: &TenantId) -> watch::Receiver<u64> {
+        self.with_tenant(dataset, tenant, |t| {
+            t.changed
+                .get_or_insert_with(|| watch::Sender::new(t.generation))
+                .subscribe()
+        })
+    }
+
+    /// A receiver that changes whenever a state of any tenant of the dataset is published.
+    pub fn watch_dataset(&self, dataset: &DatasetName) -> watch::Receiver<u64> {
+        let mut datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
+        datasets
+            .entry(dataset.clone())
+            .or_default()
+            .changed
+            .get_or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// The tenant's generation, to pass to [`record_end`](Hub::record_end) after reading the
+    /// store.
+    pub fn generation(&self, dataset: &DatasetName, tenant: &TenantId) -> u64 {
+        self.with_tenant(dataset, tenant, |t| t.generation)
+    }
+
+    /// Remembers the tenant's end as read from the store by a read that started at
+    /// `generation`.
+    pub fn record_end(
+        &self,
+        dataset: &DatasetName,
+        tenant: &TenantId,
+        end: Offset,
+        generation: u64,
+    ) {
+        self.with_tenant(dataset, tenant, |t| {
+            // A read of a newer generation replaces; of the same one, the higher end wins.
+            if t.end.is_none_or(|(e, g)| (g, e) < (generation, end)) {
+                t.end = Some((end, generation));
+            }
+        });
+    }
+
+    /// The tenant's end, if it is known and nothing was published for the tenant since it was
+    /// read: a reader at or past it has nothing to read.
+    pub fn known_end(&self, dataset: &DatasetName, tenant: &TenantId) -> Option<Offset> {
+        self.with_tenant(dataset, tenant, |t| {
+            t.end.filter(|&(_, g)| g == t.generation).map(|(e, _)| e)
+        })
+    }
+
+    /// Every tenant the hub knows of in the dataset (those with records when the hub started,
+    /// and those published since), ordered.
+    pub fn tenants(&self, dataset: &DatasetName) -> Vec<TenantId> {
+        let datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tenants: Vec<TenantId> = datasets
+            .get(dataset)
+            .map(|ds| ds.tenants.keys().cloned().collect())
+            .unwrap_or_default();
+        tenants.sort_unstable();
+        tenants
+    }
+
+    /// The tenant's shared tail, created empty at `position` if there is none.
+    pub(crate) fn tail(
+        &self,
+        dataset: &DatasetName,
+        tenant: &TenantId,
+        position: Offset,
+    ) -> Arc<tokio::sync::Mutex<TailCache>> {
+        self.with_tenant(dataset, tenant, |t| {
+            t.tail
+                .get_or_insert_with(|| Arc::new(tokio::sync::Mutex::new(TailCache::new(position))))
+                .clone()
+        })
+    }
+
+    /// Records that a state of the tenant was published (the state-log tail calls this).
+    pub fn notify(&self, dataset: &DatasetName, tenant: &TenantId) {
+        self.stats.states_seen.fetch_add(1, Ordering::Relaxed);
+        self.changed(dataset, std::iter::once(tenant));
+    }
+
+    /// Bumps the tenants' generations and wakes their waiters.
+    fn changed<'a>(&self, dataset: &DatasetName, tenants: impl Iterator<Item = &'a TenantId>) {
+        let mut datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
+        let ds = datasets.entry(dataset.clone()).or_default();
+        if let Some(changed) = &ds.changed {
+            changed.send_modify(|n| *n += 1);
+        }
+        for tenant in tenants {
+            let t = ds.tenants.entry(tenant.clone()).or_default();
+            t.generation += 1;
+            if let Some(changed) = &t.changed {
+                if changed.receiver_count() == 0 {
+                    // Nobody waits: forget the signal and the tail (a reader rebuilds them).
+                    t.changed = None;
+                    t.tail = None;
+                } else {
+                    changed.send_replace(t.generation);
+                }
+            }
+        }
+    }
+
+    /// Records that `count` tombstones of the dataset were purged: every shared tail of the
+    /// dataset is dropped, so that the next read of a position behind a tenant's new horizon goes
+    /// to the store and is told it is gone.
+    pub fn purged(&self, dataset: &DatasetName, count: u64) {
+        self.stats
+            .tombstones_purged
+            .fetch_add(count, Ordering::Relaxed);
+        let mut datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ds) = datasets.get_mut(dataset) {
+            for t in ds.tenants.values_mut() {
+                t.tail = None;
+            }
+        }
+    }
+
+    /// Tails every dataset's state log until `shutdown`, starting on datasets as they are
+    /// declared. Before tailing a dataset it notes the log's end offsets and then loads every
+    /// tenant's end from the store: whatever the store applied before that load is in the
+    /// loaded ends, and whatever it applies after is published past the noted offsets.
+    pub async fn run(
+        self: Arc<Self>,
+        log: Arc<dyn Log>,
+        store: Arc<dyn MasterStore>,
+        datasets: Arc<Datasets>,
+        shutdown: CancellationToken,
+    ) {
+        let mut declared = datasets.subscribe();
+        let mut started: HashSet<DatasetName> = HashSet::new();
+        loop {
+            match datasets.all().await {
+                Ok(all) => {
+                    for dataset in all {
+                        if started.contains(&dataset.name) {
+                            continue;
+                        }
+                        let topic = datasets.topics().state(&dataset.name);
+                        match self.start(&log, &store, &dataset, &topic, &shutdown).await {
+                            Ok(()) => {
+                                started.insert(dataset.name.clone());
+                            }
+                            Err(error) => {
+                                warn!(dataset = %dataset.name, %error, "cannot start tailing the state log; retrying");
+                            }
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "cannot list datasets for the state tail; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = declared.changed() => {}
+                _ = tokio::time::sleep(RETRY * 5) => {}
+            }
+        }
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        log: &Arc<dyn Log>,
+        store: &Arc<dyn MasterStore>,
+        dataset: &Dataset,
+        topic: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let mut from = Vec::with_capacity(dataset.partitions as usize);
+        for partition in 0..dataset.partitions {
+            from.push(
+                log.end_offset(topic, partition)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let ends = store
+            .tenant_ends(&dataset.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (tenant, end) in ends {
+            let generation = self.generation(&dataset.name, &tenant);
+            self.record_end(&dataset.name, &tenant, end, generation);
+        }
+        for (partition, from) in (0..dataset.partitions).zip(from) {
+            tokio::spawn(tail(
+                Arc::clone(self),
+                Arc::clone(log),
+                dataset.name.clone(),
+                topic.to_owned(),
+                partition,
+                from,
+                shutdown.clone(),
+            ));
+        }
+        info!(dataset = %dataset.name, partitions = dataset.partitions, "tailing the state log");
+        Ok(())
+    }
+}
+
+/// The processor of this instance tells the hub of each batch as soon as it is committed, ahead
+/// of the state log: a writer answered after `?wait=applied` then finds its write in the feed.
+impl CommitObserver for Hub {
+    fn committed(&self, dataset: &DatasetName, states: &[Record]) {
+        self.changed(dataset, states.iter().map(|r| &r.tenant));
+    }
+}
+
+/// Reads one partition of a state log from `from` on, notifying the hub of every state.
+async fn tail(
+    hub: Arc<Hub>,
+    log: Arc<dyn Log>,
+    dataset: DatasetName,
+    topic: String,
+    partition: Partition,
+    mut from: Offset,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            read = log.read(&topic, partition, from, TAIL_BATCH, TAIL_WAIT) => read,
+        };
+        match read {
+            Ok(entries) => {
+                for entry in entries {
+                    from = entry.offset + 1;
+                    // Keys are `tenant:id`; a key that does not parse wakes nobody.
+                    let tenant = std::str::from_utf8(&entry.key)
+                        .ok()
+                        .and_then(|k| k.split_once(':'))
+                        .and_then(|(t, _)| TenantId::new(t).ok());
+                    if let Some(tenant) = tenant {
+                        hub.notify(&dataset, &tenant);
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(%dataset, partition, %error, "reading the state log failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+    }
+}
