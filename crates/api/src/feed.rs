@@ -148,6 +148,78 @@ pub async fn changes(
     Ok(Json(page_json(&dataset, &tenant, &page)).into_response())
 }
 
+/// Feeds an SSE stream from `first` on until the client goes away, stops reading, or its
+/// position is gone.
+async fn produce(
+    state: Arc<AppState>,
+    dataset: DatasetName,
+    tenant: TenantId,
+    first: Page,
+    limit: usize,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let _open = Gauge::hold(&state.metrics.sse_streams);
+    let config = &state.config.feed;
+    // False once the client has not taken an event within the stall timeout.
+    let send = |event: Event| async {
+        let sent = tx.send_timeout(Ok(event), config.sse_stall_timeout).await;
+        if sent.is_err() {
+            state.metrics.sse_cut_off.fetch_add(1, Ordering::Relaxed);
+        }
+        sent.is_ok()
+    };
+    let mut page = first;
+    let mut was_up_to_date = false;
+    loop {
+        for record in &page.records {
+            let after = FeedPosition {
+                next_seq: record.seq + 1,
+                live_from: page.next.live_from,
+            };
+            let Ok(event) = Event::default()
+                .event("change")
+                .id(cursor_at(&dataset, &tenant, after))
+                .json_data(change_json(record))
+            else {
+                continue;
+            };
+            if !send(event).await {
+                return;
+            }
+            state.metrics.delivered_sse.fetch_add(1, Ordering::Relaxed);
+        }
+        if page.up_to_date && !was_up_to_date {
+            let event = Event::default()
+                .event("up-to-date")
+                .id(cursor_at(&dataset, &tenant, page.next))
+                .data("{}");
+            if !send(event).await {
+                return;
+            }
+        }
+        was_up_to_date = page.up_to_date;
+        let next = tokio::select! {
+            _ = tx.closed() => return,
+            next = read_or_wait(state.store.as_ref(), &state.hub, &dataset, &tenant, Some(page.next), limit, config.max_wait) => next,
+        };
+        page = match next {
+            Ok(page) => page,
+            Err(FeedError::Gone) => {
+                let problem = ApiError::from(FeedError::Gone).problem().1;
+                if let Ok(event) = Event::default().event("gone").json_data(problem) {
+                    send(event).await;
+                }
+                return;
+            }
+            // The client reconnects and resumes from its last event id.
+            Err(FeedError::Store(error)) => {
+                tracing::warn!(%error, "SSE stream ended: the store failed");
+                return;
+            }
+        };
+    }
+}
+
 fn cursor_at(dataset: &DatasetName, tenant: &TenantId, position: FeedPosition) -> String {
     FeedCursor {
         dataset: dataset.clone(),
@@ -187,72 +259,9 @@ async fn stream(
         Duration::ZERO,
     )
     .await?;
-    let config = state.config.feed.clone();
-    let heartbeat = config.sse_heartbeat;
-    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(config.sse_buffer);
-    tokio::spawn(async move {
-        let _open = Gauge::hold(&state.metrics.sse_streams);
-        let mut page = first;
-        let mut was_up_to_date = false;
-        loop {
-            for record in &page.records {
-                let after = FeedPosition {
-                    next_seq: record.seq + 1,
-                    live_from: page.next.live_from,
-                };
-                let id = cursor_at(&dataset, &tenant, after);
-                let event = Event::default()
-                    .event("change")
-                    .id(id)
-                    .json_data(change_json(record));
-                let Ok(event) = event else { continue };
-                if tx
-                    .send_timeout(Ok(event), config.sse_stall_timeout)
-                    .await
-                    .is_err()
-                {
-                    state.metrics.sse_cut_off.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                state.metrics.delivered_sse.fetch_add(1, Ordering::Relaxed);
-            }
-            if page.up_to_date && !was_up_to_date {
-                let event = Event::default()
-                    .event("up-to-date")
-                    .id(cursor_at(&dataset, &tenant, page.next))
-                    .data("{}");
-                if tx
-                    .send_timeout(Ok(event), config.sse_stall_timeout)
-                    .await
-                    .is_err()
-                {
-                    state.metrics.sse_cut_off.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-            was_up_to_date = page.up_to_date;
-            let next = tokio::select! {
-                _ = tx.closed() => return,
-                next = read_or_wait(state.store.as_ref(), &state.hub, &dataset, &tenant, Some(page.next), limit, config.max_wait) => next,
-            };
-            page = match next {
-                Ok(page) => page,
-                Err(FeedError::Gone) => {
-                    let problem = ApiError::from(FeedError::Gone).problem().1;
-                    let event = Event::default().event("gone").json_data(problem);
-                    if let Ok(event) = event {
-                        let _ = tx.send_timeout(Ok(event), config.sse_stall_timeout).await;
-                    }
-                    return;
-                }
-                // The client reconnects and resumes from its last event id.
-                Err(FeedError::Store(error)) => {
-                    tracing::warn!(%error, "SSE stream ended: the store failed");
-                    return;
-                }
-            };
-        }
-    });
+    let heartbeat = state.config.feed.sse_heartbeat;
+    let (tx, rx) = mpsc::channel(state.config.feed.sse_buffer);
+    tokio::spawn(produce(state, dataset, tenant, first, limit, tx));
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
         .into_response())

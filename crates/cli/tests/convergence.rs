@@ -36,15 +36,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{MockKafka, Server, WorkChange, env_or, send_retryable};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::Message;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use serde_json::{Value, json};
-use tenantsync_core::{DatasetName, Topics};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -60,13 +60,6 @@ const FINALE_ID: &str = "finale";
 const BACKOFF: Duration = Duration::from_millis(50);
 /// How long the clients have to catch up once the processor has.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 type Key = (String, String);
 
@@ -229,6 +222,19 @@ async fn maybe_pause(rng: &mut StdRng, copy: &Shared, p: f64) {
     }
 }
 
+/// Counts a lost or refused connection (a kill) and pauses before the client asks again.
+async fn back_off(copy: &Shared) {
+    copy.lock().unwrap().reconnects += 1;
+    tokio::time::sleep(BACKOFF).await;
+}
+
+/// Notes why a tenant's request failed, then [`back_off`].
+async fn back_off_tenant(copy: &Shared, tenant: &str, error: &str) {
+    let last = format!("error {error}");
+    copy.lock().unwrap().last.insert(tenant.to_owned(), last);
+    back_off(copy).await;
+}
+
 fn feed_url(base: &str, tenant: &str) -> String {
     format!("{base}/v1/datasets/{DATASET}/tenants/{tenant}/changes")
 }
@@ -251,31 +257,22 @@ async fn pull_tenant(
         if let Some(cursor) = &cursor {
             url.push_str(&format!("&cursor={cursor}"));
         }
-        let page = match client.get(&url).send().await {
-            Ok(r) if r.status() == 200 => r.json::<Value>().await.map_err(|e| e.to_string()),
+        let page = match send_retryable(client.get(&url), &[200, 410]).await {
             Ok(r) if r.status() == 410 => {
                 copy.lock().unwrap().drop_tenant(&tenant);
                 cursor = None;
                 continue;
             }
-            Ok(r) if r.status().is_server_error() => {
-                Err(format!("{}: {:?}", r.status(), r.text().await))
-            }
-            Ok(r) => panic!(
-                "pull {tenant}: unexpected {} for {url}: {:?}",
-                r.status(),
-                r.text().await
-            ),
-            Err(e) => Err(e.to_string()),
+            Ok(r) => r.json::<Value>().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
         };
         // No answer, or its body was cut off by a kill: ask again from the same cursor.
-        let Ok(page) = page.inspect_err(|e| {
-            let mut copy = copy.lock().unwrap();
-            copy.last.insert(tenant.clone(), format!("error {e}"));
-        }) else {
-            copy.lock().unwrap().reconnects += 1;
-            tokio::time::sleep(BACKOFF).await;
-            continue;
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
+                back_off_tenant(&copy, &tenant, &error).await;
+                continue;
+            }
         };
         let done = {
             let mut copy = copy.lock().unwrap();
@@ -302,57 +299,51 @@ async fn pull_tenant(
     }
 }
 
-/// A long-poll client following every tenant, each with its own cursor.
-fn pull_client(ctx: &Ctx, copy: &Shared, limit: Option<usize>) -> Vec<JoinHandle<()>> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    ctx.tenants
+/// A client following every tenant, one task each (`follow` is [`pull_tenant`] or
+/// [`sse_tenant`]); done when every tenant's task is.
+async fn each_tenant<F, Fut>(
+    ctx: Ctx,
+    client: reqwest::Client,
+    copy: Shared,
+    limit: Option<usize>,
+    follow: F,
+) where
+    F: Fn(Ctx, reqwest::Client, Shared, String, Option<usize>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<JoinHandle<()>> = ctx
+        .tenants
         .iter()
         .map(|t| {
-            tokio::spawn(pull_tenant(
-                ctx.clone(),
-                client.clone(),
-                copy.clone(),
-                t.clone(),
-                limit,
-            ))
+            let (ctx, client, copy) = (ctx.clone(), client.clone(), copy.clone());
+            tokio::spawn(follow(ctx, client, copy, t.clone(), limit))
         })
-        .collect()
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// A long-poll client following every tenant, each with its own cursor.
+async fn pull_client(ctx: Ctx, copy: Shared, limit: Option<usize>) {
+    each_tenant(ctx, common::http_client(), copy, limit, pull_tenant).await;
 }
 
 /// A subscription covering every tenant. A batch is acknowledged by passing its cursor to the
 /// next `GET .../changes`, or every fourth time through `POST .../ack`.
 async fn subscription_client(ctx: Ctx, copy: Shared, limit: usize) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let client = common::http_client();
     let mut rng = ctx.rng("subscription");
     let mut unacked: Option<String> = None;
     let mut batches = 0u64;
     loop {
         let base = ctx.base();
         if let Some(cursor) = unacked.as_ref().filter(|_| batches % 4 == 3) {
-            let acked = match client
+            let ack = client
                 .post(format!("{base}/v1/subscriptions/{SUBSCRIPTION}/ack"))
-                .json(&json!({ "cursor": cursor }))
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 204 => true,
-                Ok(r) if r.status().is_server_error() => false,
-                Ok(r) => panic!(
-                    "subscription ack: unexpected {}: {:?}",
-                    r.status(),
-                    r.text().await
-                ),
-                Err(_) => false,
-            };
-            if !acked {
-                copy.lock().unwrap().reconnects += 1;
-                tokio::time::sleep(BACKOFF).await;
+                .json(&json!({ "cursor": cursor }));
+            if send_retryable(ack, &[204]).await.is_err() {
+                back_off(&copy).await;
                 continue;
             }
             unacked = None;
@@ -362,7 +353,7 @@ async fn subscription_client(ctx: Ctx, copy: Shared, limit: usize) {
         if let Some(cursor) = &unacked {
             url.push_str(&format!("&cursor={cursor}"));
         }
-        let batch = match client.get(&url).send().await {
+        let batch = match send_retryable(client.get(&url), &[200, 204]).await {
             Ok(r) if r.status() == 204 => {
                 // Nothing pending, and the last batch acknowledged.
                 unacked = None;
@@ -372,18 +363,11 @@ async fn subscription_client(ctx: Ctx, copy: Shared, limit: usize) {
                 }
                 continue;
             }
-            Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
-            Ok(r) if r.status().is_server_error() => None,
-            Ok(r) => panic!(
-                "subscription: unexpected {} for {url}: {:?}",
-                r.status(),
-                r.text().await
-            ),
+            Ok(r) => r.json::<Value>().await.ok(),
             Err(_) => None,
         };
         let Some(batch) = batch else {
-            copy.lock().unwrap().reconnects += 1;
-            tokio::time::sleep(BACKOFF).await;
+            back_off(&copy).await;
             continue;
         };
         assert_eq!(batch["dataset"], DATASET, "{batch}");
@@ -478,32 +462,15 @@ async fn sse_tenant(
         if let Some(id) = &last_id {
             request = request.header("Last-Event-ID", id);
         }
-        let failed = match request.send().await {
-            Ok(r) if r.status() == 200 => Ok(r),
+        let mut response = match send_retryable(request, &[200, 410]).await {
             Ok(r) if r.status() == 410 => {
                 copy.lock().unwrap().drop_tenant(&tenant);
                 last_id = None;
                 continue;
             }
-            Ok(r) if r.status().is_server_error() => {
-                Err(format!("{}: {:?}", r.status(), r.text().await))
-            }
-            Ok(r) => panic!(
-                "sse {tenant}: unexpected {} for {url}: {:?}",
-                r.status(),
-                r.text().await
-            ),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut response = match failed {
-            Ok(response) => response,
+            Ok(r) => r,
             Err(error) => {
-                {
-                    let mut copy = copy.lock().unwrap();
-                    copy.reconnects += 1;
-                    copy.last.insert(tenant.clone(), format!("error {error}"));
-                }
-                tokio::time::sleep(BACKOFF).await;
+                back_off_tenant(&copy, &tenant, &error).await;
                 continue;
             }
         };
@@ -582,33 +549,19 @@ async fn sse_tenant(
     }
 }
 
-fn sse_client(ctx: &Ctx, copy: &Shared, limit: Option<usize>) -> Vec<JoinHandle<()>> {
+/// An SSE client following every tenant, each with its own stream.
+async fn sse_client(ctx: Ctx, copy: Shared, limit: Option<usize>) {
     // No overall timeout: it would cut every stream. A dead stream is noticed by its silence.
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    ctx.tenants
-        .iter()
-        .map(|t| {
-            tokio::spawn(sse_tenant(
-                ctx.clone(),
-                client.clone(),
-                copy.clone(),
-                t.clone(),
-                limit,
-            ))
-        })
-        .collect()
+    each_tenant(ctx, client, copy, limit, sse_tenant).await;
 }
 
 /// A consumer of the state topic in its own group.
 fn kafka_consumer(servers: &str, group: &str, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
+    let consumer: StreamConsumer = common::kafka_group_config(servers, group)
         .set("session.timeout.ms", "6000")
         .create()
         .expect("a consumer");
@@ -689,15 +642,6 @@ async fn kafka_group(
 /// applied in order, no preconditions, so this is exact).
 type Liveness = HashMap<Key, bool>;
 
-#[derive(Debug, Clone)]
-struct WorkChange {
-    key: String,
-    op: &'static str,
-    tenant: String,
-    id: String,
-    data: Option<Value>,
-}
-
 /// The next change of one of the writer's tenants. Most go to a small set of ids written
 /// again and again (creates, updates, patches, deletes, re-creates). The others create
 /// short-lived records with ids of their own, updated a little and deleted for good: a delete
@@ -737,17 +681,17 @@ fn next_change(
     };
     let data = match op {
         // Small value ranges: some upserts leave the data as it was (no new version).
-        "upsert" => Some(json!({
+        "upsert" => json!({
             "n": rng.random_range(0..4),
             "tag": format!("t{}", rng.random_range(0..3)),
             "nested": {"a": rng.random_range(0..3)},
-        })),
-        "patch" => Some(json!({
+        }),
+        "patch" => json!({
             "n": rng.random_range(0..4),
             "tag": if rng.random_bool(0.3) { Value::Null } else { json!("p") },
             "nested": {"b": rng.random_range(0..3)},
-        })),
-        _ => None,
+        }),
+        _ => Value::Null,
     };
     match op {
         "upsert" => {
@@ -763,77 +707,16 @@ fn next_change(
         op,
         tenant: tenant.to_owned(),
         id,
-        data,
+        data: data.as_object().cloned(),
+        expected_version: None,
     }
 }
 
-/// Sends changes until they were accepted (202), retrying through kills with the same
-/// idempotency keys against wherever the server listens now. One change goes through
-/// PUT/PATCH/DELETE, several through bulk NDJSON.
+/// Sends changes until they were accepted, retrying through kills against wherever the server
+/// listens now.
 async fn submit(client: &reqwest::Client, base: &watch::Receiver<String>, changes: &[WorkChange]) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not accept changes for 180 s"
-        );
-        let base = base.borrow().clone();
-        let accepted = if let [c] = changes {
-            let url = format!(
-                "{base}/v1/datasets/{DATASET}/tenants/{}/records/{}",
-                c.tenant, c.id
-            );
-            let request = match c.op {
-                "upsert" => client.put(&url).json(c.data.as_ref().unwrap()),
-                "patch" => client.patch(&url).json(c.data.as_ref().unwrap()),
-                _ => client.delete(&url),
-            };
-            match request.header("Idempotency-Key", &c.key).send().await {
-                Ok(r) if r.status() == 202 => true,
-                Ok(r) if r.status().is_server_error() => false,
-                Ok(r) => panic!("unexpected {} for {c:?}: {:?}", r.status(), r.text().await),
-                Err(_) => false,
-            }
-        } else {
-            let body: String = changes
-                .iter()
-                .map(|c| {
-                    let line = json!({
-                        "op": c.op, "tenant": c.tenant, "id": c.id, "data": c.data,
-                        "idempotency_key": c.key,
-                    });
-                    format!("{line}\n")
-                })
-                .collect();
-            let reply = match client
-                .post(format!("{base}/v1/datasets/{DATASET}/changes"))
-                .body(body)
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
-                Ok(r) if r.status().is_server_error() => None,
-                Ok(r) => panic!(
-                    "unexpected {} for a bulk write: {:?}",
-                    r.status(),
-                    r.text().await
-                ),
-                Err(_) => None,
-            };
-            if let Some(reply) = &reply {
-                let results = reply["results"].as_array().expect("results");
-                assert_eq!(results.len(), changes.len());
-                for r in results {
-                    assert_eq!(r["status"], 202, "a line was refused: {r}");
-                }
-            }
-            reply.is_some()
-        };
-        if accepted {
-            return;
-        }
-        tokio::time::sleep(BACKOFF).await;
-    }
+    let base = || base.borrow().clone();
+    common::submit(client, DATASET, changes, base, BACKOFF).await;
 }
 
 /// One writer: its own tenants, batches of changes at a modest pace until the kills are over
@@ -847,10 +730,7 @@ async fn workload(
     submitted: Arc<AtomicUsize>,
     min_changes: usize,
 ) -> Vec<Key> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let client = common::http_client();
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
     let mut live = Liveness::new();
     let mut seq = 0u64;
@@ -972,35 +852,11 @@ async fn every_subscriber_copy_converges_to_the_master_store_through_sigkills() 
         "convergence: seed {seed} (TENANTSYNC_CONVERGENCE_SEED), {kills} kills, >= {min_changes} changes"
     );
 
-    // The mock cluster lives in this process: it outlives every server process.
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    let topics = Topics::default();
-    let dataset = DatasetName::new(DATASET).unwrap();
-    let state_topic = topics.state(&dataset);
-    // The mock cluster does not implement CreateTopics.
-    for topic in [topics.changes(&dataset), state_topic.clone()] {
-        cluster.create_topic(&topic, PARTITIONS as i32, 1).unwrap();
-    }
-    let servers = cluster.bootstrap_servers();
+    let kafka = MockKafka::new(1, DATASET, PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
-    let log = format!("kafka://{servers}");
-    // A killed processor holds its partitions until its session times out: keep it short.
-    let args: Vec<String> = [
-        "--log",
-        &log,
-        "--kafka-option",
-        "session.timeout.ms=6000",
-        "--kafka-option",
-        "heartbeat.interval.ms=500",
-        "--sse-heartbeat-secs",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
-    let server = {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start(dir.path(), &args).await
-    };
+    let mut args = kafka.killable_server_args();
+    args.extend(["--sse-heartbeat-secs", "1"].map(String::from));
+    let server = Server::start(dir.path(), &args).await;
     common::declare(&server, DATASET, PARTITIONS).await;
     let r = reqwest::Client::new()
         .put(server.url(&format!("/v1/subscriptions/{SUBSCRIPTION}")))
@@ -1034,71 +890,59 @@ async fn every_subscriber_copy_converges_to_the_master_store_through_sigkills() 
     let copies: Vec<(&str, Shared)> = names.iter().map(|n| (*n, Shared::default())).collect();
     let copy = |name: &str| copies.iter().find(|(n, _)| *n == name).unwrap().1.clone();
     let kafka_ends: Arc<OnceLock<Vec<i64>>> = Arc::default();
-    let mut clients: Vec<(&str, JoinHandle<()>)> = Vec::new();
-    for h in pull_client(&ctx, &copy("pull-all"), None) {
-        clients.push(("pull-all", h));
-    }
-    {
-        let (ctx, copy) = (ctx.clone(), copy("pull-small-pages"));
-        clients.push((
-            "pull-small-pages",
-            tokio::spawn(async move {
-                ctx.after_first_restart().await;
-                for h in pull_client(&ctx, &copy, Some(7)) {
-                    h.await.unwrap();
-                }
-            }),
-        ));
-    }
-    clients.push((
-        "subscription",
-        tokio::spawn(subscription_client(ctx.clone(), copy("subscription"), 25)),
-    ));
-    for h in sse_client(&ctx, &copy("sse-1"), None) {
-        clients.push(("sse-1", h));
-    }
-    {
-        let (ctx, copy) = (ctx.clone(), copy("sse-2"));
-        clients.push((
-            "sse-2",
-            tokio::spawn(async move {
-                ctx.after_first_restart().await;
-                for h in sse_client(&ctx, &copy, Some(5)) {
-                    h.await.unwrap();
-                }
-            }),
-        ));
-    }
-    clients.push((
-        "kafka-a",
-        tokio::spawn(kafka_group(
-            servers.clone(),
-            "convergence-kafka-a".into(),
-            state_topic.clone(),
-            copy("kafka-a"),
+    let kafka_client = |name: &str, restart_after| {
+        kafka_group(
+            kafka.servers.clone(),
+            format!("convergence-{name}"),
+            kafka.state_topic.clone(),
+            copy(name),
             kafka_ends.clone(),
-            Some(400),
-        )),
-    ));
-    {
-        let (ctx, copy) = (ctx.clone(), copy("kafka-b"));
-        let (servers, topic, ends) = (servers.clone(), state_topic.clone(), kafka_ends.clone());
-        clients.push((
-            "kafka-b",
-            tokio::spawn(async move {
-                ctx.after_first_restart().await;
-                kafka_group(
-                    servers,
-                    "convergence-kafka-b".into(),
-                    topic,
-                    copy,
-                    ends,
-                    None,
-                )
-                .await;
-            }),
-        ));
-    }
+            restart_after,
+        )
+    };
+    // (name, whether it starts after the first restart, the client)
+    let clients: Vec<(&str, bool, BoxFuture<'static, ()>)> = vec![
+        (
+            "pull-all",
+            false,
+            pull_client(ctx.clone(), copy("pull-all"), None).boxed(),
+        ),
+        (
+            "pull-small-pages",
+            true,
+            pull_client(ctx.clone(), copy("pull-small-pages"), Some(7)).boxed(),
+        ),
+        (
+            "subscription",
+            false,
+            subscription_client(ctx.clone(), copy("subscription"), 25).boxed(),
+        ),
+        (
+            "sse-1",
+            false,
+            sse_client(ctx.clone(), copy("sse-1"), None).boxed(),
+        ),
+        (
+            "sse-2",
+            true,
+            sse_client(ctx.clone(), copy("sse-2"), Some(5)).boxed(),
+        ),
+        ("kafka-a", false, kafka_client("kafka-a", Some(400)).boxed()),
+        ("kafka-b", true, kafka_client("kafka-b", None).boxed()),
+    ];
+    let clients: Vec<(&str, JoinHandle<()>)> = clients
+        .into_iter()
+        .map(|(name, late, client)| {
+            let ctx = ctx.clone();
+            let handle = tokio::spawn(async move {
+                if late {
+                    ctx.after_first_restart().await;
+                }
+                client.await;
+            });
+            (name, handle)
+        })
+        .collect();
 
     // The workload.
     let killing_done = Arc::new(AtomicBool::new(false));
@@ -1127,18 +971,9 @@ async fn every_subscriber_copy_converges_to_the_master_store_through_sigkills() 
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ 0x6b11_15ee);
             for k in 0..kills {
-                let before = common::applied_total(&server, DATASET).await;
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while common::applied_total(&server, DATASET).await <= before {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the processor made no progress for 120 s"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                common::wait_for_progress(&server, DATASET).await;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..2000))).await;
                 server.kill();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 server = Server::start(&data_dir, &args).await;
                 base_tx.send_replace(server.url(""));
                 restarts_tx.send_replace(k + 1);
@@ -1167,29 +1002,17 @@ async fn every_subscriber_copy_converges_to_the_master_store_through_sigkills() 
             op: "upsert",
             tenant: tenant.clone(),
             id: FINALE_ID.into(),
-            data: Some(json!({"finale": true})),
+            data: json!({"finale": true}).as_object().cloned(),
+            expected_version: None,
         };
         submit(&client, &base_rx, &[finale]).await;
     }
     common::wait_caught_up(&server, DATASET).await;
     let ends = {
-        let (servers, topic) = (servers.clone(), state_topic.clone());
-        tokio::task::spawn_blocking(move || {
-            let probe: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &servers)
-                .create()
-                .unwrap();
-            (0..PARTITIONS as i32)
-                .map(|p| {
-                    probe
-                        .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                        .unwrap()
-                        .1
-                })
-                .collect::<Vec<i64>>()
-        })
-        .await
-        .unwrap()
+        let (servers, topic) = (kafka.servers.clone(), kafka.state_topic.clone());
+        tokio::task::spawn_blocking(move || common::topic_ends(&servers, &topic, PARTITIONS))
+            .await
+            .unwrap()
     };
     kafka_ends.set(ends.clone()).unwrap();
     let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;

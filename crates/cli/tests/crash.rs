@@ -15,9 +15,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Server;
+use common::{MockKafka, Server, WorkChange, env_or};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
@@ -31,13 +31,6 @@ const TENANTS: usize = 24;
 const IDS_PER_TENANT: usize = 40;
 const WORKERS: usize = 8;
 const LINES_PER_REQUEST: usize = 40;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A key's state in the model: its version, and its data (`None` once deleted).
 type ModelRecord = (u64, Option<Map<String, Value>>);
@@ -108,25 +101,6 @@ impl Model {
     }
 }
 
-#[derive(Clone, Debug)]
-struct WorkChange {
-    key: String,
-    op: &'static str,
-    tenant: String,
-    id: String,
-    data: Option<Map<String, Value>>,
-    expected_version: Option<u64>,
-}
-
-impl WorkChange {
-    fn line(&self) -> Value {
-        json!({
-            "op": self.op, "tenant": self.tenant, "id": self.id, "data": self.data,
-            "idempotency_key": self.key, "expected_version": self.expected_version,
-        })
-    }
-}
-
 /// Generates a tenant's next change from the model's current state of that tenant.
 fn next_change(rng: &mut StdRng, model: &Model, tenant: &str, seq: usize) -> WorkChange {
     let id = format!("item-{}", rng.random_range(0..IDS_PER_TENANT));
@@ -171,98 +145,26 @@ fn next_change(rng: &mut StdRng, model: &Model, tenant: &str, seq: usize) -> Wor
     }
 }
 
-/// Sends changes until every one was accepted (202), retrying through kills with the same
-/// idempotency keys, on the next instance when there are several. Single changes go through
-/// PUT/PATCH/DELETE, several through bulk NDJSON.
+/// Sends changes until every one was accepted, retrying through kills on the next instance
+/// when there are several.
 async fn submit(client: &reqwest::Client, bases: &[String], changes: &[WorkChange]) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut attempt = 0;
-    loop {
-        let base = &bases[attempt % bases.len()];
-        attempt += 1;
-        assert!(
-            Instant::now() < deadline,
-            "the server did not accept changes for 180 s"
-        );
-        let sent = if changes.len() == 1 {
-            let c = &changes[0];
-            let url = format!(
-                "{base}/v1/datasets/{DATASET}/tenants/{}/records/{}",
-                c.tenant, c.id
-            );
-            let mut req = match c.op {
-                "upsert" => client.put(&url).json(c.data.as_ref().unwrap()),
-                "patch" => client.patch(&url).json(c.data.as_ref().unwrap()),
-                _ => client.delete(&url),
-            };
-            req = req.header("Idempotency-Key", &c.key);
-            req = match c.expected_version {
-                Some(0) => req.header("If-None-Match", "*"),
-                Some(v) => req.header("If-Match", format!("\"{v}\"")),
-                None => req,
-            };
-            match req.send().await {
-                Ok(r) if r.status() == 202 => return,
-                Ok(r) if r.status().is_server_error() => None,
-                Ok(r) => panic!("unexpected {} for {c:?}: {:?}", r.status(), r.text().await),
-                Err(_) => None,
-            }
-        } else {
-            let body: String = changes.iter().map(|c| format!("{}\n", c.line())).collect();
-            match client
-                .post(format!("{base}/v1/datasets/{DATASET}/changes"))
-                .body(body)
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
-                Ok(r) if r.status().is_server_error() => None,
-                Ok(r) => panic!(
-                    "unexpected {} for a bulk write: {:?}",
-                    r.status(),
-                    r.text().await
-                ),
-                Err(_) => None,
-            }
-        };
-        if let Some(reply) = sent {
-            let results = reply["results"].as_array().expect("results");
-            assert_eq!(results.len(), changes.len());
-            for r in results {
-                assert_eq!(r["status"], 202, "a line was refused: {r}");
-            }
-            return;
-        }
-        // The server is down or restarting: back off briefly and retry with the same keys.
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let mut next = bases.iter().cycle().cloned();
+    let base = || next.next().unwrap();
+    common::submit(client, DATASET, changes, base, Duration::from_millis(25)).await;
 }
 
 enum Backend {
     /// The embedded log can be opened by one process at a time: the test opens it after the
     /// server's last kill.
     Embedded,
-    Kafka {
-        servers: String,
-        _cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    },
+    Kafka(MockKafka),
 }
 
 impl Backend {
     fn args(&self) -> Vec<String> {
         match self {
             Backend::Embedded => vec![],
-            // A killed member holds its partitions until its session times out: keep it short.
-            Backend::Kafka { servers, .. } => [
-                "--log",
-                &format!("kafka://{servers}"),
-                "--kafka-option",
-                "session.timeout.ms=6000",
-                "--kafka-option",
-                "heartbeat.interval.ms=500",
-            ]
-            .map(String::from)
-            .to_vec(),
+            Backend::Kafka(kafka) => kafka.killable_server_args(),
         }
     }
 
@@ -273,9 +175,9 @@ impl Backend {
                     .await
                     .unwrap(),
             ),
-            Backend::Kafka { servers, .. } => Arc::new(
+            Backend::Kafka(kafka) => Arc::new(
                 tenantsync_log_kafka::KafkaLog::connect(tenantsync_log_kafka::KafkaConfig {
-                    bootstrap_servers: servers.clone(),
+                    bootstrap_servers: kafka.servers.clone(),
                     options: vec![],
                     client_id: "crash-test".into(),
                 })
@@ -302,7 +204,6 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
     // A restarted Kafka member waits out the killed one's session before it owns partitions.
     let mut args = backend.args();
     args.extend(["--apply-timeout-secs", "90", "--store", &store_url].map(String::from));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut servers = Vec::new();
     for i in 0..instances {
         let dir = data_dir.join(format!("instance-{i}"));
@@ -329,15 +230,7 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
             let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
             for _ in 0..kills {
                 let mut s = servers[rng.random_range(0..servers.len())].lock().await;
-                let before = common::applied_total(&s, DATASET).await;
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while common::applied_total(&s, DATASET).await <= before {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the processors made no progress for 120 s"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                common::wait_for_progress(&s, DATASET).await;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
                 s.restart().await;
             }
@@ -353,10 +246,7 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
         let mut bases = bases.clone();
         bases.rotate_left(w % instances);
         workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap();
+            let client = common::http_client();
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
             let mut history: Vec<WorkChange> = Vec::new();
             let mut seq = 0;
@@ -528,18 +418,8 @@ async fn embedded_backend_survives_sigkill() {
     run(Backend::Embedded, dir.path(), 1).await;
 }
 
-/// A mock cluster with the dataset's topics (it does not implement CreateTopics).
 fn kafka_backend() -> Backend {
-    let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
-    let topics = Topics::default();
-    let dataset = DatasetName::new(DATASET).unwrap();
-    for topic in [topics.changes(&dataset), topics.state(&dataset)] {
-        cluster.create_topic(&topic, PARTITIONS as i32, 3).unwrap();
-    }
-    Backend::Kafka {
-        servers: cluster.bootstrap_servers(),
-        _cluster: cluster,
-    }
+    Backend::Kafka(MockKafka::new(3, DATASET, PARTITIONS))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,30 +7,22 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::MockKafka;
 use rdkafka::Message;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use serde_json::{Value, json};
-use tenantsync_core::{DatasetName, EntityId, TenantId, Topics, partition_for_tenant};
+use tenantsync_core::{EntityId, TenantId, partition_for_tenant};
 
 const DATASET: &str = "orders";
 const PARTITIONS: u32 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_consumer_group_rebuilds_the_master_store() {
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    let topics = Topics::default();
-    let dataset = DatasetName::new(DATASET).unwrap();
-    let state_topic = topics.state(&dataset);
-    // The mock cluster does not implement CreateTopics.
-    for topic in [topics.changes(&dataset), state_topic.clone()] {
-        cluster.create_topic(&topic, PARTITIONS as i32, 1).unwrap();
-    }
-    let servers = cluster.bootstrap_servers();
+    let kafka = MockKafka::new(1, DATASET, PARTITIONS);
+    let state_topic = &kafka.state_topic;
     let dir = tempfile::tempdir().unwrap();
-    let log = format!("kafka://{servers}");
-    let server = common::Server::start(dir.path(), &["--log", &log]).await;
+    let server = common::Server::start(dir.path(), &["--log", &kafka.log_url()]).await;
     common::declare(&server, DATASET, PARTITIONS).await;
 
     // Creates, updates, patches and deletes over several tenants, some keys deleted and written
@@ -97,22 +89,11 @@ async fn a_plain_consumer_group_rebuilds_the_master_store() {
     );
 
     // The outside team's consumer: any Kafka client, its own group, from the beginning.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &servers)
-        .set("group.id", "analytics-team")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
+    let consumer: BaseConsumer = common::kafka_group_config(&kafka.servers, "analytics-team")
         .create()
         .unwrap();
-    consumer.subscribe(&[&state_topic]).unwrap();
-    let ends: Vec<i64> = (0..PARTITIONS as i32)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(&state_topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .collect();
+    consumer.subscribe(&[state_topic]).unwrap();
+    let ends = common::topic_ends(&kafka.servers, state_topic, PARTITIONS);
     let mut next = vec![0i64; PARTITIONS as usize];
     let mut copy: BTreeMap<String, Value> = BTreeMap::new();
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();

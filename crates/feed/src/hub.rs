@@ -31,11 +31,14 @@ use tracing::{info, warn};
 const TAIL_WAIT: Duration = Duration::from_secs(10);
 const TAIL_BATCH: usize = 1_000;
 const RETRY: Duration = Duration::from_secs(1);
+/// How often the hub forgets tenants no one waits on, and retries datasets it could not tail.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
 struct Tenant {
-    /// Bumped for every state of the tenant the tail reads.
+    /// Sends the tenant's generation to its waiters.
     changed: Option<watch::Sender<u64>>,
+    /// The hub's clock when the tenant last changed (or its entry was created). The clock only
+    /// grows, so a generation is never seen twice, even across a sweep that forgot the tenant.
     generation: u64,
     /// The end last read from the store, with the generation at the time of the read.
     end: Option<(Offset, u64)>,
@@ -62,8 +65,32 @@ pub struct HubStats {
 /// See the module documentation.
 #[derive(Default)]
 pub struct Hub {
-    datasets: Mutex<HashMap<DatasetName, DatasetTenants>>,
+    state: Mutex<State>,
     stats: HubStats,
+}
+
+#[derive(Default)]
+struct State {
+    datasets: HashMap<DatasetName, DatasetTenants>,
+    /// Bumped for every change of any tenant.
+    clock: u64,
+}
+
+impl State {
+    fn tenant(&mut self, dataset: &DatasetName, tenant: &TenantId) -> &mut Tenant {
+        let clock = self.clock;
+        self.datasets
+            .entry(dataset.clone())
+            .or_default()
+            .tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| Tenant {
+                changed: None,
+                generation: clock,
+                end: None,
+                tail: None,
+            })
+    }
 }
 
 impl Hub {
@@ -75,15 +102,17 @@ impl Hub {
         &self.stats
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn with_tenant<T>(
         &self,
         dataset: &DatasetName,
         tenant: &TenantId,
         f: impl FnOnce(&mut Tenant) -> T,
     ) -> T {
-        let mut datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
-        let ds = datasets.entry(dataset.clone()).or_default();
-        f(ds.tenants.entry(tenant.clone()).or_default())
+        f(self.lock().tenant(dataset, tenant))
     }
 
     /// A receiver that changes whenever a state of the tenant is published.
@@ -97,8 +126,8 @@ impl Hub {
 
     /// A receiver that changes whenever a state of any tenant of the dataset is published.
     pub fn watch_dataset(&self, dataset: &DatasetName) -> watch::Receiver<u64> {
-        let mut datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
-        datasets
+        self.lock()
+            .datasets
             .entry(dataset.clone())
             .or_default()
             .changed
@@ -109,7 +138,12 @@ impl Hub {
     /// The tenant's generation, to pass to [`record_end`](Hub::record_end) after reading the
     /// store.
     pub fn generation(&self, dataset: &DatasetName, tenant: &TenantId) -> u64 {
-        self.with_tenant(dataset, tenant, |t| t.generation)
+        let state = self.lock();
+        state
+            .datasets
+            .get(dataset)
+            .and_then(|ds| ds.tenants.get(tenant))
+            .map_or(state.clock, |t| t.generation)
     }
 
     /// Remembers the tenant's end as read from the store by a read that started at
@@ -132,16 +166,33 @@ impl Hub {
     /// The tenant's end, if it is known and nothing was published for the tenant since it was
     /// read: a reader at or past it has nothing to read.
     pub fn known_end(&self, dataset: &DatasetName, tenant: &TenantId) -> Option<Offset> {
-        self.with_tenant(dataset, tenant, |t| {
-            t.end.filter(|&(_, g)| g == t.generation).map(|(e, _)| e)
-        })
+        let state = self.lock();
+        let t = state.datasets.get(dataset)?.tenants.get(tenant)?;
+        t.end.filter(|&(_, g)| g == t.generation).map(|(e, _)| e)
+    }
+
+    /// Forgets what no one needs: signals and tails of tenants nobody waits on, and entries of
+    /// tenants without records (a read or wait for any tenant id creates one, so without this
+    /// the hub would grow with every id ever asked for). [`run`](Hub::run) calls it every few
+    /// seconds; it is safe at any moment.
+    pub fn sweep(&self) {
+        for ds in self.lock().datasets.values_mut() {
+            ds.tenants.retain(|_, t| {
+                if t.changed.as_ref().is_none_or(|c| c.receiver_count() == 0) {
+                    t.changed = None;
+                    t.tail = None;
+                }
+                t.changed.is_some() || t.end.is_some_and(|(end, _)| end > 0)
+            });
+        }
     }
 
     /// Every tenant the hub knows of in the dataset (those with records when the hub started,
     /// and those published since), ordered.
     pub fn tenants(&self, dataset: &DatasetName) -> Vec<TenantId> {
-        let datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
-        let mut tenants: Vec<TenantId> = datasets
+        let mut tenants: Vec<TenantId> = self
+            .lock()
+            .datasets
             .get(dataset)
             .map(|ds| ds.tenants.keys().cloned().collect())
             .unwrap_or_default();
@@ -171,14 +222,19 @@ impl Hub {
 
     /// Bumps the tenants' generations and wakes their waiters.
     fn changed<'a>(&self, dataset: &DatasetName, tenants: impl Iterator<Item = &'a TenantId>) {
-        let mut datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
-        let ds = datasets.entry(dataset.clone()).or_default();
-        if let Some(changed) = &ds.changed {
+        let mut state = self.lock();
+        if let Some(changed) = state
+            .datasets
+            .get(dataset)
+            .and_then(|ds| ds.changed.as_ref())
+        {
             changed.send_modify(|n| *n += 1);
         }
         for tenant in tenants {
-            let t = ds.tenants.entry(tenant.clone()).or_default();
-            t.generation += 1;
+            state.clock += 1;
+            let clock = state.clock;
+            let t = state.tenant(dataset, tenant);
+            t.generation = clock;
             if let Some(changed) = &t.changed {
                 if changed.receiver_count() == 0 {
                     // Nobody waits: forget the signal and the tail (a reader rebuilds them).
@@ -198,8 +254,7 @@ impl Hub {
         self.stats
             .tombstones_purged
             .fetch_add(count, Ordering::Relaxed);
-        let mut datasets = self.datasets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ds) = datasets.get_mut(dataset) {
+        if let Some(ds) = self.lock().datasets.get_mut(dataset) {
             for t in ds.tenants.values_mut() {
                 t.tail = None;
             }
@@ -242,7 +297,7 @@ impl Hub {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = declared.changed() => {}
-                _ = tokio::time::sleep(RETRY * 5) => {}
+                _ = tokio::time::sleep(SWEEP_INTERVAL) => self.sweep(),
             }
         }
     }

@@ -130,18 +130,29 @@ impl TailCache {
             .take(limit)
             .cloned()
             .collect();
+        let mut page = Page::of(records, position, limit, self.end);
+        page.up_to_date &= !self.more;
+        Some(Ok(page))
+    }
+}
+
+impl Page {
+    /// The page of `records` read at `position` with `limit`, from a source that held
+    /// everything below `end`.
+    fn of(records: Vec<FeedRecord>, position: FeedPosition, limit: usize, end: Offset) -> Self {
         let next_seq = match records.last() {
             Some(last) if records.len() >= limit => last.seq + 1,
-            _ => position.next_seq.max(self.end),
+            // Everything at or above the position, up to the end, was read.
+            _ => position.next_seq.max(end),
         };
-        Some(Ok(Page {
+        Page {
             records,
             next: FeedPosition {
                 next_seq,
                 live_from: position.live_from,
             },
-            up_to_date: next_seq >= self.end && !self.more,
-        }))
+            up_to_date: next_seq >= end,
+        }
     }
 }
 
@@ -197,20 +208,7 @@ pub async fn read_page(
     if position.is_behind(feed.horizon) {
         return Err(FeedError::Gone);
     }
-    let full = feed.records.len() >= limit;
-    let next_seq = match feed.records.last() {
-        Some(last) if full => last.seq + 1,
-        // Everything at or above the position, up to the end, was read.
-        _ => position.next_seq.max(feed.end),
-    };
-    Ok(Page {
-        records: feed.records,
-        next: FeedPosition {
-            next_seq,
-            live_from: position.live_from,
-        },
-        up_to_date: next_seq >= feed.end,
-    })
+    Ok(Page::of(feed.records, position, limit, feed.end))
 }
 
 /// Reads the page at `position`; when it is empty and `wait` is not zero, waits up to `wait`

@@ -9,17 +9,17 @@
 //! refreshes and wake-ups. At the end every reader's copy must equal the store, and no reader
 //! may ever have seen a key's version go down.
 
+mod common;
+
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use common::Fixture;
 use proptest::prelude::*;
 use serde_json::json;
-use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Op, TenantId};
-use tenantsync_feed::{Hub, read_or_wait};
-use tenantsync_store::sqlite::SqliteStore;
-use tenantsync_store::{Dataset, FeedPosition, LoggedChange, MasterStore};
+use tenantsync_core::TenantId;
+use tenantsync_feed::read_or_wait;
+use tenantsync_store::FeedPosition;
 use tokio::sync::mpsc;
 
 const TENANTS: usize = 3;
@@ -113,21 +113,12 @@ async fn run_case(
     readers: Vec<Reader>,
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn MasterStore> = Arc::new(
-        SqliteStore::open(&dir.path().join("store.sqlite3"))
-            .await
-            .unwrap(),
+    let mut fixture = Fixture::new().await;
+    let (store, hub, dataset) = (
+        fixture.store.clone(),
+        fixture.hub.clone(),
+        fixture.dataset.clone(),
     );
-    let dataset = DatasetName::new("items").unwrap();
-    store
-        .declare_dataset(&Dataset {
-            name: dataset.clone(),
-            partitions: 1,
-        })
-        .await
-        .unwrap();
-    let hub = Hub::new();
     let (written_tx, written) = tokio::sync::watch::channel(0usize);
 
     // The publisher: notifies the hub of a written tenant some time after the write.
@@ -139,6 +130,10 @@ async fn run_case(
             while let Some(t) = to_publish.recv().await {
                 rng.maybe_yield().await;
                 hub.notify(&dataset, &tenant(t));
+                // The hub forgets idle tenants at any moment.
+                if rng.next().is_multiple_of(8) {
+                    hub.sweep();
+                }
             }
         })
     };
@@ -191,21 +186,11 @@ async fn run_case(
     let mut rng = Rng(seed);
     for (i, w) in writes.iter().enumerate() {
         rng.maybe_yield().await;
-        let t = tenant(w.tenant);
-        let change = Change {
-            change_id: ChangeId::new(format!("c{i}")).unwrap(),
-            op: if w.delete { Op::Delete } else { Op::Upsert },
-            tenant: t,
-            id: EntityId::new(format!("k{}", w.key)).unwrap(),
-            data: (!w.delete).then(|| json!({"v": w.value, "i": i}).as_object().cloned().unwrap()),
-            expected_version: None,
-            accepted_at: Utc::now(),
-        };
-        let offset = i as u64;
-        store
-            .apply(&dataset, 0, &[LoggedChange { offset, change }], offset + 1)
-            .await
-            .unwrap();
+        // At offset i, as the processor applies the partition in order.
+        let data = (!w.delete).then(|| json!({"v": w.value, "i": i}));
+        fixture
+            .apply(tenant(w.tenant).as_str(), &format!("k{}", w.key), data)
+            .await;
         publish.send(w.tenant).unwrap();
         if i + 1 < writes.len() {
             written_tx.send_replace(i + 1);

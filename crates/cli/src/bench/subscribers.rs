@@ -33,6 +33,7 @@ pub struct SubscribersArgs {
     /// Concurrent subscribers.
     #[arg(long, default_value_t = 1_000)]
     subscribers: usize,
+    /// How subscribers read.
     #[arg(long, value_enum, default_value = "long-poll")]
     mode: Mode,
     /// Tenants; subscriber i follows tenant i mod tenants.
@@ -161,6 +162,10 @@ pub async fn run(args: SubscribersArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.tenants > 0 && args.subscribers > 0,
         "--tenants and --subscribers must be at least 1"
+    );
+    anyhow::ensure!(
+        args.stalled_sse == 0 || args.big_tenant_records > 0,
+        "--stalled-sse needs --big-tenant-records: a stalled client stalls on tenant big's snapshot"
     );
     crate::serve::raise_fd_limit();
     let server = ServerProcess::start()?;

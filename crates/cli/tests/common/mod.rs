@@ -7,6 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use serde_json::{Map, Value, json};
+use tenantsync_core::{DatasetName, Topics};
+
 /// A running `tenantsync serve`.
 pub struct Server {
     child: Child,
@@ -18,14 +25,14 @@ pub struct Server {
 impl Server {
     /// Starts `tenantsync serve --data-dir DIR --listen 127.0.0.1:0 ARGS...` and waits until
     /// `/readyz` answers 200.
-    pub async fn start(data_dir: &Path, args: &[&str]) -> Server {
+    pub async fn start(data_dir: &Path, args: &[impl AsRef<str>]) -> Server {
         let mut all = vec![
             "--data-dir".to_owned(),
             data_dir.display().to_string(),
             "--listen".to_owned(),
             "127.0.0.1:0".to_owned(),
         ];
-        all.extend(args.iter().map(|s| s.to_string()));
+        all.extend(args.iter().map(|s| s.as_ref().to_owned()));
         Self::spawn(data_dir, all).await
     }
 
@@ -188,4 +195,241 @@ pub async fn applied_total(server: &Server, dataset: &str) -> u64 {
     body["progress"].as_array().map_or(0, |ps| {
         ps.iter().filter_map(|p| p["applied"].as_u64()).sum()
     })
+}
+
+/// Waits until the processor has applied more of the dataset than it had when called, so that a
+/// kill right after hits work in progress.
+pub async fn wait_for_progress(server: &Server, dataset: &str) {
+    let before = applied_total(server, dataset).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while applied_total(server, dataset).await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the processor made no progress for 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A number from the environment variable `name`, or `default` when it is unset.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// An HTTP client whose requests give up after 20 s: one sent to a server that is killed fails
+/// instead of hanging.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Sends a request to a server that may be down or restarting: `Ok` when it answers with one of
+/// the `expected` statuses, `Err` (saying why) on a connection error or a 5xx, to be tried
+/// again. Any other status fails the test.
+pub async fn send_retryable(
+    request: reqwest::RequestBuilder,
+    expected: &[u16],
+) -> Result<reqwest::Response, String> {
+    let (client, request) = request.build_split();
+    let request = request.expect("a valid request");
+    let sent = format!(
+        "{} {} {:?} {}",
+        request.method(),
+        request.url(),
+        request.headers(),
+        request
+            .body()
+            .and_then(|b| b.as_bytes())
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+    );
+    match client.execute(request).await {
+        Ok(r) if expected.contains(&r.status().as_u16()) => Ok(r),
+        Ok(r) if r.status().is_server_error() => {
+            Err(format!("{}: {:?}", r.status(), r.text().await))
+        }
+        Ok(r) => panic!("unexpected {} for {sent}: {:?}", r.status(), r.text().await),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A change a workload sends, with its idempotency key: sent again after a kill, it is the same
+/// change, not a new one.
+#[derive(Clone, Debug)]
+pub struct WorkChange {
+    pub key: String,
+    /// `upsert`, `patch` or `delete`.
+    pub op: &'static str,
+    pub tenant: String,
+    pub id: String,
+    pub data: Option<Map<String, Value>>,
+    /// `Some(0)`: the record must be absent (If-None-Match: *); `Some(v)`: it must be at version
+    /// `v` (If-Match).
+    pub expected_version: Option<u64>,
+}
+
+impl WorkChange {
+    /// The change as a line of a bulk NDJSON write.
+    pub fn line(&self) -> Value {
+        json!({
+            "op": self.op, "tenant": self.tenant, "id": self.id, "data": self.data,
+            "idempotency_key": self.key, "expected_version": self.expected_version,
+        })
+    }
+
+    /// The change as a PUT, PATCH or DELETE of its record.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        dataset: &str,
+    ) -> reqwest::RequestBuilder {
+        let url = format!(
+            "{base}/v1/datasets/{dataset}/tenants/{}/records/{}",
+            self.tenant, self.id
+        );
+        let request = match self.op {
+            "upsert" => client.put(&url).json(self.data.as_ref().unwrap()),
+            "patch" => client.patch(&url).json(self.data.as_ref().unwrap()),
+            _ => client.delete(&url),
+        };
+        let request = request.header("Idempotency-Key", &self.key);
+        match self.expected_version {
+            Some(0) => request.header("If-None-Match", "*"),
+            Some(v) => request.header("If-Match", format!("\"{v}\"")),
+            None => request,
+        }
+    }
+}
+
+/// Sends changes until every one was accepted (202), retrying through kills with the same
+/// idempotency keys, `pause` apart. Each attempt goes to `base()`: where the server listens now,
+/// or the next of several. One change goes through PUT/PATCH/DELETE, several through bulk
+/// NDJSON.
+pub async fn submit(
+    client: &reqwest::Client,
+    dataset: &str,
+    changes: &[WorkChange],
+    mut base: impl FnMut() -> String,
+    pause: Duration,
+) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not accept changes for 180 s"
+        );
+        let base = base();
+        let accepted = if let [c] = changes {
+            send_retryable(c.request(client, &base, dataset), &[202])
+                .await
+                .is_ok()
+        } else {
+            let body: String = changes.iter().map(|c| format!("{}\n", c.line())).collect();
+            let request = client
+                .post(format!("{base}/v1/datasets/{dataset}/changes"))
+                .body(body);
+            let reply = match send_retryable(request, &[200]).await {
+                Ok(r) => r.json::<Value>().await.ok(),
+                Err(_) => None,
+            };
+            if let Some(reply) = &reply {
+                let results = reply["results"].as_array().expect("results");
+                assert_eq!(results.len(), changes.len());
+                for r in results {
+                    assert_eq!(r["status"], 202, "a line was refused: {r}");
+                }
+            }
+            reply.is_some()
+        };
+        if accepted {
+            return;
+        }
+        // The server is down or restarting: retry with the same keys.
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// librdkafka's in-process mock cluster with a dataset's changes and state topics, which the
+/// server cannot create (the mock does not implement CreateTopics). It lives in the test
+/// process, so it outlives every server process.
+pub struct MockKafka {
+    _cluster: MockCluster<'static, DefaultProducerContext>,
+    /// The bootstrap servers, for any Kafka client.
+    pub servers: String,
+    pub state_topic: String,
+}
+
+impl MockKafka {
+    /// `brokers` brokers; each topic has `partitions` partitions, on every broker.
+    pub fn new(brokers: i32, dataset: &str, partitions: u32) -> MockKafka {
+        let cluster = MockCluster::new(brokers).unwrap();
+        let topics = Topics::default();
+        let dataset = DatasetName::new(dataset).unwrap();
+        let state_topic = topics.state(&dataset);
+        for topic in [topics.changes(&dataset), state_topic.clone()] {
+            cluster
+                .create_topic(&topic, partitions as i32, brokers)
+                .unwrap();
+        }
+        MockKafka {
+            servers: cluster.bootstrap_servers(),
+            _cluster: cluster,
+            state_topic,
+        }
+    }
+
+    /// The server's `--log` URL.
+    pub fn log_url(&self) -> String {
+        format!("kafka://{}", self.servers)
+    }
+
+    /// The server arguments for a log on this cluster, when the server is to be SIGKILLed: a
+    /// killed member of the processor's group holds its partitions until its session times out,
+    /// so sessions are kept short.
+    pub fn killable_server_args(&self) -> Vec<String> {
+        [
+            "--log",
+            &self.log_url(),
+            "--kafka-option",
+            "session.timeout.ms=6000",
+            "--kafka-option",
+            "heartbeat.interval.ms=500",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+/// A consumer in a group of its own, as a team outside tenantsync would read a state topic:
+/// from the beginning, committing only when it says so.
+pub fn kafka_group_config(servers: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", servers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    config
+}
+
+/// Each partition's end (high watermark) of a topic. Blocks.
+pub fn topic_ends(servers: &str, topic: &str, partitions: u32) -> Vec<i64> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    (0..partitions as i32)
+        .map(|p| {
+            probe
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
 }
