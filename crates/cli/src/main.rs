@@ -1,10 +1,11 @@
 //! The `tenantsync` binary. Parses the command line, then hands over: configuration lives in
-//! `config`, wiring and running in `serve`, load generation in `bench`.
+//! `config`, wiring and running in `serve`, load generation in `bench`, API tokens in `token`.
 
 mod backends;
 mod bench;
 mod config;
 mod serve;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,9 @@ enum Command {
     /// Measure throughput and latency; prints figures, changes nothing outside a temp dir.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Create, list and revoke API tokens (kept in the master store; works while serve runs).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +49,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(config::Settings::load(args)?).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Token(command) => token::run(command).await,
         }
     });
     match result {

@@ -99,6 +99,13 @@ string_id!(
 );
 
 string_id!(
+    /// The name of an API token: `[a-z0-9][a-z0-9_-]{0,62}`.
+    TokenName,
+    "name",
+    check_slug
+);
+
+string_id!(
     /// An entity id within a tenant: 1 to 512 bytes of UTF-8 without control characters.
     EntityId,
     "id",

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tenantsync_core::{
-    Change, ChangeId, DatasetName, EntityId, Outcome, Record, SubscriptionName, TenantId,
+    Change, ChangeId, DatasetName, EntityId, Outcome, Record, SubscriptionName, TenantId, TokenName,
 };
 
 pub use error::StoreError;
@@ -152,6 +152,18 @@ pub struct Progress {
     pub tenant: TenantId,
     pub position: FeedPosition,
     pub acked_at: DateTime<Utc>,
+}
+
+/// An API token as stored: its hash, never its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub name: TokenName,
+    /// The hex SHA-256 of the token's text.
+    pub hash: String,
+    /// Scope strings, as given when the token was created (the store does not interpret them).
+    pub scopes: Vec<String>,
+    /// Stored to the microsecond.
+    pub created_at: DateTime<Utc>,
 }
 
 /// The authoritative store of records.
@@ -323,6 +335,18 @@ pub trait MasterStore: Send + Sync + 'static {
         created_at: DateTime<Utc>,
         progress: &Progress,
     ) -> Result<bool, StoreError>;
+
+    /// Stores a new token. Returns false, storing nothing, when a token of that name exists.
+    async fn create_token(&self, token: &StoredToken) -> Result<bool, StoreError>;
+
+    /// Every token, ordered by name.
+    async fn tokens(&self) -> Result<Vec<StoredToken>, StoreError>;
+
+    /// The token with this hash, if any.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<StoredToken>, StoreError>;
+
+    /// Deletes a token. Returns whether it existed.
+    async fn revoke_token(&self, name: &TokenName) -> Result<bool, StoreError>;
 
     /// Succeeds when the store is reachable (for readiness checks).
     async fn check(&self) -> Result<(), StoreError>;

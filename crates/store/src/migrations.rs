@@ -23,6 +23,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "0002_feed_and_subscriptions",
         sql: include_str!("../migrations/sqlite/0002_feed_and_subscriptions.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_tokens",
+        sql: include_str!("../migrations/sqlite/0003_tokens.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -35,6 +40,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "0002_feed_and_subscriptions",
         sql: include_str!("../migrations/postgres/0002_feed_and_subscriptions.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_tokens",
+        sql: include_str!("../migrations/postgres/0003_tokens.sql"),
     },
 ];
 

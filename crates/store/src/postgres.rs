@@ -23,7 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, SubscriptionName, TenantId};
+use tenantsync_core::{
+    ChangeId, DatasetName, EntityId, Record, SubscriptionName, TenantId, TokenName,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::Row;
 use tracing::info;
@@ -33,7 +35,7 @@ use crate::migrations::{self, Migration};
 use crate::rows::{self, RecordRow};
 use crate::{
     Applied, Dataset, FeedRecord, LoggedChange, MasterStore, Offset, Progress, StoreError,
-    StoredOutcome, Subscription, TenantFeed,
+    StoredOutcome, StoredToken, Subscription, TenantFeed,
 };
 
 const POOL_SIZE: usize = 16;
@@ -312,6 +314,12 @@ fn subscription_row(row: &Row) -> Result<Subscription, StoreError> {
     let datasets: &str = row.try_get(1)?;
     let tenants: Option<&str> = row.try_get(2)?;
     rows::subscription_from_row(row.try_get(0)?, datasets, tenants, row.try_get(3)?)
+}
+
+/// A row of (name, hash, scopes, created_at).
+fn token_row(row: &Row) -> Result<StoredToken, StoreError> {
+    let scopes: &str = row.try_get(2)?;
+    rows::token_from_row(row.try_get(0)?, row.try_get(1)?, scopes, row.try_get(3)?)
 }
 
 /// The columns of a batch of record writes, as arrays for one `unnest` insert.
@@ -862,6 +870,63 @@ impl MasterStore for PostgresStore {
             )
             .await?;
         Ok(written > 0)
+    }
+
+    async fn create_token(&self, token: &StoredToken) -> Result<bool, StoreError> {
+        let scopes = rows::scopes_to_row(token)?;
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO tokens (name, hash, scopes, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .await?;
+        let inserted = client
+            .execute(
+                &stmt,
+                &[
+                    &token.name.as_str(),
+                    &token.hash,
+                    &scopes,
+                    &rows::to_micros(token.created_at),
+                ],
+            )
+            .await?;
+        Ok(inserted > 0)
+    }
+
+    async fn tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT name, hash, scopes, created_at FROM tokens ORDER BY name")
+            .await?;
+        client
+            .query(&stmt, &[])
+            .await?
+            .iter()
+            .map(token_row)
+            .collect()
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<StoredToken>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT name, hash, scopes, created_at FROM tokens WHERE hash = $1")
+            .await?;
+        client
+            .query_opt(&stmt, &[&hash])
+            .await?
+            .as_ref()
+            .map(token_row)
+            .transpose()
+    }
+
+    async fn revoke_token(&self, name: &TokenName) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("DELETE FROM tokens WHERE name = $1")
+            .await?;
+        Ok(client.execute(&stmt, &[&name.as_str()]).await? > 0)
     }
 
     async fn check(&self) -> Result<(), StoreError> {

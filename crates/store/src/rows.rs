@@ -7,10 +7,12 @@
 use chrono::{DateTime, Utc};
 use tenantsync_core::{
     ChangeId, DatasetName, EntityId, Object, Outcome, Record, RejectReason, SubscriptionName,
-    TenantId,
+    TenantId, TokenName,
 };
 
-use crate::{FeedPosition, Progress, StoreError, StoredOutcome, Subscription, TenantSelection};
+use crate::{
+    FeedPosition, Progress, StoreError, StoredOutcome, StoredToken, Subscription, TenantSelection,
+};
 
 const APPLIED: &str = "applied";
 const UNCHANGED: &str = "unchanged";
@@ -208,9 +210,33 @@ pub(crate) fn progress_from_row(
     })
 }
 
+/// A row of `tokens` (name, hash, scopes, created_at) read back.
+pub(crate) fn token_from_row(
+    name: String,
+    hash: String,
+    scopes: &str,
+    created_at: i64,
+) -> Result<StoredToken, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "token",
+        detail,
+    };
+    Ok(StoredToken {
+        name: TokenName::new(name).map_err(|e| corrupt(e.to_string()))?,
+        hash,
+        scopes: serde_json::from_str(scopes).map_err(|e| corrupt(e.to_string()))?,
+        created_at: from_micros("token created_at", created_at)?,
+    })
+}
+
+/// A token's `scopes` column.
+pub(crate) fn scopes_to_row(token: &StoredToken) -> Result<String, StoreError> {
+    to_json(&token.scopes)
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
-        what: "subscription",
+        what: "JSON column",
         detail: format!("cannot encode as JSON: {e}"),
     })
 }

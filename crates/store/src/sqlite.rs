@@ -19,7 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, SubscriptionName, TenantId};
+use tenantsync_core::{
+    ChangeId, DatasetName, EntityId, Record, SubscriptionName, TenantId, TokenName,
+};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{error, info};
 
@@ -28,7 +30,7 @@ use crate::migrations::{self, Migration};
 use crate::rows::{self, RecordRow};
 use crate::{
     Applied, Dataset, FeedRecord, LoggedChange, MasterStore, Offset, Progress, StoreError,
-    StoredOutcome, Subscription, TenantFeed,
+    StoredOutcome, StoredToken, Subscription, TenantFeed,
 };
 
 /// Reader connections: enough for the API's concurrent reads on 2 cores, few enough that a
@@ -323,6 +325,12 @@ fn record_row(row: &Row<'_>) -> rusqlite::Result<RecordRow> {
 type SubscriptionRow = (String, String, Option<String>, i64);
 
 fn subscription_row(row: &Row<'_>) -> rusqlite::Result<SubscriptionRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+type TokenRow = (String, String, String, i64);
+
+fn token_row(row: &Row<'_>) -> rusqlite::Result<TokenRow> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
 }
 
@@ -898,6 +906,65 @@ impl MasterStore for SqliteStore {
                 rows::to_micros(progress.acked_at),
             ])?;
             Ok(written > 0)
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: &StoredToken) -> Result<bool, StoreError> {
+        let token = token.clone();
+        self.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO tokens (name, hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (name) DO NOTHING",
+                )?
+                .execute(params![
+                    token.name.as_str(),
+                    token.hash,
+                    rows::scopes_to_row(&token)?,
+                    rows::to_micros(token.created_at),
+                ])?;
+            Ok(inserted > 0)
+        })
+        .await
+    }
+
+    async fn tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT name, hash, scopes, created_at FROM tokens ORDER BY name")?
+                .query_map([], token_row)?
+                .map(|row| {
+                    let (name, hash, scopes, created_at) = row?;
+                    rows::token_from_row(name, hash, &scopes, created_at)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<StoredToken>, StoreError> {
+        let hash = hash.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT name, hash, scopes, created_at FROM tokens WHERE hash = ?1",
+            )?
+            .query_row([hash], token_row)
+            .optional()?
+            .map(|(name, hash, scopes, created_at)| {
+                rows::token_from_row(name, hash, &scopes, created_at)
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, name: &TokenName) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.write(move |conn| {
+            Ok(conn
+                .prepare_cached("DELETE FROM tokens WHERE name = ?1")?
+                .execute([name.as_str()])?
+                > 0)
         })
         .await
     }

@@ -15,10 +15,10 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::json;
-use tenantsync_core::{Change, DatasetName, Record, SubscriptionName};
+use tenantsync_core::{Change, DatasetName, Record, SubscriptionName, TokenName};
 use tenantsync_store::{
     Dataset, FeedPosition, FeedRecord, LoggedChange, MasterStore, Progress, StoreError,
-    Subscription, TenantFeed, TenantSelection,
+    StoredToken, Subscription, TenantFeed, TenantSelection,
 };
 
 use common::*;
@@ -104,6 +104,7 @@ macro_rules! suite {
                 tenant_ends_lists_every_tenant,
                 subscriptions_crud_and_acks,
                 feeds_never_mix_tenants_and_datasets,
+                tokens_are_stored_by_hash_and_revoked,
             );
         )*
     };
@@ -2256,4 +2257,46 @@ async fn versions_never_go_down_under_concurrent_purges(store: Arc<dyn MasterSto
             "{key}: last told {version}, stored {current:?}"
         );
     }
+}
+
+async fn tokens_are_stored_by_hash_and_revoked(store: &dyn MasterStore) {
+    let token = |name: &str, hash: &str, scopes: &[&str]| StoredToken {
+        name: TokenName::new(name).unwrap(),
+        hash: hash.to_owned(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        created_at: DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap(),
+    };
+    let ci = token("ci", &"a".repeat(64), &["write:inventory:*", "read:*:acme"]);
+    let admin = token("admin", &"b".repeat(64), &["admin"]);
+    assert!(store.tokens().await.unwrap().is_empty());
+    assert!(store.create_token(&ci).await.unwrap());
+    assert!(store.create_token(&admin).await.unwrap());
+    assert!(
+        !store
+            .create_token(&token("ci", &"c".repeat(64), &["admin"]))
+            .await
+            .unwrap(),
+        "a name is taken once"
+    );
+    assert_eq!(
+        store.tokens().await.unwrap(),
+        vec![admin.clone(), ci.clone()]
+    );
+    assert_eq!(
+        store.token_by_hash(&ci.hash).await.unwrap(),
+        Some(ci.clone())
+    );
+    assert_eq!(store.token_by_hash(&"c".repeat(64)).await.unwrap(), None);
+    assert_eq!(
+        store.token_by_hash(&ci.hash.to_uppercase()).await.unwrap(),
+        None,
+        "hashes compare exactly"
+    );
+
+    assert!(store.revoke_token(&ci.name).await.unwrap());
+    assert!(!store.revoke_token(&ci.name).await.unwrap());
+    assert_eq!(store.token_by_hash(&ci.hash).await.unwrap(), None);
+    assert_eq!(store.tokens().await.unwrap(), vec![admin]);
+    // The name is free again.
+    assert!(store.create_token(&ci).await.unwrap());
 }
