@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tenantsync_core::{DatasetName, InvalidInput, TenantId};
-use tenantsync_feed::{FeedCursor, FeedError, Page, read_or_wait};
+use tenantsync_feed::{FeedCursor, FeedError, Page, read_or_wait, read_page};
 use tenantsync_store::{FeedPosition, FeedRecord};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -249,14 +249,13 @@ async fn stream(
     position: Option<FeedPosition>,
     limit: usize,
 ) -> Result<Response, ApiError> {
-    let first = read_or_wait(
+    let first = read_page(
         state.store.as_ref(),
         &state.hub,
         &dataset,
         &tenant,
         position,
         limit,
-        Duration::ZERO,
     )
     .await?;
     let heartbeat = state.config.feed.sse_heartbeat;

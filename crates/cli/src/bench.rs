@@ -136,6 +136,25 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Declares the bench dataset through the API of the server at `base`.
+async fn declare_over_http(
+    client: &reqwest::Client,
+    base: &str,
+    partitions: u32,
+) -> anyhow::Result<()> {
+    let declared = client
+        .put(format!("{base}/v1/datasets/{DATASET}"))
+        .json(&json!({ "partitions": partitions }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        declared.status().is_success(),
+        "declare: {}",
+        declared.status()
+    );
+    Ok(())
+}
+
 fn tenant(i: u32) -> TenantId {
     TenantId::new(format!("tenant-{i}")).expect("valid")
 }
@@ -251,16 +270,7 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections * 2)
         .build()?;
-    let declared = client
-        .put(format!("{base}/v1/datasets/{DATASET}"))
-        .json(&json!({"partitions": args.common.partitions}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        declared.status().is_success(),
-        "declare: {}",
-        declared.status()
-    );
+    declare_over_http(&client, &base, args.common.partitions).await?;
 
     // Phase 1: closed loop, as many PUTs as `connections` clients get accepted.
     eprintln!(

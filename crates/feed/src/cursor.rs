@@ -84,6 +84,20 @@ fn decode(s: &str) -> Result<Wire, CursorError> {
     Ok(wire)
 }
 
+impl Wire {
+    fn new(dataset: &DatasetName, tenant: &TenantId, position: FeedPosition) -> Self {
+        Wire {
+            v: FORMAT,
+            s: None,
+            c: None,
+            d: dataset.clone(),
+            t: tenant.clone(),
+            n: position.next_seq,
+            l: position.live_from,
+        }
+    }
+}
+
 fn position(wire: &Wire) -> FeedPosition {
     FeedPosition {
         next_seq: wire.n,
@@ -93,15 +107,7 @@ fn position(wire: &Wire) -> FeedPosition {
 
 impl FeedCursor {
     pub fn encode(&self) -> String {
-        encode(&Wire {
-            v: FORMAT,
-            s: None,
-            c: None,
-            d: self.dataset.clone(),
-            t: self.tenant.clone(),
-            n: self.position.next_seq,
-            l: self.position.live_from,
-        })
+        encode(&Wire::new(&self.dataset, &self.tenant, self.position))
     }
 
     pub fn decode(s: &str) -> Result<Self, CursorError> {
@@ -131,13 +137,9 @@ impl FeedCursor {
 impl SubscriptionCursor {
     pub fn encode(&self) -> String {
         encode(&Wire {
-            v: FORMAT,
             s: Some(self.subscription.clone()),
             c: Some(self.created_at.timestamp_micros()),
-            d: self.dataset.clone(),
-            t: self.tenant.clone(),
-            n: self.position.next_seq,
-            l: self.position.live_from,
+            ..Wire::new(&self.dataset, &self.tenant, self.position)
         })
     }
 

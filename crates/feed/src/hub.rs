@@ -214,14 +214,21 @@ impl Hub {
         })
     }
 
-    /// Records that a state of the tenant was published (the state-log tail calls this).
-    pub fn notify(&self, dataset: &DatasetName, tenant: &TenantId) {
-        self.stats.states_seen.fetch_add(1, Ordering::Relaxed);
-        self.changed(dataset, std::iter::once(tenant));
+    /// Records that states of these tenants were published (the state-log tail calls this
+    /// once per read, with a tenant per state).
+    pub fn notify(&self, dataset: &DatasetName, tenants: &[TenantId]) {
+        self.stats
+            .states_seen
+            .fetch_add(tenants.len() as u64, Ordering::Relaxed);
+        self.changed(dataset, tenants.iter());
     }
 
     /// Bumps the tenants' generations and wakes their waiters.
     fn changed<'a>(&self, dataset: &DatasetName, tenants: impl Iterator<Item = &'a TenantId>) {
+        let mut tenants = tenants.peekable();
+        if tenants.peek().is_none() {
+            return;
+        }
         let mut state = self.lock();
         if let Some(changed) = state
             .datasets
@@ -367,17 +374,18 @@ async fn tail(
         };
         match read {
             Ok(entries) => {
-                for entry in entries {
-                    from = entry.offset + 1;
-                    // Keys are `tenant:id`; a key that does not parse wakes nobody.
-                    let tenant = std::str::from_utf8(&entry.key)
-                        .ok()
-                        .and_then(|k| k.split_once(':'))
-                        .and_then(|(t, _)| TenantId::new(t).ok());
-                    if let Some(tenant) = tenant {
-                        hub.notify(&dataset, &tenant);
-                    }
+                if let Some(last) = entries.last() {
+                    from = last.offset + 1;
                 }
+                // Keys are `tenant:id`; a key that does not parse wakes nobody.
+                let tenants: Vec<TenantId> = entries
+                    .iter()
+                    .filter_map(|entry| {
+                        let key = std::str::from_utf8(&entry.key).ok()?;
+                        TenantId::new(key.split_once(':')?.0).ok()
+                    })
+                    .collect();
+                hub.notify(&dataset, &tenants);
             }
             Err(error) => {
                 warn!(%dataset, partition, %error, "reading the state log failed; retrying");

@@ -212,8 +212,8 @@ pub async fn read_page(
 }
 
 /// Reads the page at `position`; when it is empty and `wait` is not zero, waits up to `wait`
-/// for a state of the tenant to be published and reads again, answering as soon as there is
-/// something to deliver.
+/// for the tenant to change and reads again, answering as soon as there is something to
+/// deliver.
 pub async fn read_or_wait(
     store: &dyn MasterStore,
     hub: &Hub,
@@ -223,6 +223,9 @@ pub async fn read_or_wait(
     limit: usize,
     wait: Duration,
 ) -> Result<Page, FeedError> {
+    if wait.is_zero() {
+        return read_page(store, hub, dataset, tenant, position, limit).await;
+    }
     let deadline = Instant::now() + wait;
     // Subscribed before reading: a state published after the read wakes the wait below.
     let mut changed = hub.watch(dataset, tenant);

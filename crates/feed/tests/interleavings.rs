@@ -129,7 +129,7 @@ async fn run_case(
         tokio::spawn(async move {
             while let Some(t) = to_publish.recv().await {
                 rng.maybe_yield().await;
-                hub.notify(&dataset, &tenant(t));
+                hub.notify(&dataset, &[tenant(t)]);
                 // The hub forgets idle tenants at any moment.
                 if rng.next().is_multiple_of(8) {
                     hub.sweep();

@@ -20,6 +20,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use super::DATASET;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// `GET .../changes?cursor=&wait=30` in a loop.
@@ -60,8 +62,6 @@ pub struct SubscribersArgs {
     #[arg(long, default_value_t = 0)]
     abandoned_subscriptions: usize,
 }
-
-const DATASET: &str = "bench";
 
 /// The server under test, killed on drop.
 struct ServerProcess {
@@ -173,16 +173,7 @@ pub async fn run(args: SubscribersArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.subscribers + 64)
         .build()?;
-    let declared = client
-        .put(format!("{base}/v1/datasets/{DATASET}"))
-        .json(&json!({"partitions": args.partitions}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        declared.status().is_success(),
-        "declare: {}",
-        declared.status()
-    );
+    super::declare_over_http(&client, &base, args.partitions).await?;
     // Warm the server up (allocator arenas, statement caches) before the baseline.
     for i in 0..200 {
         client

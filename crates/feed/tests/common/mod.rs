@@ -78,6 +78,6 @@ impl Fixture {
     pub async fn write(&mut self, tenant: &str, id: &str, data: Option<Value>) {
         self.apply(tenant, id, data).await;
         self.hub
-            .notify(&self.dataset, &TenantId::new(tenant).unwrap());
+            .notify(&self.dataset, &[TenantId::new(tenant).unwrap()]);
     }
 }
