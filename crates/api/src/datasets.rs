@@ -14,6 +14,7 @@ use tenantsync_core::DatasetName;
 use tenantsync_processor::{Declared, MAX_PARTITIONS, ProcessorConfig};
 use tenantsync_store::Dataset;
 
+use crate::auth::Caller;
 use crate::extract;
 use crate::{ApiError, AppState};
 
@@ -28,12 +29,14 @@ fn dataset_json(d: &Dataset) -> serde_json::Value {
 }
 
 /// `PUT /v1/datasets/{dataset}` with `{"partitions": N}`: 201 when created, 200 when it existed
-/// with the same partition count, 409 when it exists with another.
+/// with the same partition count, 409 when it exists with another. Needs `admin`.
 pub async fn declare(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require_admin()?;
     let name = DatasetName::new(name)?;
     let body = extract::body(body, state.config.max_body_bytes)?;
     // Through an object first: serde would also accept the sequence form `[8]` for a struct.
@@ -54,12 +57,19 @@ pub async fn declare(
 /// `GET /v1/datasets/{dataset}`: the dataset and, per partition, how far the processor got:
 /// `end_offset` of the changes log, `applied` (the master store's position) and `committed`
 /// (the processor group's position, reached once the states are published). The processor has
-/// caught up when all three are equal.
+/// caught up when all three are equal. Open to a caller with any scope on the dataset.
 pub async fn show(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let dataset = extract::dataset(&state, &name).await?;
+    let name = DatasetName::new(name)?;
+    if !caller.sees_dataset(&name) {
+        return Err(ApiError::Forbidden(format!(
+            "this token has no scope on dataset {name}"
+        )));
+    }
+    let dataset = extract::dataset(&state, name.as_str()).await?;
     let topic = state.datasets.topics().changes(&dataset.name);
     let mut partitions = Vec::with_capacity(dataset.partitions as usize);
     for p in 0..dataset.partitions {
@@ -79,8 +89,16 @@ pub async fn show(
     Ok(Json(body).into_response())
 }
 
-pub async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+/// `GET /v1/datasets`: the datasets the caller has a scope on.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     let all = state.datasets.all().await?;
-    let all: Vec<_> = all.iter().map(dataset_json).collect();
+    let all: Vec<_> = all
+        .iter()
+        .filter(|d| caller.sees_dataset(&d.name))
+        .map(dataset_json)
+        .collect();
     Ok(Json(json!({ "datasets": all })).into_response())
 }

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use tenantsync_batcher::BatchesError;
 use tenantsync_core::InvalidInput;
 use tenantsync_feed::FeedError;
 use tenantsync_feed::subscriptions::SubscriptionError;
@@ -46,6 +47,23 @@ pub enum ApiError {
     },
     /// The feed position is past tombstone retention: start over from a snapshot.
     Gone(String),
+    /// No credentials, or credentials that do not identify a caller (401).
+    Unauthenticated(String),
+    /// The caller is known but its scopes do not cover the request (403).
+    Forbidden(String),
+    /// The tenant wrote faster than its quota allows; retry after the given time (429).
+    RateLimited {
+        tenant: String,
+        retry_after: std::time::Duration,
+    },
+    /// One request carries more changes of a tenant than its burst: it can never pass (413).
+    OverBurst {
+        tenant: String,
+        changes: u32,
+        burst: u32,
+    },
+    /// The tenant is being erased: its writes are refused until the erasure finishes (409).
+    TenantErasing(String),
     /// The log or the store is unreachable right now.
     Unavailable(String),
     Internal(String),
@@ -107,6 +125,45 @@ impl ApiError {
                 )
             }
             ApiError::Gone(d) => (StatusCode::GONE, "cursor-gone", d.clone()),
+            ApiError::Unauthenticated(d) => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated", d.clone())
+            }
+            ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", d.clone()),
+            ApiError::RateLimited {
+                tenant,
+                retry_after,
+            } => {
+                ext.insert(
+                    "retry_after_secs".into(),
+                    json!(retry_after_secs(*retry_after)),
+                );
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    format!(
+                        "tenant {tenant} is writing faster than its quota; retry after {} s",
+                        retry_after_secs(*retry_after)
+                    ),
+                )
+            }
+            ApiError::OverBurst {
+                tenant,
+                changes,
+                burst,
+            } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "over-burst",
+                format!(
+                    "the request carries {changes} changes of tenant {tenant}, more than its burst of {burst}; send at most {burst} per request"
+                ),
+            ),
+            ApiError::TenantErasing(tenant) => (
+                StatusCode::CONFLICT,
+                "tenant-erasing",
+                format!(
+                    "tenant {tenant} is being erased; its writes are refused until the erasure finishes (GET /v1/tenants/{tenant}/erasure)"
+                ),
+            ),
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", d.clone()),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,11 +207,31 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(*retry_after)),
+                );
+            }
+            ApiError::Unauthenticated(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tenantsync\""),
+                );
+            }
+            _ => {}
         }
         response
     }
+}
+
+/// `Retry-After` is whole seconds: rounded up, so a client that waits that long gets through.
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl From<InvalidInput> for ApiError {
@@ -208,6 +285,30 @@ impl From<FeedError> for ApiError {
 }
 
 impl ApiError {
+    /// A copy of a quota refusal ([`RateLimited`](ApiError::RateLimited) or
+    /// [`OverBurst`](ApiError::OverBurst)), for each line of the refused tenant.
+    pub(crate) fn clone_quota(&self) -> ApiError {
+        match self {
+            ApiError::RateLimited {
+                tenant,
+                retry_after,
+            } => ApiError::RateLimited {
+                tenant: tenant.clone(),
+                retry_after: *retry_after,
+            },
+            ApiError::OverBurst {
+                tenant,
+                changes,
+                burst,
+            } => ApiError::OverBurst {
+                tenant: tenant.clone(),
+                changes: *changes,
+                burst: *burst,
+            },
+            other => ApiError::Internal(format!("not a quota refusal: {other:?}")),
+        }
+    }
+
     /// A subscription operation's error; `field` names where a refused cursor came from.
     pub(crate) fn subscription(e: SubscriptionError, field: &'static str) -> Self {
         match e {
@@ -224,4 +325,14 @@ pub(crate) async fn not_found() -> ApiError {
 
 pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+impl From<BatchesError> for ApiError {
+    fn from(e: BatchesError) -> Self {
+        match e {
+            BatchesError::Log(e) => e.into(),
+            BatchesError::Store(e) => e.into(),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
 }

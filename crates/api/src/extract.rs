@@ -5,9 +5,11 @@ use axum::extract::Query;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
+use tenantsync_auth::Access;
 use tenantsync_core::{ChangeId, DatasetName, EntityId, InvalidInput, Object, TenantId};
 use tenantsync_store::Dataset;
 
+use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
 /// `?wait=applied`: answer only once the processor applied the change.
@@ -38,6 +40,36 @@ pub async fn dataset(state: &AppState, raw: &str) -> Result<Dataset, ApiError> {
         .get(&name)
         .await?
         .ok_or_else(|| ApiError::UnknownDataset(name.to_string()))
+}
+
+/// The dataset and tenant named in the path, once the caller is known to have `access` to
+/// them: 400 for a malformed name, then 403 without the scope, and only then 404 for a dataset
+/// that is not declared, so that a caller learns nothing about datasets it may not see.
+pub async fn authorized(
+    state: &AppState,
+    caller: &Caller,
+    access: Access,
+    dataset: &str,
+    tenant: &str,
+) -> Result<(Dataset, TenantId), ApiError> {
+    let (name, tenant) = (DatasetName::new(dataset)?, TenantId::new(tenant)?);
+    caller.require(access, &name, &tenant)?;
+    Ok((self::dataset(state, name.as_str()).await?, tenant))
+}
+
+/// An `Idempotency-Key` a writer sent: ids with the reserved prefix are tenantsync's own.
+pub fn writer_change_id(field: &'static str, key: &str) -> Result<ChangeId, InvalidInput> {
+    let id = ChangeId::new(key).map_err(|e| InvalidInput::new(field, e.reason))?;
+    if id.is_reserved() {
+        return Err(InvalidInput::new(
+            field,
+            format!(
+                "keys starting with {:?} are reserved for tenantsync's own changes",
+                ChangeId::RESERVED_PREFIX
+            ),
+        ));
+    }
+    Ok(id)
 }
 
 pub fn tenant_and_id(tenant: &str, id: &str) -> Result<(TenantId, EntityId), ApiError> {
@@ -86,7 +118,7 @@ pub fn preconditions(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
             .transpose()
     };
     let change_id = text("Idempotency-Key")?
-        .map(|k| ChangeId::new(k).map_err(|e| InvalidInput::new("Idempotency-Key", e.reason)))
+        .map(|k| writer_change_id("Idempotency-Key", k))
         .transpose()?;
     let if_match = text("If-Match")?
         .map(|v| {

@@ -14,12 +14,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tenantsync_auth::Access;
 use tenantsync_core::{DatasetName, InvalidInput, TenantId};
-use tenantsync_feed::{FeedCursor, FeedError, Page, read_or_wait, read_page};
+use tenantsync_feed::{CursorKey, FeedCursor, FeedError, Page, read_or_wait, read_page};
 use tenantsync_store::{FeedPosition, FeedRecord};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::auth::Caller;
 use crate::extract;
 use crate::metrics::Gauge;
 use crate::{ApiError, AppState};
@@ -90,12 +92,14 @@ fn wants_event_stream(headers: &HeaderMap) -> bool {
 
 pub async fn changes(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path((dataset, tenant)): Path<(String, String)>,
     query: Result<Query<FeedQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let dataset = extract::dataset(&state, &dataset).await?.name;
-    let tenant = TenantId::new(tenant)?;
+    let (dataset, tenant) =
+        extract::authorized(&state, &caller, Access::Read, &dataset, &tenant).await?;
+    let dataset = dataset.name;
     let query = extract::query(query)?;
     let limit = query.limit(&state)?;
     let sse = wants_event_stream(&headers);
@@ -116,18 +120,19 @@ pub async fn changes(
     let position = match cursor {
         None => None,
         Some((field, raw)) => {
-            let cursor =
-                FeedCursor::decode(raw).map_err(|e| InvalidInput::new(field, e.to_string()))?;
+            let cursor = FeedCursor::decode(raw, &state.cursor_key)
+                .map_err(|e| InvalidInput::new(field, e.to_string()))?;
             cursor
                 .check(&dataset, &tenant)
                 .map_err(|e| InvalidInput::new(field, e.to_string()))?;
             Some(cursor.position)
         }
     };
+    // Checked for SSE too, where it does not apply, so that a bad value is an error everywhere.
+    let wait = query.wait(&state)?;
     if sse {
         return stream(state, dataset, tenant, position, limit).await;
     }
-    let wait = query.wait(&state)?;
     let page = {
         let _waiting = (!wait.is_zero()).then(|| Gauge::hold(&state.metrics.long_polls));
         read_or_wait(
@@ -145,7 +150,7 @@ pub async fn changes(
         .metrics
         .delivered_feed
         .fetch_add(page.records.len() as u64, Ordering::Relaxed);
-    Ok(Json(page_json(&dataset, &tenant, &page)).into_response())
+    Ok(Json(page_json(&state.cursor_key, &dataset, &tenant, &page)).into_response())
 }
 
 /// Feeds an SSE stream from `first` on until the client goes away, stops reading, or its
@@ -178,7 +183,7 @@ async fn produce(
             };
             let Ok(event) = Event::default()
                 .event("change")
-                .id(cursor_at(&dataset, &tenant, after))
+                .id(cursor_at(&state.cursor_key, &dataset, &tenant, after))
                 .json_data(change_json(record))
             else {
                 continue;
@@ -191,7 +196,7 @@ async fn produce(
         if page.up_to_date && !was_up_to_date {
             let event = Event::default()
                 .event("up-to-date")
-                .id(cursor_at(&dataset, &tenant, page.next))
+                .id(cursor_at(&state.cursor_key, &dataset, &tenant, page.next))
                 .data("{}");
             if !send(event).await {
                 return;
@@ -220,19 +225,24 @@ async fn produce(
     }
 }
 
-fn cursor_at(dataset: &DatasetName, tenant: &TenantId, position: FeedPosition) -> String {
+fn cursor_at(
+    key: &CursorKey,
+    dataset: &DatasetName,
+    tenant: &TenantId,
+    position: FeedPosition,
+) -> String {
     FeedCursor {
         dataset: dataset.clone(),
         tenant: tenant.clone(),
         position,
     }
-    .encode()
+    .encode(key)
 }
 
-fn page_json(dataset: &DatasetName, tenant: &TenantId, page: &Page) -> Value {
+fn page_json(key: &CursorKey, dataset: &DatasetName, tenant: &TenantId, page: &Page) -> Value {
     json!({
         "changes": page.records.iter().map(change_json).collect::<Vec<_>>(),
-        "cursor": cursor_at(dataset, tenant, page.next),
+        "cursor": cursor_at(key, dataset, tenant, page.next),
         "up_to_date": page.up_to_date,
     })
 }

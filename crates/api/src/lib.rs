@@ -2,12 +2,17 @@
 //! `application/problem+json`. Handlers validate at the edge (into `tenantsync-core` types) and
 //! never hold business rules: the rules of applying a change live in the master store.
 
+pub mod admin;
+pub mod auth;
+mod batches;
 mod datasets;
+pub mod erasure;
 mod error;
 mod extract;
 mod feed;
 mod health;
 mod metrics;
+pub mod quota;
 mod records;
 mod subscriptions;
 mod write;
@@ -17,14 +22,18 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
-use tenantsync_feed::Hub;
+use axum::routing::{delete, get, post, put};
+use tenantsync_batcher::BatchQueue;
+use tenantsync_feed::{CursorKey, Hub};
 use tenantsync_log::Log;
 use tenantsync_processor::{AppliedHub, Datasets, Processor};
 use tenantsync_store::MasterStore;
 
+pub use auth::Auth;
+pub use erasure::Erasures;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
+pub use quota::{WriteQuota, WriteQuotas};
 
 /// Settings of the API, validated by the binary.
 #[derive(Debug, Clone)]
@@ -95,14 +104,27 @@ pub struct AppState {
     pub processor: Option<Arc<Processor>>,
     pub metrics: ApiMetrics,
     pub config: ApiConfig,
+    /// How callers are authenticated.
+    pub auth: Auth,
+    /// Signs and checks feed and subscription cursors.
+    pub cursor_key: CursorKey,
+    /// Per-tenant write quotas.
+    pub quotas: WriteQuotas,
+    /// Tenants being erased, whose writes are refused.
+    pub erasures: Erasures,
+    /// The HTTP workers' batch queue.
+    pub batches: BatchQueue,
 }
 
-/// The whole API.
+/// The whole API: the health checks open to all, every other route behind
+/// [`auth::authenticate`] (and each handler checks the scope its request needs).
 pub fn router(state: Arc<AppState>) -> Router {
     let record = "/v1/datasets/{dataset}/tenants/{tenant}/records/{id}";
-    Router::new()
+    let open = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .method_not_allowed_fallback(error::method_not_allowed);
+    let authenticated = Router::new()
         .route("/v1/datasets", get(datasets::list))
         .route(
             "/v1/datasets/{dataset}",
@@ -124,6 +146,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/datasets/{dataset}/tenants/{tenant}/changes",
             get(feed::changes),
         )
+        .route("/v1/datasets/{dataset}/batches/lease", post(batches::lease))
+        .route(
+            "/v1/datasets/{dataset}/batches/{id}/ack",
+            post(batches::ack),
+        )
         .route("/v1/subscriptions", get(subscriptions::list))
         .route(
             "/v1/subscriptions/{name}",
@@ -136,9 +163,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(subscriptions::changes),
         )
         .route("/v1/subscriptions/{name}/ack", post(subscriptions::ack))
+        .route("/v1/tokens", post(admin::create).get(admin::list))
+        .route("/v1/tokens/{name}", delete(admin::revoke))
+        .route("/v1/audit", get(admin::audit_log))
+        .route("/v1/tenants/{tenant}", delete(erasure::start))
+        .route("/v1/tenants/{tenant}/erasure", get(erasure::status))
         .route("/metrics", get(metrics::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    open.merge(authenticated)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
 }

@@ -66,7 +66,11 @@ type Labels = Vec<(&'static str, String)>;
 /// and a subscription that far behind shows it anyway.
 const LAG_COUNT_LIMIT: usize = 100;
 
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    caller: crate::auth::Caller,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
     let mut registry = Registry::with_prefix("tenantsync");
 
     if let Some(processor) = &state.processor {

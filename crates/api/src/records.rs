@@ -10,8 +10,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tenantsync_core::{ChangeId, Op, Record, TenantId};
+use tenantsync_auth::Access;
+use tenantsync_core::{ChangeId, DatasetName, EntityId, Op, Record, TenantId};
 
+use crate::auth::Caller;
 use crate::extract::{self, Wait, WriteQuery};
 use crate::write;
 use crate::{ApiError, AppState};
@@ -28,6 +30,19 @@ pub fn record_json(record: &Record) -> Value {
     })
 }
 
+/// A record as a write's `?wait=applied` reply shows it: with its `data` only when the caller
+/// may also read the tenant. A patch or a later change leaves data in the record the writer did
+/// not send, and a write-only token must not read it back that way.
+pub fn written_json(caller: &Caller, dataset: &DatasetName, record: &Record) -> Value {
+    let mut json = record_json(record);
+    if !caller.allows(Access::Read, dataset, &record.tenant) {
+        json.as_object_mut()
+            .expect("a record is a JSON object")
+            .remove("data");
+    }
+    json
+}
+
 fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("a number is a valid header value")
 }
@@ -35,19 +50,23 @@ fn etag(version: u64) -> HeaderValue {
 /// The common path of PUT, PATCH and DELETE.
 async fn write_one(
     state: Arc<AppState>,
+    caller: Caller,
     (dataset, tenant, id): (String, String, String),
     query: Result<Query<WriteQuery>, QueryRejection>,
     headers: HeaderMap,
     op: Op,
     body: Option<Bytes>,
 ) -> Result<Response, ApiError> {
+    let (dataset, tenant) =
+        extract::authorized(&state, &caller, Access::Write, &dataset, &tenant).await?;
     let query = extract::query(query)?;
-    let dataset = extract::dataset(&state, &dataset).await?;
-    let (tenant, id) = extract::tenant_and_id(&tenant, &id)?;
+    let id = EntityId::new(id)?;
     let pre = extract::preconditions(&headers)?;
     let data = body.map(|b| extract::json_object(&b)).transpose()?;
     let explicit_key = pre.change_id.is_some();
     let change = write::change(op, tenant, id, data, pre.change_id, pre.expected_version)?;
+    state.erasures.check_writable(&change.tenant)?;
+    write::take_quota(&state, &change.tenant, 1)?;
     if explicit_key {
         write::check_key(&state, &dataset, &change, write::KEY_HEADER).await?;
     }
@@ -66,7 +85,7 @@ async fn write_one(
     };
     let applied = write::wait_applied(&state, &dataset, &change, waiter, write::KEY_HEADER).await?;
     let record = write::applied_reply(&change, &applied, write::KEY_HEADER)?;
-    let mut response = Json(record_json(&record)).into_response();
+    let mut response = Json(written_json(&caller, &dataset.name, &record)).into_response();
     response
         .headers_mut()
         .insert(header::ETAG, etag(record.version));
@@ -75,41 +94,46 @@ async fn write_one(
 
 pub async fn put(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(path): RecordPath,
     query: Result<Query<WriteQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = extract::body(body, state.config.max_body_bytes)?;
-    write_one(state, path, query, headers, Op::Upsert, Some(body)).await
+    write_one(state, caller, path, query, headers, Op::Upsert, Some(body)).await
 }
 
 pub async fn patch(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(path): RecordPath,
     query: Result<Query<WriteQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = extract::body(body, state.config.max_body_bytes)?;
-    write_one(state, path, query, headers, Op::Patch, Some(body)).await
+    write_one(state, caller, path, query, headers, Op::Patch, Some(body)).await
 }
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(path): RecordPath,
     query: Result<Query<WriteQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    write_one(state, path, query, headers, Op::Delete, None).await
+    write_one(state, caller, path, query, headers, Op::Delete, None).await
 }
 
 pub async fn get(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path((dataset, tenant, id)): RecordPath,
 ) -> Result<Response, ApiError> {
-    let dataset = extract::dataset(&state, &dataset).await?;
-    let (tenant, id) = extract::tenant_and_id(&tenant, &id)?;
+    let (dataset, tenant) =
+        extract::authorized(&state, &caller, Access::Read, &dataset, &tenant).await?;
+    let id = EntityId::new(id)?;
     match state.store.get(&dataset.name, &tenant, &id).await? {
         Some(record) if !record.is_deleted() => {
             let mut response = Json(record_json(&record)).into_response();
@@ -132,12 +156,17 @@ pub async fn get(
 /// `pending` means the master store has no outcome for it yet (or never heard of it). `id` is
 /// the record the change id belongs to: the first change applied with it; a later change of
 /// another record with the same id was refused (`key_reused`, never stored, so never shown here).
+/// Its writer may ask, so `write` on the tenant is enough, as is `read`: the answer holds no data.
 pub async fn change_status(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path((dataset, tenant, change_id)): RecordPath,
 ) -> Result<Response, ApiError> {
-    let dataset = extract::dataset(&state, &dataset).await?;
-    let tenant = TenantId::new(tenant)?;
+    let (name, tenant) = (DatasetName::new(dataset)?, TenantId::new(tenant)?);
+    if !caller.allows(Access::Write, &name, &tenant) {
+        caller.require(Access::Read, &name, &tenant)?;
+    }
+    let dataset = extract::dataset(&state, name.as_str()).await?;
     let change_id = ChangeId::new(change_id)?;
     let stored = state
         .store

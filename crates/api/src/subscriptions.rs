@@ -17,6 +17,8 @@ use tenantsync_core::{DatasetName, InvalidInput, SubscriptionName, TenantId};
 use tenantsync_feed::subscriptions::{self, Batch};
 use tenantsync_store::{Subscription, TenantSelection};
 
+use crate::admin::audit;
+use crate::auth::Caller;
 use crate::extract;
 use crate::feed::{FeedQuery, change_json};
 use crate::metrics::Gauge;
@@ -52,17 +54,24 @@ fn subscription_json(s: &Subscription) -> Value {
     })
 }
 
-async fn find(state: &AppState, name: &str) -> Result<Subscription, ApiError> {
+/// The subscription named, if the caller may read everything it covers (else 403).
+async fn find(state: &AppState, caller: &Caller, name: &str) -> Result<Subscription, ApiError> {
     let name = SubscriptionName::new(name)?;
-    state
+    let subscription = state
         .store
         .subscription(&name)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("subscription {name} does not exist")))
+        .ok_or_else(|| ApiError::NotFound(format!("subscription {name} does not exist")))?;
+    caller.require_subscription(&subscription)?;
+    Ok(subscription)
 }
 
+/// `PUT /v1/subscriptions/{name}`: creates or updates a subscription. The caller must be
+/// allowed to read every dataset and tenant it covers, and, when it exists, everything it
+/// covered before.
 pub async fn put(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -78,9 +87,6 @@ pub async fn put(
     datasets.dedup();
     if datasets.is_empty() {
         return Err(InvalidInput::new("datasets", "name at least one dataset").into());
-    }
-    for dataset in &datasets {
-        extract::dataset(&state, dataset.as_str()).await?;
     }
     let tenants = match spec.tenants {
         Tenants::All(s) if s == "*" => TenantSelection::All,
@@ -102,6 +108,18 @@ pub async fn put(
             TenantSelection::Only(list)
         }
     };
+    if !caller.reads_subscription(&datasets, &tenants) {
+        return Err(ApiError::Forbidden(
+            "this token may not read every dataset and tenant the subscription would cover"
+                .to_owned(),
+        ));
+    }
+    if let Some(existing) = state.store.subscription(&name).await? {
+        caller.require_subscription(&existing)?;
+    }
+    for dataset in &datasets {
+        extract::dataset(&state, dataset.as_str()).await?;
+    }
     let (stored, created) = state
         .store
         .put_subscription(&Subscription {
@@ -111,6 +129,18 @@ pub async fn put(
             created_at: Utc::now(),
         })
         .await?;
+    audit(
+        state.store.as_ref(),
+        caller.subject(),
+        if created {
+            "subscription.created"
+        } else {
+            "subscription.updated"
+        },
+        stored.name.as_str(),
+        subscription_json(&stored),
+    )
+    .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -119,18 +149,27 @@ pub async fn put(
     Ok((status, Json(subscription_json(&stored))).into_response())
 }
 
-pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+/// `GET /v1/subscriptions`: the subscriptions the caller may read.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     let all = state.store.subscriptions().await?;
     Ok(Json(json!({
-        "subscriptions": all.iter().map(subscription_json).collect::<Vec<_>>()
+        "subscriptions": all
+            .iter()
+            .filter(|s| caller.reads_subscription(&s.datasets, &s.tenants))
+            .map(subscription_json)
+            .collect::<Vec<_>>()
     })))
 }
 
 pub async fn show(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let subscription = find(&state, &name).await?;
+    let subscription = find(&state, &caller, &name).await?;
     let lag = subscriptions::lag(
         state.store.as_ref(),
         &state.hub,
@@ -155,32 +194,43 @@ pub async fn show(
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let name = SubscriptionName::new(name)?;
-    if state.store.delete_subscription(&name).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound(format!(
-            "subscription {name} does not exist"
-        )))
+    let subscription = find(&state, &caller, &name).await?;
+    if state.store.delete_subscription(&subscription.name).await? {
+        audit(
+            state.store.as_ref(),
+            caller.subject(),
+            "subscription.deleted",
+            subscription.name.as_str(),
+            json!({}),
+        )
+        .await?;
     }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The next batch: one tenant's changes. `?cursor=` acknowledges the previous batch first.
 /// `204 No Content` when nothing is pending after `?wait=`.
 pub async fn changes(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(name): Path<String>,
     query: Result<Query<FeedQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let subscription = find(&state, &name).await?;
+    let subscription = find(&state, &caller, &name).await?;
     let query = extract::query(query)?;
     let (limit, wait) = (query.limit(&state)?, query.wait(&state)?);
     if let Some(cursor) = &query.cursor {
-        subscriptions::ack(state.store.as_ref(), &subscription, cursor)
-            .await
-            .map_err(|e| ApiError::subscription(e, "cursor"))?;
+        subscriptions::ack(
+            state.store.as_ref(),
+            &state.cursor_key,
+            &subscription,
+            cursor,
+        )
+        .await
+        .map_err(|e| ApiError::subscription(e, "cursor"))?;
     }
     let batch = {
         let _waiting = (!wait.is_zero()).then(|| Gauge::hold(&state.metrics.long_polls));
@@ -195,16 +245,16 @@ pub async fn changes(
         .metrics
         .delivered_subscription
         .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
-    Ok(Json(batch_json(&batch)).into_response())
+    Ok(Json(batch_json(&state, &batch)).into_response())
 }
 
-fn batch_json(batch: &Batch) -> Value {
+fn batch_json(state: &AppState, batch: &Batch) -> Value {
     json!({
         "dataset": batch.dataset,
         "tenant": batch.tenant,
         "reset": batch.reset,
         "changes": batch.records.iter().map(change_json).collect::<Vec<_>>(),
-        "cursor": batch.cursor.encode(),
+        "cursor": batch.cursor.encode(&state.cursor_key),
         "up_to_date": batch.up_to_date,
     })
 }
@@ -218,18 +268,24 @@ struct Ack {
 /// `POST .../ack` with `{"cursor": "..."}`: records that the batch was processed.
 pub async fn ack(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let subscription = find(&state, &name).await?;
+    let subscription = find(&state, &caller, &name).await?;
     let body = extract::body(body, state.config.max_body_bytes)?;
     let ack: Ack = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadBody(format!(
             "expected {{\"cursor\": \"<a batch's cursor>\"}}: {e}"
         ))
     })?;
-    subscriptions::ack(state.store.as_ref(), &subscription, &ack.cursor)
-        .await
-        .map_err(|e| ApiError::subscription(e, "cursor"))?;
+    subscriptions::ack(
+        state.store.as_ref(),
+        &state.cursor_key,
+        &subscription,
+        &ack.cursor,
+    )
+    .await
+    .map_err(|e| ApiError::subscription(e, "cursor"))?;
     Ok(StatusCode::NO_CONTENT)
 }

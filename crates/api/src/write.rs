@@ -6,6 +6,7 @@
 //! as 422, early when the store already shows the key taken, and never lets such a change pass
 //! as a duplicate of the other record's change.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -16,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tenantsync_auth::Access;
+use tenantsync_core::DatasetName;
 use tenantsync_core::{
     Change, ChangeId, EntityId, InvalidInput, Object, Op, Outcome, Record, RejectReason, TenantId,
 };
@@ -23,7 +26,9 @@ use tenantsync_processor::{AppliedChange, Waiter, changes};
 use tenantsync_store::{Dataset, StoredOutcome};
 use tokio::time::Instant;
 
+use crate::auth::Caller;
 use crate::extract::{self, Wait, WriteQuery};
+use crate::quota::QuotaError;
 use crate::{ApiError, AppState};
 
 /// The `field` of a refused key on the single-record routes...
@@ -101,6 +106,22 @@ pub fn change(
     };
     change.validate()?;
     Ok(change)
+}
+
+/// Takes `changes` from the tenant's write quota: 429 (or 413 for more than a burst at once)
+/// when they do not fit.
+pub fn take_quota(state: &AppState, tenant: &TenantId, changes: u32) -> Result<(), ApiError> {
+    state.quotas.take(tenant, changes).map_err(|e| match e {
+        QuotaError::RetryAfter(retry_after) => ApiError::RateLimited {
+            tenant: tenant.to_string(),
+            retry_after,
+        },
+        QuotaError::OverBurst { burst } => ApiError::OverBurst {
+            tenant: tenant.to_string(),
+            changes,
+            burst,
+        },
+    })
 }
 
 /// Appends changes to the dataset's changes log; returns once they are durable.
@@ -255,6 +276,13 @@ pub fn applied_reply(
         }),
         (
             Outcome::Rejected {
+                reason: RejectReason::TenantErasing,
+                ..
+            },
+            _,
+        ) => Err(ApiError::TenantErasing(change.tenant.to_string())),
+        (
+            Outcome::Rejected {
                 reason: RejectReason::NotFound,
                 ..
             },
@@ -307,39 +335,88 @@ fn parse_line(line: &[u8]) -> Result<(Change, bool), ApiError> {
         (_, Some(Value::Object(map))) => Some(map),
         (_, Some(_)) => return Err(InvalidInput::new("data", "must be a JSON object").into()),
     };
-    let change_id = line.idempotency_key.map(ChangeId::new).transpose()?;
+    let change_id = line
+        .idempotency_key
+        .map(|k| extract::writer_change_id(KEY_MEMBER, &k))
+        .transpose()?;
     let explicit = change_id.is_some();
     let change = change(line.op, tenant, id, data, change_id, line.expected_version)?;
     Ok((change, explicit))
 }
 
 /// `POST /v1/datasets/{dataset}/changes`: NDJSON in, one result per non-blank line out, in
-/// order. A bad line is reported with its line number and does not stop the others.
+/// order. A bad line is reported with its line number and does not stop the others; so is a
+/// line of a tenant the caller may not write (403), one being erased (409), and the lines of a
+/// tenant over its write quota (429, all of the tenant's lines in the request or none). When
+/// every line that would be appended is over quota, the whole answer is a 429 with
+/// `Retry-After`.
 pub async fn bulk(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(dataset): Path<String>,
     query: Result<Query<WriteQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let name = DatasetName::new(dataset)?;
+    if !caller.sees_dataset(&name) {
+        return Err(ApiError::Forbidden(format!(
+            "this token may not write to dataset {name}"
+        )));
+    }
     let query = extract::query(query)?;
-    let dataset = extract::dataset(&state, &dataset).await?;
+    let dataset = extract::dataset(&state, name.as_str()).await?;
     let body = extract::body(body, state.config.max_body_bytes)?;
 
-    let mut parsed: Vec<(usize, Result<Change, ApiError>)> = Vec::new();
+    // Each non-blank line with its number and the tenant it names, read once.
+    let lines: Vec<(usize, &[u8], Option<TenantId>)> = body
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(n, line)| (n + 1, line, line_tenant(line)))
+        .collect();
+    // Quotas first, from each line's tenant alone: the lines of a tenant over its quota are
+    // refused without being parsed in full, so a flood costs the server as little as possible.
+    let (refused, tenants) = take_bulk_quotas(&state, &caller, &dataset, &lines);
+    let waits: Vec<_> = refused
+        .iter()
+        .filter_map(|(tenant, refusal)| match refusal {
+            ApiError::RateLimited { retry_after, .. } => Some((tenant, *retry_after)),
+            _ => None,
+        })
+        .collect();
+    if tenants > 0 && waits.len() == tenants {
+        // Every line the caller may write is over its tenant's rate: nothing to append.
+        let (tenant, retry_after) = waits
+            .into_iter()
+            .max_by_key(|(_, wait)| *wait)
+            .expect("a refused tenant");
+        return Err(ApiError::RateLimited {
+            tenant: tenant.to_string(),
+            retry_after,
+        });
+    }
+
+    let mut parsed: Vec<(usize, Result<Change, ApiError>)> = Vec::with_capacity(lines.len());
     // The lines with their own key, as indices into `parsed`, and those keys.
     let (mut keyed, mut keys) = (Vec::new(), Vec::new());
-    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
+    for (n, line, tenant) in lines {
+        if let Some(refusal) = tenant.and_then(|t| refused.get(&t)) {
+            parsed.push((n, Err(refusal.clone_quota())));
             continue;
         }
-        let result = parse_line(line).map(|(change, explicit)| {
+        let result = parse_line(line).and_then(|(change, explicit)| {
+            caller.require(Access::Write, &dataset.name, &change.tenant)?;
+            state.erasures.check_writable(&change.tenant)?;
+            Ok((change, explicit))
+        });
+        let result = result.map(|(change, explicit)| {
             if explicit {
                 keyed.push(parsed.len());
                 keys.push((change.tenant.clone(), change.change_id.clone()));
             }
             change
         });
-        parsed.push((n + 1, result));
+        parsed.push((n, result));
     }
     // A key the store already shows used for another record: refuse the line now (see
     // `check_key`), in one look-up for the whole request.
@@ -375,7 +452,7 @@ pub async fn bulk(
                 match reply {
                     Ok(record) => json!({
                         "line": line, "status": 200,
-                        "change_id": change.change_id, "record": crate::records::record_json(&record),
+                        "change_id": change.change_id, "record": crate::records::written_json(&caller, &dataset.name, &record),
                     }),
                     Err(error) => {
                         let mut v = line_error(line, error);
@@ -389,6 +466,44 @@ pub async fn bulk(
         results.push(value);
     }
     Ok(Json(json!({ "results": results })).into_response())
+}
+
+/// The tenant a bulk line names, read without parsing the rest of it; `None` when the line
+/// has none that is valid (its full parse reports why).
+fn line_tenant(line: &[u8]) -> Option<TenantId> {
+    #[derive(Deserialize)]
+    struct Tenant<'a> {
+        #[serde(borrow)]
+        tenant: std::borrow::Cow<'a, str>,
+    }
+    let peek: Tenant = serde_json::from_slice(line).ok()?;
+    TenantId::new(peek.tenant.into_owned()).ok()
+}
+
+/// Takes, for each tenant the caller may write, that tenant's lines from its write quota, all
+/// of them or none. Returns the refusals by tenant, and how many tenants were counted.
+fn take_bulk_quotas(
+    state: &AppState,
+    caller: &Caller,
+    dataset: &Dataset,
+    lines: &[(usize, &[u8], Option<TenantId>)],
+) -> (HashMap<TenantId, ApiError>, usize) {
+    let mut per_tenant: HashMap<&TenantId, u32> = HashMap::new();
+    for tenant in lines.iter().filter_map(|(_, _, tenant)| tenant.as_ref()) {
+        if caller.allows(Access::Write, &dataset.name, tenant) {
+            *per_tenant.entry(tenant).or_default() += 1;
+        }
+    }
+    let tenants = per_tenant.len();
+    let refused = per_tenant
+        .into_iter()
+        .filter_map(|(tenant, n)| {
+            take_quota(state, tenant, n)
+                .err()
+                .map(|e| (tenant.clone(), e))
+        })
+        .collect();
+    (refused, tenants)
 }
 
 /// A per-line error: the problem document's members, plus the line number.

@@ -55,30 +55,51 @@ pub struct InvalidScope {
 }
 
 impl Scope {
-    /// Whether this scope allows `access` to `tenant`'s records in `dataset`.
-    pub fn allows(&self, access: Access, dataset: &DatasetName, tenant: &TenantId) -> bool {
+    /// The tenants this scope covers for `access` in `dataset`: `None` for none at all.
+    fn tenants_for(&self, access: Access, dataset: &DatasetName) -> Option<&Tenants> {
         match self {
-            Scope::Admin => true,
+            Scope::Admin => Some(&Tenants::All),
             Scope::Records {
                 access: a,
                 datasets,
                 tenants,
-            } => {
-                *a == access
-                    && match datasets {
-                        Datasets::All => true,
-                        Datasets::One(d) => d == dataset,
-                    }
-                    && match tenants {
-                        Tenants::All => true,
-                        Tenants::One(t) => t == tenant,
-                    }
-            }
+            } => (*a == access && datasets.covers(dataset)).then_some(tenants),
         }
+    }
+
+    /// Whether this scope allows `access` to `tenant`'s records in `dataset`.
+    pub fn allows(&self, access: Access, dataset: &DatasetName, tenant: &TenantId) -> bool {
+        self.tenants_for(access, dataset).is_some_and(|t| match t {
+            Tenants::All => true,
+            Tenants::One(one) => one == tenant,
+        })
     }
 
     pub fn is_admin(&self) -> bool {
         matches!(self, Scope::Admin)
+    }
+
+    /// Whether this scope allows `access` to every tenant of `dataset`, including tenants that
+    /// do not exist yet (what a subscription over all tenants needs).
+    pub fn allows_every_tenant(&self, access: Access, dataset: &DatasetName) -> bool {
+        self.tenants_for(access, dataset) == Some(&Tenants::All)
+    }
+
+    /// Whether this scope allows anything at all in `dataset`.
+    pub fn mentions_dataset(&self, dataset: &DatasetName) -> bool {
+        match self {
+            Scope::Admin => true,
+            Scope::Records { datasets, .. } => datasets.covers(dataset),
+        }
+    }
+}
+
+impl Datasets {
+    fn covers(&self, dataset: &DatasetName) -> bool {
+        match self {
+            Datasets::All => true,
+            Datasets::One(d) => d == dataset,
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use crate::backends::{open_log, open_store};
 use crate::config::{FileConfig, ServeArgs, Settings};
 use crate::serve;
 
+mod batches;
 mod subscribers;
 
 const DATASET: &str = "bench";
@@ -36,6 +37,9 @@ pub enum BenchCommand {
     /// Change-feed subscribers: write->delivery latency to many long-poll or SSE subscribers,
     /// and server memory per idle subscriber.
     Subscribers(subscribers::SubscribersArgs),
+    /// The batcher: fairness across tenants of Zipf-distributed volume, applied -> batch
+    /// latency, batch sizes and CPU time per record.
+    Batches(batches::BatchesArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -87,6 +91,13 @@ pub struct HttpArgs {
     /// Requests per second in the latency phase (PUT ?wait=applied, open loop).
     #[arg(long, default_value_t = 5000)]
     rate: u64,
+    /// During the latency phase, one more tenant (`noisy`) also writes this many changes per
+    /// second, as bulk requests of 1,000 changes, ignoring Retry-After.
+    #[arg(long, default_value_t = 0)]
+    noisy_rate: u64,
+    /// The server's --tenant-write-rate [default: the server's default].
+    #[arg(long)]
+    tenant_write_rate: Option<u32>,
 }
 
 /// Backends for one run; keeps the temp dir and mock cluster alive.
@@ -110,7 +121,11 @@ impl Env {
                 let cluster = MockCluster::new(3).context("cannot start the mock cluster")?;
                 let topics = Topics::default();
                 let name = DatasetName::new(DATASET)?;
-                for topic in [topics.changes(&name), topics.state(&name)] {
+                for topic in [
+                    topics.changes(&name),
+                    topics.state(&name),
+                    topics.batches(&name),
+                ] {
                     cluster.create_topic(&topic, common.partitions as i32, 3)?;
                 }
                 (
@@ -133,7 +148,84 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Processor(args) => processor(args).await,
         BenchCommand::Http(args) => http(args).await,
         BenchCommand::Subscribers(args) => subscribers::run(args).await,
+        BenchCommand::Batches(args) => batches::run(args).await,
     }
+}
+
+/// The write rate given to the subscribers bench's server, whose seed writes one tenant's
+/// records as fast as it can: no tenant is held back (the quota check itself still runs).
+const BENCH_TENANT_WRITE_RATE: u32 = 10_000_000;
+
+/// Creates an admin token in the store at `store_url` (before the server starts, so that it
+/// needs no running API): the benches measure with authentication on, as production runs.
+async fn admin_token(store_url: &str) -> anyhow::Result<String> {
+    let store = open_store(store_url).await?;
+    let (_, minted) = tenantsync_api::admin::create_token(
+        store.as_ref(),
+        "bench",
+        None,
+        &[tenantsync_auth::Scope::Admin],
+    )
+    .await?;
+    Ok(minted.secret)
+}
+
+/// An HTTP client builder that sends `token` with every request.
+fn client_with_token(token: &str) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))?;
+    value.set_sensitive(true);
+    let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+    Ok(reqwest::Client::builder().default_headers(headers))
+}
+
+/// Sends bulk requests of 1,000 changes of tenant `noisy` at `rate` changes per second for
+/// `duration` (open loop, ignoring Retry-After); returns the changes accepted and refused.
+async fn noisy_tenant(
+    client: reqwest::Client,
+    base: String,
+    rate: u64,
+    duration: Duration,
+) -> (u64, u64) {
+    const LINES: u64 = 1_000;
+    let body: String = (0..LINES)
+        .map(|i| {
+            let line =
+                json!({"op": "upsert", "tenant": "noisy", "id": format!("n{i}"), "data": {"i": i}});
+            format!("{line}\n")
+        })
+        .collect();
+    let interval = Duration::from_secs_f64(LINES as f64 / rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut sent = Vec::new();
+    for i in 0u32.. {
+        let at = start + interval * i;
+        if at >= start + duration {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        let request = client
+            .post(format!("{base}/v1/datasets/{DATASET}/changes"))
+            .body(body.clone());
+        sent.push(tokio::spawn(async move {
+            let Ok(r) = request.send().await else {
+                return (0, 0);
+            };
+            if r.status() == 429 {
+                return (0, LINES);
+            }
+            let results: serde_json::Value = r.json().await.unwrap_or_default();
+            let lines = results["results"].as_array().cloned().unwrap_or_default();
+            let accepted = lines.iter().filter(|l| l["status"] == 202).count() as u64;
+            (accepted, lines.len() as u64 - accepted)
+        }));
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    for s in sent {
+        let (a, r) = s.await.unwrap_or_default();
+        accepted += a;
+        refused += r;
+    }
+    (accepted, refused)
 }
 
 /// Declares the bench dataset through the API of the server at `base`.
@@ -254,6 +346,8 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
 }
 
 async fn http(args: HttpArgs) -> anyhow::Result<()> {
+    // The latency phase opens a connection per request in flight.
+    serve::raise_fd_limit();
     let env = Env::new(&args.common)?;
     let settings = Settings::merge(
         ServeArgs {
@@ -261,13 +355,15 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
             listen: Some("127.0.0.1:0".into()),
             log: Some(env.log_url.clone()),
             store: Some(env.store_url.clone()),
+            tenant_write_rate: args.tenant_write_rate,
             ..ServeArgs::default()
         },
         FileConfig::default(),
     )?;
+    let client = client_with_token(&admin_token(&env.store_url).await?)?;
     let running = serve::start(&settings).await?;
     let base = format!("http://{}", running.addr);
-    let client = reqwest::Client::builder()
+    let client = client
         .pool_max_idle_per_host(args.connections * 2)
         .build()?;
     declare_over_http(&client, &base, args.common.partitions).await?;
@@ -320,6 +416,14 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
     );
     let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let noisy = (args.noisy_rate > 0).then(|| {
+        tokio::spawn(noisy_tenant(
+            client.clone(),
+            base.clone(),
+            args.noisy_rate,
+            Duration::from_secs(args.duration),
+        ))
+    });
     let total = args.rate * args.duration;
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let start = tokio::time::Instant::now();
@@ -349,6 +453,13 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
     let achieved = total as f64 / start.elapsed().as_secs_f64();
     for h in handles {
         h.await?;
+    }
+    if let Some(noisy) = noisy {
+        let (accepted, refused) = noisy.await?;
+        println!(
+            "noisy tenant at {} changes/s: {accepted} changes accepted, {refused} refused with 429",
+            args.noisy_rate
+        );
     }
     let h = histogram.lock().expect("lock").clone();
     println!(

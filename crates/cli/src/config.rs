@@ -2,20 +2,28 @@
 //! `TENANTSYNC_*` environment variables, then flags. `Settings::load` merges the layers and
 //! `Settings::validate` checks them without I/O, naming the offending field.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
-use tenantsync_core::{DatasetName, Topics};
+use tenantsync_api::WriteQuota;
+use tenantsync_auth::JwtConfig;
+use tenantsync_batcher::Limits;
+use tenantsync_core::{DatasetName, TenantId, Topics};
 use tenantsync_processor::MAX_PARTITIONS;
 
 pub const DEFAULT_DATA_DIR: &str = "./tenantsync-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_TOMBSTONE_RETENTION_SECS: u64 = 7 * 24 * 3600;
+/// Changes per second each tenant may write.
+pub const DEFAULT_TENANT_WRITE_RATE: u32 = 2_000;
+/// The burst is this many times the rate when not set.
+pub const DEFAULT_BURST_FACTOR: u32 = 2;
 
 /// Flags of `tenantsync serve`. Each flag can also be set by the environment variable shown.
 #[derive(Debug, Default, Args)]
@@ -62,6 +70,34 @@ pub struct ServeArgs {
     /// [default: 30]. It resumes with Last-Event-ID.
     #[arg(long, env = "TENANTSYNC_SSE_STALL_TIMEOUT_SECS", value_name = "SECS")]
     pub sse_stall_timeout_secs: Option<u64>,
+    /// Changes per second each tenant may write; beyond its burst a tenant gets 429 with
+    /// Retry-After while other tenants are unaffected [default: 2000]. Per-tenant overrides go
+    /// in the config file's [quotas.tenants] table.
+    #[arg(
+        long,
+        env = "TENANTSYNC_TENANT_WRITE_RATE",
+        value_name = "CHANGES_PER_SEC"
+    )]
+    pub tenant_write_rate: Option<u32>,
+    /// Changes a tenant may write at once before the rate applies [default: 2 x the rate].
+    #[arg(long, env = "TENANTSYNC_TENANT_WRITE_BURST", value_name = "CHANGES")]
+    pub tenant_write_burst: Option<u32>,
+    /// Most records per batch of the batches log [default: 500]. Per-dataset overrides go in
+    /// the config file's [batches.datasets.<dataset>] table.
+    #[arg(long, env = "TENANTSYNC_BATCH_MAX_RECORDS", value_name = "RECORDS")]
+    pub batch_max_records: Option<usize>,
+    /// Most bytes of records per batch; a larger single record forms a batch alone
+    /// [default: 1048576].
+    #[arg(long, env = "TENANTSYNC_BATCH_MAX_BYTES", value_name = "BYTES")]
+    pub batch_max_bytes: Option<usize>,
+    /// Longest a record waits for its batch to fill before the batch is sealed anyway
+    /// [default: 1000].
+    #[arg(long, env = "TENANTSYNC_BATCH_MAX_WAIT_MS", value_name = "MS")]
+    pub batch_max_wait_ms: Option<u64>,
+    /// Let every request in with full (admin) rights, without a token. For local demos only:
+    /// anyone who can reach the port can read and write every tenant.
+    #[arg(long, env = "TENANTSYNC_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -86,10 +122,20 @@ pub struct FileConfig {
     pub max_wait_secs: Option<u64>,
     pub sse_heartbeat_secs: Option<u64>,
     pub sse_stall_timeout_secs: Option<u64>,
+    pub tenant_write_rate: Option<u32>,
+    pub tenant_write_burst: Option<u32>,
+    #[serde(default)]
+    pub insecure_no_auth: bool,
+    #[serde(default)]
+    pub quotas: QuotasSection,
+    #[serde(default)]
+    pub auth: AuthSection,
     #[serde(default)]
     pub kafka: KafkaSection,
     #[serde(default)]
     pub processor: ProcessorSection,
+    #[serde(default)]
+    pub batches: BatchesSection,
     /// Datasets declared at start-up.
     #[serde(default)]
     pub datasets: Vec<DatasetSection>,
@@ -103,10 +149,71 @@ pub struct KafkaSection {
     pub options: BTreeMap<String, String>,
 }
 
+/// `[quotas.tenants.<tenant>]`: a tenant's own write quota.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasSection {
+    #[serde(default)]
+    pub tenants: BTreeMap<TenantId, TenantQuotaSection>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuotaSection {
+    /// Changes per second.
+    pub write_rate: u32,
+    /// [default: 2 x write_rate]
+    pub write_burst: Option<u32>,
+}
+
+/// `[auth]`: `[auth.jwt]` accepts JWTs from an identity provider besides API tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub jwt: Option<JwtConfig>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorSection {
     pub max_batch: Option<usize>,
+}
+
+/// `[batches]`: limits of every dataset's batches; `[batches.datasets.<dataset>]` overrides
+/// them for one dataset (each key optional, falling back to `[batches]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchesSection {
+    pub max_records: Option<usize>,
+    pub max_bytes: Option<usize>,
+    pub max_wait_ms: Option<u64>,
+    #[serde(default)]
+    pub datasets: BTreeMap<DatasetName, BatchLimitsSection>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLimitsSection {
+    pub max_records: Option<usize>,
+    pub max_bytes: Option<usize>,
+    pub max_wait_ms: Option<u64>,
+}
+
+impl BatchLimitsSection {
+    /// These limits over `base`; `field` names the section in errors.
+    fn over(self, base: Limits, field: &str) -> anyhow::Result<Limits> {
+        let limits = Limits {
+            max_records: self.max_records.unwrap_or(base.max_records),
+            max_bytes: self.max_bytes.unwrap_or(base.max_bytes),
+            max_wait: self
+                .max_wait_ms
+                .map_or(base.max_wait, Duration::from_millis),
+        };
+        limits
+            .validate()
+            .with_context(|| format!("invalid {field}"))?;
+        Ok(limits)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +237,25 @@ pub struct Settings {
     pub max_batch: usize,
     pub feed: tenantsync_api::FeedConfig,
     pub datasets: Vec<DatasetSection>,
+    /// Every tenant's write quota, unless overridden.
+    pub write_quota: WriteQuota,
+    pub quota_overrides: HashMap<TenantId, WriteQuota>,
+    pub insecure_no_auth: bool,
+    pub jwt: Option<JwtConfig>,
+    /// Batch limits of datasets not in `dataset_batch_limits`.
+    pub batch_limits: Limits,
+    pub dataset_batch_limits: HashMap<DatasetName, Limits>,
+}
+
+/// A quota from a rate and an optional burst (2 x the rate when absent); `field` names the
+/// setting in errors.
+fn quota(field: &str, rate: u32, burst: Option<u32>) -> anyhow::Result<WriteQuota> {
+    let rate = NonZeroU32::new(rate)
+        .with_context(|| format!("invalid {field}: the write rate must be at least 1"))?;
+    let burst = burst.unwrap_or_else(|| rate.get().saturating_mul(DEFAULT_BURST_FACTOR));
+    let burst = NonZeroU32::new(burst)
+        .with_context(|| format!("invalid {field}: the write burst must be at least 1"))?;
+    Ok(WriteQuota { rate, burst })
 }
 
 impl Settings {
@@ -167,6 +293,12 @@ impl Settings {
             .store
             .or(file.store)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("store.sqlite3").display()));
+        let batch_limits = BatchLimitsSection {
+            max_records: args.batch_max_records.or(file.batches.max_records),
+            max_bytes: args.batch_max_bytes.or(file.batches.max_bytes),
+            max_wait_ms: args.batch_max_wait_ms.or(file.batches.max_wait_ms),
+        }
+        .over(Limits::default(), "batch limits")?;
         // Flags add to (and override) the file's Kafka options, key by key.
         let mut kafka = file.kafka.options;
         kafka.extend(args.kafka_options);
@@ -217,9 +349,52 @@ impl Settings {
                 .max_batch
                 .unwrap_or(tenantsync_processor::ProcessorConfig::DEFAULT_MAX_BATCH),
             datasets: file.datasets,
+            write_quota: quota(
+                "tenant_write_rate",
+                args.tenant_write_rate
+                    .or(file.tenant_write_rate)
+                    .unwrap_or(DEFAULT_TENANT_WRITE_RATE),
+                args.tenant_write_burst.or(file.tenant_write_burst),
+            )?,
+            quota_overrides: file
+                .quotas
+                .tenants
+                .into_iter()
+                .map(|(tenant, q)| {
+                    let field = format!("quotas.tenants.{tenant}");
+                    Ok((tenant, quota(&field, q.write_rate, q.write_burst)?))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            insecure_no_auth: args.insecure_no_auth || file.insecure_no_auth,
+            jwt: file.auth.jwt,
+            batch_limits,
+            dataset_batch_limits: file
+                .batches
+                .datasets
+                .into_iter()
+                .map(|(dataset, section)| {
+                    let field = format!("batches.datasets.{dataset}");
+                    Ok((dataset, section.over(batch_limits, &field)?))
+                })
+                .collect::<anyhow::Result<_>>()?,
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The flag that points `tenantsync token` at this store: none for the default one.
+    pub fn store_flag_hint(&self) -> String {
+        let default = format!(
+            "sqlite://{}",
+            PathBuf::from(DEFAULT_DATA_DIR)
+                .join("store.sqlite3")
+                .display()
+        );
+        if self.store == default {
+            String::new()
+        } else {
+            format!(" --store '{}'", crate::backends::redact(&self.store))
+        }
     }
 
     /// Checks every field without I/O; the error names the field.
@@ -271,6 +446,9 @@ impl Settings {
         }
         if self.max_batch == 0 || self.max_batch > 100_000 {
             bail!("invalid processor.max_batch: must be 1 to 100000");
+        }
+        if let Some(jwt) = &self.jwt {
+            jwt.validate()?;
         }
         for (i, d) in self.datasets.iter().enumerate() {
             if d.partitions == 0 || d.partitions > MAX_PARTITIONS {
@@ -344,6 +522,34 @@ mod tests {
     }
 
     #[test]
+    fn write_quotas_default_to_twice_the_rate_and_take_overrides() {
+        let s = Settings::merge(args(&[]), FileConfig::default()).unwrap();
+        assert_eq!(s.write_quota.rate.get(), DEFAULT_TENANT_WRITE_RATE);
+        assert_eq!(s.write_quota.burst.get(), 2 * DEFAULT_TENANT_WRITE_RATE);
+        let file: FileConfig = toml::from_str(
+            r#"
+            tenant_write_rate = 100
+            [quotas.tenants.acme]
+            write_rate = 10000
+            [quotas.tenants.globex]
+            write_rate = 5
+            write_burst = 7
+            "#,
+        )
+        .unwrap();
+        let s = Settings::merge(args(&["--tenant-write-burst", "150"]), file).unwrap();
+        assert_eq!(
+            (s.write_quota.rate.get(), s.write_quota.burst.get()),
+            (100, 150)
+        );
+        let acme = s.quota_overrides[&TenantId::new("acme").unwrap()];
+        assert_eq!((acme.rate.get(), acme.burst.get()), (10_000, 20_000));
+        let globex = s.quota_overrides[&TenantId::new("globex").unwrap()];
+        assert_eq!((globex.rate.get(), globex.burst.get()), (5, 7));
+        assert!(!s.insecure_no_auth);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases: [(&[&str], &str); 4] = [
             (&["--listen", "nowhere"], "invalid listen"),
@@ -360,6 +566,13 @@ mod tests {
         let bad = toml::from_str::<FileConfig>("[[datasets]]\nname = \"Bad\"\npartitions = 1")
             .unwrap_err();
         assert!(bad.to_string().contains("dataset"), "{bad}");
+        let err = Settings::merge(args(&["--tenant-write-rate", "0"]), FileConfig::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("tenant_write_rate"), "{err}");
+        let zero_burst: FileConfig =
+            toml::from_str("[quotas.tenants.acme]\nwrite_rate = 5\nwrite_burst = 0").unwrap();
+        let err = Settings::merge(args(&[]), zero_burst).unwrap_err();
+        assert!(err.to_string().contains("quotas.tenants.acme"), "{err}");
         let zero: FileConfig =
             toml::from_str("[[datasets]]\nname = \"d\"\npartitions = 0").unwrap();
         let err = Settings::merge(args(&[]), zero).unwrap_err();

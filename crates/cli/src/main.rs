@@ -19,8 +19,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the HTTP API and the processor (embedded log and SQLite store unless told otherwise).
-    Serve(config::ServeArgs),
+    /// Run the HTTP API, the processor and the batcher (embedded log and SQLite store unless told
+    /// otherwise).
+    Serve(Box<config::ServeArgs>),
     /// Measure throughput and latency; prints figures, changes nothing outside a temp dir.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -47,7 +48,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(config::Settings::load(args)?).await,
+            Command::Serve(args) => serve::run(config::Settings::load(*args)?).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Token(command) => token::run(command).await,
         }

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use chrono::Utc;
 use clap::{Args, Subcommand};
+use tenantsync_api::admin::{self, CreateTokenError};
 use tenantsync_auth::Scope;
 use tenantsync_core::TokenName;
-use tenantsync_store::{MasterStore, StoredToken};
+use tenantsync_store::MasterStore;
 
 use crate::backends::open_store;
 use crate::config::{ServeArgs, Settings};
@@ -58,6 +58,9 @@ pub struct RevokeArgs {
     name: TokenName,
 }
 
+/// The actor of the CLI's actions in the audit log.
+const CLI: &str = "cli";
+
 fn parse_scope(s: &str) -> Result<Scope, String> {
     s.parse()
         .map_err(|e: tenantsync_auth::InvalidScope| e.to_string())
@@ -77,26 +80,17 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create(args) => {
             let store = store(args.store).await?;
-            let minted = tenantsync_auth::mint();
-            let name = match args.name {
-                Some(name) => name,
-                None => TokenName::new(format!("token-{}", &minted.hash.as_str()[..8]))?,
-            };
-            let token = StoredToken {
-                name: name.clone(),
-                hash: minted.hash.as_str().to_owned(),
-                scopes: args.scopes.iter().map(Scope::to_string).collect(),
-                created_at: Utc::now(),
-            };
-            if !store
-                .create_token(&token)
-                .await
-                .context("cannot store the token")?
-            {
-                bail!("a token named {name} exists already; revoke it or pick another --name");
-            }
+            let (token, minted) =
+                match admin::create_token(store.as_ref(), CLI, args.name, &args.scopes).await {
+                    Ok(created) => created,
+                    Err(CreateTokenError::Exists(name)) => bail!(
+                        "a token named {name} exists already; revoke it or pick another --name"
+                    ),
+                    Err(e) => return Err(e).context("cannot store the token"),
+                };
             println!(
-                "created token {name} with scopes {}",
+                "created token {} with scopes {}",
+                token.name,
                 token.scopes.join(", ")
             );
             println!(
@@ -123,7 +117,7 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke(args) => {
             let name = args.name;
-            if !store(args.store).await?.revoke_token(&name).await? {
+            if !admin::revoke_token(store(args.store).await?.as_ref(), CLI, &name).await? {
                 bail!("no token is named {name}; `tenantsync token list` shows the names");
             }
             println!("revoked token {name}");

@@ -1,15 +1,16 @@
 //! A team outside tenantsync consumes a dataset's state topic with a plain Kafka client in its
 //! own consumer group, as the README describes, and rebuilds an identical copy of the master
-//! store: live records by key, tombstones removing them.
+//! store: live records by key, tombstones removing them. Likewise its batches topic, batch by
+//! batch.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::MockKafka;
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use serde_json::{Value, json};
 use tenantsync_core::{EntityId, TenantId, partition_for_tenant};
@@ -152,5 +153,149 @@ async fn a_plain_consumer_group_rebuilds_the_master_store() {
         for field in ["tenant", "id", "version", "data", "updated_at"] {
             assert_eq!(got[field], record[field], "{key}: {field}");
         }
+    }
+}
+
+/// A team outside tenantsync reads a dataset's batches topic with a plain Kafka client in its
+/// own consumer group: every batch is one tenant's, its headers say what its value says, and
+/// the batches carry every record's last state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_reach_a_kafka_consumer_group() {
+    let kafka = MockKafka::new(1, DATASET, PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Server::start(
+        dir.path(),
+        &[
+            "--log",
+            &kafka.log_url(),
+            "--batch-max-records",
+            "25",
+            "--batch-max-wait-ms",
+            "100",
+        ],
+    )
+    .await;
+    common::declare(&server, DATASET, PARTITIONS).await;
+
+    // Five tenants, one much busier; every key written twice, some deleted.
+    let mut lines = String::new();
+    for round in 0..2 {
+        for t in 0..5 {
+            let tenant = format!("tenant-{t}");
+            for i in 0..if t == 0 { 80 } else { 15 } {
+                let id = format!("{tenant}.order-{i}");
+                let line = if round == 1 && i % 7 == 3 {
+                    json!({"op": "delete", "tenant": tenant, "id": id})
+                } else {
+                    json!({"op": "upsert", "tenant": tenant, "id": id,
+                           "data": {"tenant": tenant, "round": round}})
+                };
+                lines.push_str(&format!("{line}\n"));
+            }
+        }
+    }
+    let client = reqwest::Client::new();
+    let reply: Value = client
+        .post(server.url(&format!("/v1/datasets/{DATASET}/changes?wait=applied")))
+        .body(lines)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // (tenant, id) -> the last version written and whether it is deleted.
+    let mut expected: BTreeMap<(String, String), (u64, bool)> = BTreeMap::new();
+    for result in reply["results"].as_array().unwrap() {
+        assert_eq!(result["status"], 200, "{result}");
+        let record = &result["record"];
+        expected.insert(
+            (
+                record["tenant"].as_str().unwrap().to_owned(),
+                record["id"].as_str().unwrap().to_owned(),
+            ),
+            (
+                record["version"].as_u64().unwrap(),
+                record["data"].is_null(),
+            ),
+        );
+    }
+    assert_eq!(expected.len(), 140);
+
+    let topic = format!("tenantsync.{DATASET}.batches");
+    let consumer: StreamConsumer = common::kafka_group_config(&kafka.servers, "batch-team")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut carried: BTreeMap<(String, String, u64), bool> = BTreeMap::new();
+    let mut batches = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let covered = |carried: &BTreeMap<(String, String, u64), bool>| {
+        expected.iter().all(|((tenant, id), (version, deleted))| {
+            carried.get(&(tenant.clone(), id.clone(), *version)) == Some(deleted)
+        })
+    };
+    while !covered(&carried) {
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s, {} batches carry {} of {} records",
+            batches.len(),
+            carried.len(),
+            expected.len()
+        );
+        let message = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await
+        {
+            Ok(message) => message.unwrap(),
+            Err(_) => continue,
+        };
+        let batch: Value = serde_json::from_slice(message.payload().expect("a value")).unwrap();
+        let headers = message.headers().expect("headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| std::str::from_utf8(v).unwrap().to_owned())
+                .unwrap_or_else(|| panic!("batch {batch} lacks the {name} header"))
+        };
+        let id = header("batch-id");
+        assert_eq!(batch["id"], id.as_str());
+        assert_eq!(message.key(), Some(id.as_bytes()), "keyed by batch id");
+        let tenant = header("tenant");
+        assert_eq!(batch["tenant"], tenant.as_str());
+        assert_eq!(batch["dataset"], DATASET);
+        let records = batch["records"].as_array().unwrap();
+        assert!(!records.is_empty() && records.len() <= 25, "{batch}");
+        assert_eq!(header("count"), records.len().to_string());
+        assert_eq!(batch["count"], records.len());
+        for (name, field) in [
+            ("source-partition", "partition"),
+            ("source-first-offset", "first_offset"),
+            ("source-last-offset", "last_offset"),
+        ] {
+            assert_eq!(header(name), batch["source"][field].to_string(), "{name}");
+        }
+        // One tenant per batch: every record is the header's tenant's.
+        for record in records {
+            let rid = record["id"].as_str().unwrap();
+            assert!(
+                rid.starts_with(&format!("{tenant}.")),
+                "{rid} in a batch of {tenant}"
+            );
+            let deleted = record["op"] == "delete";
+            assert_eq!(deleted, record["data"].is_null(), "{record}");
+            if !deleted {
+                assert_eq!(record["data"]["tenant"], tenant.as_str());
+            }
+            carried.insert(
+                (
+                    tenant.clone(),
+                    rid.to_owned(),
+                    record["version"].as_u64().unwrap(),
+                ),
+                deleted,
+            );
+        }
+        assert!(batches.insert(id.clone()), "batch {id} read twice");
     }
 }

@@ -30,7 +30,13 @@ fn stderr(o: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_created_listed_and_revoked_while_the_server_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let _server = Server::start(dir.path(), &[] as &[&str]).await;
+    let server = Server::start_secure(dir.path(), &[] as &[&str]).await;
+    let http = reqwest::Client::new();
+    let datasets = |token: &str| {
+        http.get(server.url("/v1/datasets"))
+            .bearer_auth(token)
+            .send()
+    };
 
     let created = token(
         dir.path(),
@@ -48,6 +54,8 @@ async fn tokens_are_created_listed_and_revoked_while_the_server_runs() {
     let out = stdout(&created);
     let secret = out.lines().last().expect("output").to_owned();
     assert!(secret.starts_with("tsk_") && secret.len() == 47, "{out}");
+    // The running server accepts it at once.
+    assert_eq!(datasets(&secret).await.unwrap().status(), 200);
 
     // Without --name, the token gets a name of its own.
     let unnamed = token(dir.path(), &["create", "--scope", "write:*:*"]);
@@ -95,6 +103,16 @@ async fn tokens_are_created_listed_and_revoked_while_the_server_runs() {
 
     let revoked = token(dir.path(), &["revoke", "root"]);
     assert!(revoked.status.success(), "{}", stderr(&revoked));
+    // The server trusts a token it has checked for a second (revocations through its own API
+    // apply at once): within that, the revoked token stops working.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while datasets(&secret).await.unwrap().status() != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked token still works"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let again = token(dir.path(), &["revoke", "root"]);
     assert!(!again.status.success());
     assert!(

@@ -15,6 +15,14 @@ pub struct ChangeId(String);
 impl ChangeId {
     pub const MAX_LEN: usize = 255;
 
+    /// Change ids starting with this are made by tenantsync itself; the API refuses them from
+    /// writers. [`ChangeId::new`] accepts them: the store and the server build them.
+    pub const RESERVED_PREFIX: &str = "tenantsync:";
+
+    /// Change ids of the deletes a tenant erasure makes (within [`Self::RESERVED_PREFIX`]).
+    /// While a tenant is being erased, the store applies only its changes with such ids.
+    pub const ERASURE_PREFIX: &str = "tenantsync:erasure:";
+
     pub fn new(s: impl Into<String>) -> Result<Self, InvalidInput> {
         let s = s.into();
         if s.is_empty() || s.len() > Self::MAX_LEN {
@@ -34,6 +42,17 @@ impl ChangeId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether tenantsync itself made this id (it starts with [`Self::RESERVED_PREFIX`]).
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(Self::RESERVED_PREFIX)
+    }
+
+    /// Whether this is the id of a tenant erasure's change (it starts with
+    /// [`Self::ERASURE_PREFIX`]).
+    pub fn is_erasure(&self) -> bool {
+        self.0.starts_with(Self::ERASURE_PREFIX)
     }
 }
 
@@ -181,5 +200,25 @@ mod tests {
         assert!(ChangeId::new("x".repeat(256)).is_err());
         assert!(ChangeId::new("a\tb").is_err());
         assert!(ChangeId::new("order-17/retry").is_ok());
+    }
+
+    #[test]
+    fn reserved_and_erasure_ids() {
+        let id = |s: &str| ChangeId::new(s).unwrap();
+        assert!(ChangeId::ERASURE_PREFIX.starts_with(ChangeId::RESERVED_PREFIX));
+        for (s, reserved, erasure) in [
+            ("order-17", false, false),
+            ("tenantsync", false, false),
+            ("Tenantsync:x", false, false),
+            ("x-tenantsync:erasure:1", false, false),
+            ("tenantsync:", true, false),
+            ("tenantsync:other", true, false),
+            ("tenantsync:erasure", true, false),
+            ("tenantsync:erasure:", true, true),
+            ("tenantsync:erasure:items:sku-1", true, true),
+        ] {
+            assert_eq!(id(s).is_reserved(), reserved, "{s}");
+            assert_eq!(id(s).is_erasure(), erasure, "{s}");
+        }
     }
 }

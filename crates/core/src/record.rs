@@ -58,6 +58,10 @@ pub enum RejectReason {
     /// second change look like a duplicate of the first and vanish. Never stored: the id stays
     /// owned by the first record.
     KeyReused,
+    /// The tenant is being erased; changes other than the erasure's own (change ids starting
+    /// with [`ChangeId::ERASURE_PREFIX`]) are refused until it finishes. Stored like the other
+    /// rejections.
+    TenantErasing,
 }
 
 #[cfg(test)]
@@ -70,6 +74,7 @@ mod tests {
             (RejectReason::VersionConflict, "version_conflict"),
             (RejectReason::NotFound, "not_found"),
             (RejectReason::KeyReused, "key_reused"),
+            (RejectReason::TenantErasing, "tenant_erasing"),
         ] {
             let outcome = Outcome::Rejected {
                 reason,

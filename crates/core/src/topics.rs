@@ -20,6 +20,10 @@ impl Topics {
     pub fn state(&self, dataset: &crate::DatasetName) -> String {
         format!("{}.{dataset}.state", self.prefix)
     }
+
+    pub fn batches(&self, dataset: &crate::DatasetName) -> String {
+        format!("{}.{dataset}.batches", self.prefix)
+    }
 }
 
 impl Default for Topics {

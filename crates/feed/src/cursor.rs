@@ -1,18 +1,24 @@
 //! Cursors: where a reader of a feed is, as an opaque string the reader hands back.
 //!
-//! A cursor is the base64url (no padding) of a small JSON object with a format version. It
-//! names what it was issued for (the dataset and tenant, and for a subscription its name and
-//! creation time) and a [`FeedPosition`] in that tenant's feed. Positions are seqs in the master
-//! store, so a cursor survives restarts and works on every instance sharing the store.
+//! A cursor is the base64url (no padding) of a small JSON object with a format version, a dot,
+//! and the base64url of a 128-bit HMAC-SHA256 tag of that JSON. It names what it was issued for
+//! (the dataset and tenant, and for a subscription its name and creation time) and a
+//! [`FeedPosition`] in that tenant's feed. Positions are seqs in the master store and the HMAC
+//! key is kept in the store too ([`CursorKey`]), so a cursor survives restarts and works on
+//! every instance sharing the store.
 //!
-//! Decoding checks the shape only; whether a cursor belongs to the request it came with is
-//! [`FeedCursor::check`]'s and [`SubscriptionCursor::check`]'s business, so that the error can
-//! say which without echoing what the cursor holds.
+//! The tag makes cursors tamper-evident: a client cannot forge one for another tenant or move
+//! one's position, and an edited cursor is refused as malformed before its contents are looked
+//! at. Whether a genuine cursor belongs to the request it came with is [`FeedCursor::check`]'s
+//! and [`SubscriptionCursor::check`]'s business, so that the error can say which without
+//! echoing what the cursor holds.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use tenantsync_core::{DatasetName, SubscriptionName, TenantId};
 use tenantsync_store::FeedPosition;
 
@@ -20,6 +26,42 @@ use tenantsync_store::FeedPosition;
 const FORMAT: u8 = 1;
 /// Longer strings are not cursors this server issued (one holds a few short ids and numbers).
 const MAX_LEN: usize = 1024;
+/// Bytes of the HMAC-SHA256 tag kept in a cursor.
+const TAG_LEN: usize = 16;
+
+/// The key that signs and checks cursors. Every instance sharing a store must use the same one:
+/// the binary keeps it in the store (`MasterStore::secret`) under [`CursorKey::SECRET_NAME`].
+#[derive(Clone)]
+pub struct CursorKey(Hmac<Sha256>);
+
+impl CursorKey {
+    /// The name of the key in the store's secrets.
+    pub const SECRET_NAME: &str = "cursor-hmac-sha256";
+    /// The length of a freshly generated key.
+    pub const LEN: usize = 32;
+
+    pub fn new(key: &[u8]) -> Self {
+        // HMAC takes keys of any length.
+        Self(Hmac::new_from_slice(key).expect("HMAC accepts any key length"))
+    }
+
+    /// A random key, to offer the store when it holds none yet.
+    pub fn generate() -> [u8; Self::LEN] {
+        rand::random()
+    }
+
+    fn mac(&self, bytes: &[u8]) -> Hmac<Sha256> {
+        let mut mac = self.0.clone();
+        mac.update(bytes);
+        mac
+    }
+}
+
+impl std::fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorKey(..)")
+    }
+}
 
 /// Why a cursor was refused. Both are the client's fault (400); neither repeats the cursor's
 /// contents.
@@ -65,17 +107,31 @@ struct Wire {
     l: u64,
 }
 
-fn encode(wire: &Wire) -> String {
+fn encode(wire: &Wire, key: &CursorKey) -> String {
     // A struct of strings and integers always serialises.
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(wire).expect("a cursor serialises"))
+    let json = serde_json::to_vec(wire).expect("a cursor serialises");
+    let tag = key.mac(&json).finalize().into_bytes();
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&json),
+        URL_SAFE_NO_PAD.encode(&tag[..TAG_LEN])
+    )
 }
 
-fn decode(s: &str) -> Result<Wire, CursorError> {
+fn decode(s: &str, key: &CursorKey) -> Result<Wire, CursorError> {
     if s.len() > MAX_LEN {
         return Err(CursorError::Malformed);
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(s)
+    let (body, tag) = s.split_once('.').ok_or(CursorError::Malformed)?;
+    let (Ok(bytes), Ok(tag)) = (URL_SAFE_NO_PAD.decode(body), URL_SAFE_NO_PAD.decode(tag)) else {
+        return Err(CursorError::Malformed);
+    };
+    if tag.len() != TAG_LEN {
+        return Err(CursorError::Malformed);
+    }
+    // Constant-time comparison of the tag, before anything in the body is trusted.
+    key.mac(&bytes)
+        .verify_truncated_left(&tag)
         .map_err(|_| CursorError::Malformed)?;
     let wire: Wire = serde_json::from_slice(&bytes).map_err(|_| CursorError::Malformed)?;
     if wire.v != FORMAT {
@@ -106,12 +162,12 @@ fn position(wire: &Wire) -> FeedPosition {
 }
 
 impl FeedCursor {
-    pub fn encode(&self) -> String {
-        encode(&Wire::new(&self.dataset, &self.tenant, self.position))
+    pub fn encode(&self, key: &CursorKey) -> String {
+        encode(&Wire::new(&self.dataset, &self.tenant, self.position), key)
     }
 
-    pub fn decode(s: &str) -> Result<Self, CursorError> {
-        let wire = decode(s)?;
+    pub fn decode(s: &str, key: &CursorKey) -> Result<Self, CursorError> {
+        let wire = decode(s, key)?;
         if wire.s.is_some() {
             return Err(CursorError::Foreign("kind of feed (a subscription's)"));
         }
@@ -135,16 +191,19 @@ impl FeedCursor {
 }
 
 impl SubscriptionCursor {
-    pub fn encode(&self) -> String {
-        encode(&Wire {
-            s: Some(self.subscription.clone()),
-            c: Some(self.created_at.timestamp_micros()),
-            ..Wire::new(&self.dataset, &self.tenant, self.position)
-        })
+    pub fn encode(&self, key: &CursorKey) -> String {
+        encode(
+            &Wire {
+                s: Some(self.subscription.clone()),
+                c: Some(self.created_at.timestamp_micros()),
+                ..Wire::new(&self.dataset, &self.tenant, self.position)
+            },
+            key,
+        )
     }
 
-    pub fn decode(s: &str) -> Result<Self, CursorError> {
-        let wire = decode(s)?;
+    pub fn decode(s: &str, key: &CursorKey) -> Result<Self, CursorError> {
+        let wire = decode(s, key)?;
         let (Some(subscription), Some(created_at)) = (wire.s.clone(), wire.c) else {
             return Err(CursorError::Foreign("kind of feed (a tenant feed's)"));
         };
@@ -175,6 +234,10 @@ impl SubscriptionCursor {
 mod tests {
     use super::*;
 
+    fn key() -> CursorKey {
+        CursorKey::new(b"test key")
+    }
+
     fn feed() -> FeedCursor {
         FeedCursor {
             dataset: DatasetName::new("inventory").unwrap(),
@@ -188,12 +251,12 @@ mod tests {
 
     #[test]
     fn feed_cursors_round_trip_and_are_url_safe() {
-        let s = feed().encode();
+        let s = feed().encode(&key());
         assert!(
             s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         );
-        assert_eq!(FeedCursor::decode(&s).unwrap(), feed());
+        assert_eq!(FeedCursor::decode(&s, &key()).unwrap(), feed());
     }
 
     #[test]
@@ -218,14 +281,14 @@ mod tests {
             tenant: c.tenant.clone(),
             position: c.position,
         };
-        let s = sub.encode();
-        assert_eq!(SubscriptionCursor::decode(&s).unwrap(), sub);
+        let s = sub.encode(&key());
+        assert_eq!(SubscriptionCursor::decode(&s, &key()).unwrap(), sub);
         assert!(matches!(
-            FeedCursor::decode(&s),
+            FeedCursor::decode(&s, &key()),
             Err(CursorError::Foreign(_))
         ));
         assert!(matches!(
-            SubscriptionCursor::decode(&c.encode()),
+            SubscriptionCursor::decode(&c.encode(&key()), &key()),
             Err(CursorError::Foreign(_))
         ));
         assert_eq!(sub.check(&sub.subscription, sub.created_at), Ok(()));
@@ -250,7 +313,57 @@ mod tests {
             &URL_SAFE_NO_PAD.encode(br#"{"v":1,"d":"a","t":"b","n":-1,"l":0}"#),
             &URL_SAFE_NO_PAD.encode(br#"{"v":1,"d":"a","t":"b","n":1,"l":0,"x":1}"#),
         ] {
-            assert_eq!(FeedCursor::decode(s), Err(CursorError::Malformed), "{s}");
+            assert_eq!(
+                FeedCursor::decode(s, &key()),
+                Err(CursorError::Malformed),
+                "{s}"
+            );
+            let signed = format!("{s}.{}", signed_tag(s.as_bytes()));
+            assert_eq!(
+                FeedCursor::decode(&signed, &key()),
+                Err(CursorError::Malformed),
+                "{signed}"
+            );
+        }
+    }
+
+    fn signed_tag(body_b64: &[u8]) -> String {
+        let json = URL_SAFE_NO_PAD.decode(body_b64).unwrap_or_default();
+        URL_SAFE_NO_PAD.encode(&key().mac(&json).finalize().into_bytes()[..TAG_LEN])
+    }
+
+    /// Any edit of a cursor, or a cursor signed with another key, is refused: a client cannot
+    /// forge a position or point a cursor at another tenant.
+    #[test]
+    fn cursors_are_tamper_evident() {
+        let genuine = feed().encode(&key());
+        let (body, tag) = genuine.split_once('.').unwrap();
+        // Another tenant, same position, the genuine tag.
+        let forged_body =
+            URL_SAFE_NO_PAD.encode(br#"{"v":1,"d":"inventory","t":"acme2","n":42,"l":17}"#);
+        for forged in [
+            format!("{forged_body}.{tag}"),
+            format!("{body}.{}", &tag[..tag.len() - 1]),
+            format!("{body}.A{}", &tag[1..]),
+            body.to_owned(),
+            format!("{body}."),
+        ] {
+            assert_eq!(
+                FeedCursor::decode(&forged, &key()),
+                Err(CursorError::Malformed),
+                "{forged}"
+            );
+        }
+        assert_eq!(
+            FeedCursor::decode(&genuine, &CursorKey::new(b"another key")),
+            Err(CursorError::Malformed)
+        );
+        // Every single-character change of the genuine cursor is caught.
+        for i in 0..genuine.len() {
+            let mut bytes = genuine.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let edited = String::from_utf8(bytes).unwrap();
+            assert!(FeedCursor::decode(&edited, &key()).is_err(), "{edited}");
         }
     }
 }

@@ -13,6 +13,6 @@ pub mod retention;
 pub mod subscriptions;
 mod tenant_feed;
 
-pub use cursor::{CursorError, FeedCursor, SubscriptionCursor};
+pub use cursor::{CursorError, CursorKey, FeedCursor, SubscriptionCursor};
 pub use hub::{Hub, HubStats};
 pub use tenant_feed::{FeedError, Page, read_or_wait, read_page};

@@ -22,7 +22,7 @@ use tenantsync_store::{
 use tokio::time::Instant;
 
 use crate::Hub;
-use crate::cursor::{CursorError, SubscriptionCursor};
+use crate::cursor::{CursorError, CursorKey, SubscriptionCursor};
 use crate::tenant_feed::{FeedError, read_page};
 
 /// Tenants probed in the store for one batch at most; more are left for the next call.
@@ -198,10 +198,11 @@ pub async fn next_batch(
 /// Records a subscription's progress from a cursor it was given.
 pub async fn ack(
     store: &dyn MasterStore,
+    key: &CursorKey,
     subscription: &Subscription,
     cursor: &str,
 ) -> Result<(), SubscriptionError> {
-    let cursor = SubscriptionCursor::decode(cursor)?;
+    let cursor = SubscriptionCursor::decode(cursor, key)?;
     cursor.check(&subscription.name, subscription.created_at)?;
     if !subscription.datasets.contains(&cursor.dataset)
         || !subscription.tenants.covers(&cursor.tenant)

@@ -8,8 +8,11 @@ use chrono::Utc;
 use common::Fixture;
 use serde_json::{Value, json};
 use tenantsync_core::{SubscriptionName, TenantId};
+use tenantsync_feed::CursorKey;
 use tenantsync_feed::subscriptions::{ack, next_batch};
 use tenantsync_store::{Subscription, TenantSelection};
+
+static KEY: std::sync::LazyLock<CursorKey> = std::sync::LazyLock::new(|| CursorKey::new(b"k"));
 
 /// Some record data; `None` in its place deletes.
 fn data() -> Option<Value> {
@@ -60,7 +63,7 @@ async fn tenants_with_nothing_to_deliver_do_not_starve_the_others() {
     assert_eq!(batch.records.len(), 1);
     assert!(!batch.reset);
 
-    ack(f.store.as_ref(), &sub, &batch.cursor.encode())
+    ack(f.store.as_ref(), &KEY, &sub, &batch.cursor.encode(&KEY))
         .await
         .unwrap();
     assert_eq!(
@@ -103,14 +106,14 @@ async fn a_batch_holds_one_tenant_and_is_redelivered_until_acknowledged() {
     );
 
     // Acknowledged: the other tenant, which was acknowledged less recently (never), goes next.
-    ack(f.store.as_ref(), &sub, &first.cursor.encode())
+    ack(f.store.as_ref(), &KEY, &sub, &first.cursor.encode(&KEY))
         .await
         .unwrap();
     let second = fetch().await.unwrap().unwrap();
     assert_ne!(second.tenant, first.tenant);
 
     let mut delivered = first.records.len() + second.records.len();
-    ack(f.store.as_ref(), &sub, &second.cursor.encode())
+    ack(f.store.as_ref(), &KEY, &sub, &second.cursor.encode(&KEY))
         .await
         .unwrap();
     while let Some(batch) = fetch().await.unwrap() {
@@ -121,7 +124,7 @@ async fn a_batch_holds_one_tenant_and_is_redelivered_until_acknowledged() {
                 .all(|r| r.record.tenant == batch.tenant)
         );
         delivered += batch.records.len();
-        ack(f.store.as_ref(), &sub, &batch.cursor.encode())
+        ack(f.store.as_ref(), &KEY, &sub, &batch.cursor.encode(&KEY))
             .await
             .unwrap();
     }

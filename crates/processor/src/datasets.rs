@@ -56,8 +56,9 @@ impl Datasets {
         &self.topics
     }
 
-    /// Declares a dataset: creates (or checks) its changes and state topics, then records it in
-    /// the master store. Declaring it again with the same partition count is harmless.
+    /// Declares a dataset: creates (or checks) its changes, state and batches topics, then
+    /// records it in the master store. Declaring it again with the same partition count is
+    /// harmless.
     pub async fn declare(&self, dataset: &Dataset) -> Result<Declared, ProcessorError> {
         if dataset.partitions == 0 || dataset.partitions > MAX_PARTITIONS {
             return Err(ProcessorError::InvalidPartitions {
@@ -90,7 +91,7 @@ impl Datasets {
         })
     }
 
-    fn topic_specs(&self, dataset: &Dataset) -> [TopicSpec; 2] {
+    fn topic_specs(&self, dataset: &Dataset) -> [TopicSpec; 3] {
         [
             TopicSpec {
                 name: self.topics.changes(&dataset.name),
@@ -104,7 +105,18 @@ impl Datasets {
                     tombstone_retention: self.tombstone_retention,
                 },
             },
+            self.batches_topic(dataset),
         ]
+    }
+
+    /// The batches log of a dataset: as many partitions as the dataset, never compacted (each
+    /// entry is one batch).
+    pub fn batches_topic(&self, dataset: &Dataset) -> TopicSpec {
+        TopicSpec {
+            name: self.topics.batches(&dataset.name),
+            partitions: dataset.partitions,
+            cleanup: Cleanup::Delete,
+        }
     }
 
     /// The dataset, if declared (by this instance or any other sharing the store).

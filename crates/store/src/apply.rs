@@ -7,7 +7,7 @@
 //! the backends is what makes SQLite and PostgreSQL agree record for record; this module must
 //! never grow backend-specific behaviour.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use tenantsync_core::{
@@ -129,6 +129,8 @@ pub(crate) fn decide(current: Option<&Record>, change: &Change, now: DateTime<Ut
 pub(crate) struct Lookups<'a> {
     pub keys: Vec<(&'a TenantId, &'a EntityId)>,
     pub change_ids: Vec<(&'a TenantId, &'a ChangeId)>,
+    /// The batch's distinct tenants, sorted: those whose running erasure [`plan_batch`] needs.
+    pub tenants: Vec<&'a TenantId>,
     /// For each change of the batch, the index of its key in `keys`...
     key_of: Vec<usize>,
     /// ...and of its change id in `change_ids`.
@@ -141,6 +143,7 @@ pub(crate) fn lookups(changes: &[LoggedChange]) -> Lookups<'_> {
     let mut out = Lookups {
         keys: Vec::with_capacity(changes.len()),
         change_ids: Vec::with_capacity(changes.len()),
+        tenants: Vec::new(),
         key_of: Vec::with_capacity(changes.len()),
         id_of: Vec::with_capacity(changes.len()),
     };
@@ -161,6 +164,9 @@ pub(crate) fn lookups(changes: &[LoggedChange]) -> Lookups<'_> {
         out.key_of.push(k);
         out.id_of.push(i);
     }
+    out.tenants = out.keys.iter().map(|(tenant, _)| *tenant).collect();
+    out.tenants.sort_unstable();
+    out.tenants.dedup();
     out
 }
 
@@ -226,7 +232,9 @@ pub(crate) struct Plan {
 /// `key_reused` with its own record's live version, and not stored (so that the id stays the
 /// first record's). A change at an offset below `position` is not applied again; if
 /// it has no stored outcome the log no longer holds what was applied there (a recreated topic),
-/// so it is reported `unchanged`, not stored, and a warning is logged.
+/// so it is reported `unchanged`, not stored, and a warning is logged. Any other change of a
+/// tenant in `erasing` whose id is not an erasure id ([`ChangeId::is_erasure`]) is rejected
+/// `tenant_erasing` with its record's live version, and stored.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn plan_batch(
     dataset: &DatasetName,
@@ -238,6 +246,7 @@ pub(crate) fn plan_batch(
     records: Vec<Option<Record>>,
     outcomes: Vec<Option<StoredOutcome>>,
     floors: &HashMap<TenantId, u64>,
+    erasing: &HashSet<TenantId>,
     now: DateTime<Utc>,
 ) -> Plan {
     let now = truncate_to_micros(now);
@@ -277,7 +286,17 @@ pub(crate) fn plan_batch(
             let version = current[k].as_ref().map_or(0, |r| r.version);
             results.push(Outcome::Unchanged { version });
         } else {
-            let mut decision = decide(current[k].as_ref(), change, now);
+            let mut decision = if !erasing.is_empty()
+                && !change.change_id.is_erasure()
+                && erasing.contains(&change.tenant)
+            {
+                Decision::Keep(Outcome::Rejected {
+                    reason: RejectReason::TenantErasing,
+                    current_version: live_version(current[k].as_ref()),
+                })
+            } else {
+                decide(current[k].as_ref(), change, now)
+            };
             if let (None, Decision::Write(created)) = (&current[k], &mut decision) {
                 created.version += floors.get(&change.tenant).copied().unwrap_or(0);
             }
@@ -618,13 +637,44 @@ mod tests {
         plan_at(changes, position, next, records, outcomes, now())
     }
 
-    /// Plans as a backend would: answering the lookups slot for slot from the "stored" maps.
+    /// Plans with no stored outcomes, while the tenants in `erasing` are being erased.
+    fn plan_erasing(
+        changes: &[LoggedChange],
+        records: Stored<RecordKey, Record>,
+        erasing: &[&str],
+    ) -> Plan {
+        let erasing = erasing.iter().map(|t| TenantId::new(*t).unwrap()).collect();
+        let next = changes.len() as u64;
+        plan_with(changes, 0, next, records, HashMap::new(), &erasing, now())
+    }
+
     fn plan_at(
         changes: &[LoggedChange],
         position: Offset,
         next: Offset,
         records: Stored<RecordKey, Record>,
         outcomes: Stored<(TenantId, ChangeId), StoredOutcome>,
+        at: DateTime<Utc>,
+    ) -> Plan {
+        plan_with(
+            changes,
+            position,
+            next,
+            records,
+            outcomes,
+            &HashSet::new(),
+            at,
+        )
+    }
+
+    /// Plans as a backend would: answering the lookups slot for slot from the "stored" maps.
+    fn plan_with(
+        changes: &[LoggedChange],
+        position: Offset,
+        next: Offset,
+        records: Stored<RecordKey, Record>,
+        outcomes: Stored<(TenantId, ChangeId), StoredOutcome>,
+        erasing: &HashSet<TenantId>,
         at: DateTime<Utc>,
     ) -> Plan {
         let dataset = DatasetName::new("items").unwrap();
@@ -653,6 +703,7 @@ mod tests {
             r,
             o,
             &HashMap::new(),
+            erasing,
             at,
         )
     }
@@ -827,6 +878,70 @@ mod tests {
             assert!(p.written.is_empty() && p.first_applied.is_empty());
             assert_eq!(p.applied.states, vec![stored.clone()]);
         }
+    }
+
+    #[test]
+    fn a_tenant_being_erased_takes_only_erasure_changes() {
+        const ERASING: RejectReason = RejectReason::TenantErasing;
+        let stored = record(3, Some(json!({"v": 3})));
+        let records = HashMap::from([(stored.key(), stored.clone())]);
+        let erasure = format!("{}items:sku-1", ChangeId::ERASURE_PREFIX);
+        let other = |c: Change| Change {
+            tenant: TenantId::new("globex").unwrap(),
+            ..c
+        };
+        let changes = [
+            logged(0, upsert("u1", json!({"v": 4}))),
+            logged(1, keyed(upsert("u2", json!({"new": 1})), "b")),
+            // Reserved, but not an erasure id.
+            logged(2, upsert("tenantsync:other", json!({"v": 5}))),
+            logged(3, other(upsert("g1", json!({"g": 1})))),
+            logged(4, change(&erasure, Op::Delete, None, None)),
+            logged(5, upsert("u3", json!({"v": 6}))),
+        ];
+        let p = plan_erasing(&changes, records.clone(), &["acme"]);
+        assert_eq!(
+            p.applied.outcomes,
+            vec![
+                Outcome::Rejected {
+                    reason: ERASING,
+                    current_version: 3
+                },
+                Outcome::Rejected {
+                    reason: ERASING,
+                    current_version: 0
+                },
+                Outcome::Rejected {
+                    reason: ERASING,
+                    current_version: 3
+                },
+                Outcome::Applied { version: 1 },
+                Outcome::Applied { version: 4 },
+                // After the erasure's delete, the live version is 0.
+                Outcome::Rejected {
+                    reason: ERASING,
+                    current_version: 0
+                },
+            ]
+        );
+        assert_eq!(
+            p.first_applied,
+            vec![0, 1, 2, 3, 4, 5],
+            "rejections are stored"
+        );
+        let w = written_records(&p);
+        assert_eq!(
+            w.len(),
+            2,
+            "only globex's upsert and the erasure's delete write"
+        );
+        assert_eq!((w[0].tenant.as_str(), w[0].data.is_none()), ("acme", true));
+        assert_eq!(w[1].tenant.as_str(), "globex");
+
+        // Nobody erasing: the same batch applies as usual.
+        let p = plan_erasing(&changes, records, &[]);
+        assert_eq!(p.applied.outcomes[0], Outcome::Applied { version: 4 });
+        assert_eq!(p.applied.outcomes[1], Outcome::Applied { version: 1 });
     }
 
     #[test]

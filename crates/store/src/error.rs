@@ -17,6 +17,9 @@ pub enum StoreError {
     /// A number the caller passed does not fit the store's signed 64-bit columns.
     #[error("{what} {value} is out of range: the store keeps signed 64-bit integers")]
     OutOfRange { what: &'static str, value: u64 },
+    /// The caller broke a method's documented precondition.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     #[error("sqlite error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("postgres error: {0}")]

@@ -166,6 +166,57 @@ pub struct StoredToken {
     pub created_at: DateTime<Utc>,
 }
 
+/// One admin action in the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    /// Assigned by the store: increasing in append order, starting at 1.
+    pub seq: u64,
+    /// Stored to the microsecond.
+    pub at: DateTime<Utc>,
+    /// Who did it: a token name, `jwt:<subject>`, `cli`, or `tenantsync` (the server itself).
+    pub actor: String,
+    /// What was done, like `token.created`, `erasure.finished`.
+    pub action: String,
+    /// What it was done to: a token name, subscription name or tenant id.
+    pub target: String,
+    /// More about it (a JSON object); never a token's secret.
+    pub detail: serde_json::Value,
+}
+
+/// A tenant erasure: started, and finished or not yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub tenant: TenantId,
+    /// Stored to the microsecond.
+    pub started_at: DateTime<Utc>,
+    /// `None` while it runs.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Records tombstoned by the erasure so far (progress; set by the caller).
+    pub erased: u64,
+}
+
+/// A batcher's hold on a dataset, from [`MasterStore::claim_batcher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatcherClaim {
+    /// Rises by one every time the claim is taken (the first claim of a dataset is epoch 1).
+    /// [`renew_batcher`](MasterStore::renew_batcher) succeeds only with the current one.
+    pub epoch: u64,
+    /// What the batcher last stored with [`renew_batcher`](MasterStore::renew_batcher), kept
+    /// across claims; `None` if no batcher of the dataset ever stored one.
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+/// An outstanding lease of a batch handed to an HTTP worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLease {
+    pub batch_id: String,
+    /// Where the batch sits in the dataset's batches log.
+    pub partition: u32,
+    pub offset: Offset,
+    /// Milliseconds since the Unix epoch; from then on another worker may retake the batch.
+    pub expires_at_ms: i64,
+}
+
 /// The authoritative store of records.
 ///
 /// # Contract
@@ -202,6 +253,27 @@ pub struct StoredToken {
 ///   same dataset partition are serialised by the position check: whichever commits second
 ///   skips what the first applied. This makes a stale processor (one whose partition moved to
 ///   another process) harmless to the store.
+/// - **Erasure.** While an erasure of a tenant runs ([`start_erasure`](MasterStore::start_erasure)
+///   until [`finish_erasure`](MasterStore::finish_erasure) succeeds), `apply` rejects every change
+///   of that tenant whose change id is not an erasure id
+///   ([`ChangeId::is_erasure`](tenantsync_core::ChangeId::is_erasure)) with
+///   [`TenantErasing`](tenantsync_core::RejectReason::TenantErasing) (current version = the
+///   record's live version, 0 if absent or deleted), stored as its outcome like other
+///   rejections; erasure changes apply normally. A change whose id already has an outcome still
+///   reports that outcome. `apply` reads the running erasures in its own transaction, and
+///   `finish_erasure` never commits while an `apply` that saw the erasure running is still
+///   writing, so nothing that batch stores survives the erasure.
+/// - **Batches.** One batcher per dataset: [`claim_batcher`](MasterStore::claim_batcher) gives
+///   the dataset's claim to one owner at a time and raises its epoch every time it is taken;
+///   [`renew_batcher`](MasterStore::renew_batcher) succeeds only with the current epoch, so a
+///   batcher whose claim was taken over learns it at its next renewal and must stop. The HTTP
+///   queue hands out each batch of the batches log once
+///   ([`claim_batch`](MasterStore::claim_batch) moves a partition's position by compare-and-set
+///   and records the lease in the same transaction) and each expired lease to exactly one
+///   retaker ([`retake_expired_batch`](MasterStore::retake_expired_batch)); an acknowledged
+///   batch is never handed out again. Delivery to workers is at least once: a worker whose
+///   lease expired may still be working when another retakes the batch. Times are the
+///   caller's (`now_ms`, milliseconds since the Unix epoch); the store reads no clock for them.
 #[async_trait]
 pub trait MasterStore: Send + Sync + 'static {
     /// Declares a dataset. Declaring an existing dataset with the same partition count is a
@@ -347,6 +419,139 @@ pub trait MasterStore: Send + Sync + 'static {
 
     /// Deletes a token. Returns whether it existed.
     async fn revoke_token(&self, name: &TokenName) -> Result<bool, StoreError>;
+
+    /// Appends to the audit log; `entry.seq` is ignored and the assigned seq returned. Seqs
+    /// are assigned in commit order (appends are serialised), so a reader paging with
+    /// [`audit_log`](MasterStore::audit_log) never misses an entry; they may have gaps.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError>;
+
+    /// Up to `limit` audit entries with seq > `after`, ascending.
+    async fn audit_log(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// The secret stored under `name`; when there is none yet, stores `candidate` and returns
+    /// it. Every caller on one store gets the same bytes, also when several race to create it.
+    /// A stored secret is never replaced.
+    async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
+
+    /// Starts erasing a tenant: returns the erasure and `true`, or, when one is already running
+    /// for the tenant, that one and `false`. A finished erasure of the tenant is replaced by
+    /// the new one (started at `at`, not finished, erased 0). From its commit on, `apply`
+    /// refuses the tenant's ordinary changes (see the contract's **Erasure**).
+    async fn start_erasure(
+        &self,
+        tenant: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<(Erasure, bool), StoreError>;
+
+    /// The tenant's erasure, running or the last one finished; `None` if it was never erased.
+    async fn erasure(&self, tenant: &TenantId) -> Result<Option<Erasure>, StoreError>;
+
+    /// Every erasure not finished, ordered by tenant (byte order).
+    async fn running_erasures(&self) -> Result<Vec<Erasure>, StoreError>;
+
+    /// Records progress of a running erasure (no-op when none runs for the tenant).
+    async fn erasure_progress(&self, tenant: &TenantId, erased: u64) -> Result<(), StoreError>;
+
+    /// Finishes a running erasure, in one transaction, if the tenant has no live record left
+    /// in any dataset: deletes every row of the tenant in `records` (all tombstones by then)
+    /// in every dataset, raising the tenant's horizon to its end and its version floor to the
+    /// highest version deleted (exactly as
+    /// [`purge_tombstones`](MasterStore::purge_tombstones) does, so feeds answer Gone to old
+    /// cursors and versions never go down), deletes the tenant's stored change outcomes (they
+    /// name record ids; [`outcome`](MasterStore::outcome) answers `None` for them afterwards),
+    /// and sets `finished_at = at`. Horizons, subscription progress and the erasure row stay.
+    ///
+    /// Returns the number of live records left: when it is not 0, nothing was changed. When no
+    /// erasure runs for the tenant (never started, or already finished) it does nothing and
+    /// returns 0, so a repeated call is harmless; check [`erasure`](MasterStore::erasure) to
+    /// tell the two apart.
+    async fn finish_erasure(&self, tenant: &TenantId, at: DateTime<Utc>)
+    -> Result<u64, StoreError>;
+
+    /// Takes the dataset's batcher claim for `owner` when nobody holds it: when there is no
+    /// claim yet, when the current one's lease has expired (`lease_until_ms <= now_ms`), or when
+    /// it is `owner`'s own (the same instance restarted; its old process is gone). Taking sets
+    /// the owner, sets the lease to `now_ms + lease_ms`, raises the epoch by one (the first
+    /// claim of a dataset gets epoch 1) and keeps the stored checkpoint, which it returns.
+    ///
+    /// Returns `None`, changing nothing, while another owner's lease is live. Atomic: of
+    /// several owners racing for a free claim, exactly one gets it.
+    async fn claim_batcher(
+        &self,
+        dataset: &DatasetName,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<BatcherClaim>, StoreError>;
+
+    /// Renews the dataset's batcher claim if its epoch is still `epoch`: sets the lease to
+    /// `now_ms + lease_ms` and, when `checkpoint` is `Some`, replaces the stored checkpoint
+    /// (`Some` of an empty slice stores an empty checkpoint). Returns true.
+    ///
+    /// When the claim was taken since (another epoch) or never existed, changes nothing and
+    /// returns false: the caller lost the claim and must stop. A lease that expired can still
+    /// be renewed as long as nobody took the claim over (the epoch is unchanged).
+    async fn renew_batcher(
+        &self,
+        dataset: &DatasetName,
+        epoch: u64,
+        now_ms: i64,
+        lease_ms: i64,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<bool, StoreError>;
+
+    /// The HTTP queue's position in each partition of the dataset's batches log, as
+    /// `(partition, next offset not yet handed out)`, sorted by partition. Partitions never
+    /// handed out from are absent: their position is 0.
+    async fn batch_dispatch(&self, dataset: &DatasetName)
+    -> Result<Vec<(u32, Offset)>, StoreError>;
+
+    /// Hands out the batch at `offset` of `partition` (the log may have gaps, so `offset` may
+    /// be above `expected`): in one transaction, if the partition's position is still
+    /// `expected` (a partition without one counts as 0), sets it to `offset + 1` and records an
+    /// outstanding lease of `batch_id` at (`partition`, `offset`) expiring at `expires_at_ms`,
+    /// and returns true. When the position is not `expected` (another worker moved it first),
+    /// changes nothing and returns false. Of several callers racing with the same `expected`,
+    /// exactly one gets true.
+    ///
+    /// `offset < expected` is a caller bug: [`StoreError::OutOfRange`] (with `what` naming it;
+    /// not transient), and nothing changes. Batch ids are unique within a dataset: handing out
+    /// an id that is still outstanding fails with the database's unique-key error and changes
+    /// nothing.
+    async fn claim_batch(
+        &self,
+        dataset: &DatasetName,
+        partition: u32,
+        expected: Offset,
+        offset: Offset,
+        batch_id: &str,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes over the outstanding lease of the dataset that expired earliest among those with
+    /// `expires_at_ms <= now_ms` (ties in batch id order), extends it to `expires_at_ms`, and
+    /// returns it with the new expiry; `None` when no lease has expired. Atomic: of callers
+    /// racing over the same expired leases, each lease goes to exactly one of them, and is not
+    /// retaken again before its new expiry.
+    async fn retake_expired_batch(
+        &self,
+        dataset: &DatasetName,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<Option<BatchLease>, StoreError>;
+
+    /// Completes an outstanding batch: deletes its lease, expired or not, and returns true.
+    /// Returns false when the batch is not outstanding (already acknowledged, or never handed
+    /// out). The queue's position has already passed a completed batch, so it is never handed
+    /// out again.
+    async fn ack_batch(&self, dataset: &DatasetName, batch_id: &str) -> Result<bool, StoreError>;
+
+    /// The outstanding lease of a batch, expired or not; `None` when it is not outstanding.
+    async fn batch_lease(
+        &self,
+        dataset: &DatasetName,
+        batch_id: &str,
+    ) -> Result<Option<BatchLease>, StoreError>;
 
     /// Succeeds when the store is reachable (for readiness checks).
     async fn check(&self) -> Result<(), StoreError>;

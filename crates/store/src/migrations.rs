@@ -12,41 +12,31 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-pub(crate) const SQLITE: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "0001_initial",
-        sql: include_str!("../migrations/sqlite/0001_initial.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "0002_feed_and_subscriptions",
-        sql: include_str!("../migrations/sqlite/0002_feed_and_subscriptions.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "0003_tokens",
-        sql: include_str!("../migrations/sqlite/0003_tokens.sql"),
-    },
-];
+/// Both backends' lists, from one list of versions and names: every migration exists for both,
+/// as `migrations/{sqlite,postgres}/NAME.sql`.
+macro_rules! migrations {
+    ($($version:literal => $name:literal),* $(,)?) => {
+        pub(crate) const SQLITE: &[Migration] = &[$(Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../migrations/sqlite/", $name, ".sql")),
+        }),*];
 
-pub(crate) const POSTGRES: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "0001_initial",
-        sql: include_str!("../migrations/postgres/0001_initial.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "0002_feed_and_subscriptions",
-        sql: include_str!("../migrations/postgres/0002_feed_and_subscriptions.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "0003_tokens",
-        sql: include_str!("../migrations/postgres/0003_tokens.sql"),
-    },
-];
+        pub(crate) const POSTGRES: &[Migration] = &[$(Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../migrations/postgres/", $name, ".sql")),
+        }),*];
+    };
+}
+
+migrations! {
+    1 => "0001_initial",
+    2 => "0002_feed_and_subscriptions",
+    3 => "0003_tokens",
+    4 => "0004_audit_secrets_erasures",
+    5 => "0005_batches",
+}
 
 /// The newest version a list knows, to refuse a database migrated by a newer build.
 pub(crate) fn latest(migrations: &[Migration]) -> i64 {

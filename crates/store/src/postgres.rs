@@ -15,9 +15,21 @@
 //! An `ack` takes a share lock on its subscription's row and deleting a subscription deletes the
 //! row before its progress, so an ack racing a delete never leaves progress behind.
 //!
+//! A batch reads which of its tenants are being erased right after the position lock; one that
+//! finds some takes a shared advisory lock (the erasure gate) that `finish_erasure` takes
+//! exclusively, so a finish never commits under a batch that saw its erasure running. Audit
+//! appends lock the audit table against each other, so seqs become visible in order.
+//!
+//! Batcher claims and the batch queue are single statements that compare and set: a claim is
+//! an upsert whose `WHERE` only lets a free claim (or its own owner's) be taken, a renewal an
+//! update on the epoch, a queue move an update (or, from position 0, an upsert) on the
+//! position with the lease inserted by the same statement. Racers wait on the row lock and
+//! re-check the condition on the winner's version, so exactly one wins. Retaking an expired
+//! lease picks it with `FOR UPDATE SKIP LOCKED`, so racing retakers take different leases.
+//!
 //! This module must never decide what a change does itself: that is [`crate::apply`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,8 +46,9 @@ use crate::apply;
 use crate::migrations::{self, Migration};
 use crate::rows::{self, RecordRow};
 use crate::{
-    Applied, Dataset, FeedRecord, LoggedChange, MasterStore, Offset, Progress, StoreError,
-    StoredOutcome, StoredToken, Subscription, TenantFeed,
+    Applied, AuditEntry, BatchLease, BatcherClaim, Dataset, Erasure, FeedRecord, LoggedChange,
+    MasterStore, Offset, Progress, StoreError, StoredOutcome, StoredToken, Subscription,
+    TenantFeed,
 };
 
 const POOL_SIZE: usize = 16;
@@ -68,6 +81,22 @@ const LOAD_OUTCOMES: &str = "SELECT a.id, a.status, a.version, k.slot \
      FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(tenant, change_id, slot) \
      CROSS JOIN LATERAL (SELECT id, status, version FROM applied_changes \
        WHERE dataset = $1 AND tenant = k.tenant AND change_id = k.change_id LIMIT 1) a";
+/// Which of the batch's tenants are being erased. Run right after the position lock and before
+/// the loads; for almost every batch it finds nothing and that is all. When it finds some, the
+/// batch takes [`ERASURE_GATE_SHARED`] and reads them again: see there.
+const LOAD_ERASING: &str = "SELECT tenant FROM tenant_erasures \
+     WHERE tenant = ANY($1::text[]) AND finished_at IS NULL";
+/// Keeps `finish_erasure` (which takes the gate exclusively, first) from committing while a
+/// batch that saw an erasure running is still writing; otherwise the refusals that batch stores
+/// would outlive the erasure. A batch that takes the gate reads the running erasures again
+/// after it: if a finish committed in between, that read (and the loads, read again) see it.
+/// A lock rather than row locks on `tenant_erasures`: PostgreSQL queues a shared request
+/// behind a waiting exclusive one, so a busy tenant's batches cannot starve the finish. One
+/// gate per schema; only batches of tenants being erased take it.
+const ERASURE_GATE_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(\
+     hashtext('tenantsync-store-erasures:' || coalesce(current_schema(), '')))";
+const ERASURE_GATE: &str = "SELECT pg_advisory_xact_lock(\
+     hashtext('tenantsync-store-erasures:' || coalesce(current_schema(), '')))";
 /// Run after [`LOAD_RECORDS`], as a statement of its own: see [`crate::apply::plan_batch`].
 const LOAD_FLOORS: &str = "SELECT tenant, version_floor FROM tenant_horizons \
      WHERE dataset = $1 AND tenant = ANY($2::text[])";
@@ -177,6 +206,106 @@ const ACK: &str = "INSERT INTO subscription_progress \
      WHERE name = $1 AND created_at = $2 FOR SHARE \
      ON CONFLICT (name, dataset, tenant) DO UPDATE SET next_seq = excluded.next_seq, \
      live_from = excluded.live_from, acked_at = excluded.acked_at";
+/// Serialises appends (not reads): an identity's values are handed out outside transactions, so
+/// without it a reader could see seq 8 committed before seq 7 and page past 7 for good.
+const LOCK_AUDIT: &str = "LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE";
+const APPEND_AUDIT: &str = "INSERT INTO audit_log (at, actor, action, target, detail) \
+     VALUES ($1, $2, $3, $4, $5) RETURNING seq";
+const SELECT_AUDIT: &str = "SELECT seq, at, actor, action, target, detail FROM audit_log \
+     WHERE seq > $1 ORDER BY seq LIMIT $2";
+/// Inserts or, for an existing secret, returns the stored value in one statement: a racer's
+/// insert waits for the first one's commit and then returns its value.
+const SECRET: &str = "INSERT INTO secrets (name, value) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING value";
+const SELECT_ERASURE: &str =
+    "SELECT tenant, started_at, finished_at, erased FROM tenant_erasures WHERE tenant = $1";
+const INSERT_ERASURE: &str = "INSERT INTO tenant_erasures (tenant, started_at, finished_at, erased) \
+     VALUES ($1, $2, NULL, 0) ON CONFLICT (tenant) DO NOTHING \
+     RETURNING tenant, started_at, finished_at, erased";
+/// Serialises a start with other starts and with finishes of the same tenant.
+const LOCK_ERASURE: &str = "SELECT tenant, started_at, finished_at, erased FROM tenant_erasures \
+     WHERE tenant = $1 FOR NO KEY UPDATE";
+const RESTART_ERASURE: &str = "UPDATE tenant_erasures \
+     SET started_at = $2, finished_at = NULL, erased = 0 WHERE tenant = $1 \
+     RETURNING tenant, started_at, finished_at, erased";
+const RUNNING_ERASURES: &str = "SELECT tenant, started_at, finished_at, erased \
+     FROM tenant_erasures WHERE finished_at IS NULL ORDER BY tenant";
+const ERASURE_PROGRESS: &str = "UPDATE tenant_erasures SET erased = $2 \
+     WHERE tenant = $1 AND finished_at IS NULL";
+/// Run after [`ERASURE_GATE`].
+const LOCK_RUNNING_ERASURE: &str = "SELECT 1 FROM tenant_erasures \
+     WHERE tenant = $1 AND finished_at IS NULL FOR UPDATE";
+/// Every dataset that can hold records or outcomes: `apply` writes a dataset's position row in
+/// the transaction of its first batch, so this covers datasets never declared too. Each is then
+/// one probe of the records' primary key, not a scan of every tenant.
+const COUNT_LIVE: &str = "SELECT count(*)::int8 FROM records WHERE dataset IN \
+     (SELECT dataset FROM positions UNION SELECT name FROM datasets) \
+     AND tenant = $1 AND data IS NOT NULL";
+/// One statement: the tenant's records go, its horizons and version floors rise as a purge
+/// raises them (one past the highest seq deleted is the tenant's end), its outcomes go and the
+/// erasure is finished.
+const FINISH_ERASURE: &str = "WITH ds AS (\
+       SELECT dataset FROM positions UNION SELECT name FROM datasets), \
+     gone AS (\
+       DELETE FROM records WHERE dataset IN (SELECT dataset FROM ds) AND tenant = $1 \
+       RETURNING dataset, seq, version), \
+     per_dataset AS (\
+       SELECT dataset, max(seq) + 1 AS purged_below, max(version) AS version_floor \
+       FROM gone GROUP BY dataset), \
+     raised AS (\
+       INSERT INTO tenant_horizons (dataset, tenant, purged_below, version_floor) \
+       SELECT dataset, $1, purged_below, version_floor FROM per_dataset \
+       ORDER BY dataset \
+       ON CONFLICT (dataset, tenant) DO UPDATE SET \
+         purged_below = GREATEST(tenant_horizons.purged_below, excluded.purged_below), \
+         version_floor = GREATEST(tenant_horizons.version_floor, excluded.version_floor)), \
+     forgotten AS (\
+       DELETE FROM applied_changes WHERE dataset IN (SELECT dataset FROM ds) AND tenant = $1) \
+     UPDATE tenant_erasures SET finished_at = $2 WHERE tenant = $1";
+/// Takes the claim when there is none, when its lease expired (`$4` is now) or when it is the
+/// same owner's. A racer's insert waits for the first one's commit, then its `WHERE` is checked
+/// against the committed claim: it finds a live lease of another owner and returns no row.
+const CLAIM_BATCHER: &str = "INSERT INTO batchers \
+     (dataset, owner, epoch, lease_until_ms, checkpoint) VALUES ($1, $2, 1, $3, NULL) \
+     ON CONFLICT (dataset) DO UPDATE SET owner = excluded.owner, epoch = batchers.epoch + 1, \
+     lease_until_ms = excluded.lease_until_ms \
+     WHERE batchers.lease_until_ms <= $4 OR batchers.owner = excluded.owner \
+     RETURNING epoch, checkpoint";
+const RENEW_BATCHER: &str = "UPDATE batchers \
+     SET lease_until_ms = $3, checkpoint = coalesce($4::bytea, checkpoint) \
+     WHERE dataset = $1 AND epoch = $2";
+const SELECT_DISPATCH: &str = "SELECT partition, next_offset FROM batch_dispatch \
+     WHERE dataset = $1 ORDER BY partition";
+/// `claim_batch` from position 0 (`$3` is 0), which may have no row yet: the insert creates it,
+/// a racer's insert waits for that commit and then finds the position moved. The lease is inserted only
+/// when the position moved (`moved` has a row), in the same statement.
+const CLAIM_FIRST_BATCH: &str = "WITH moved AS (\
+       INSERT INTO batch_dispatch (dataset, partition, next_offset) VALUES ($1, $2, $5) \
+       ON CONFLICT (dataset, partition) DO UPDATE SET next_offset = excluded.next_offset \
+       WHERE batch_dispatch.next_offset = $3 \
+       RETURNING 1) \
+     INSERT INTO batch_leases (dataset, batch_id, partition, \"offset\", expires_at_ms) \
+     SELECT $1::text, $6::text, $2::int8, $4::int8, $7::int8 FROM moved";
+/// `claim_batch` from a position above 0: a missing row is position 0, so not `$3`, and nothing
+/// moves. A racer's update waits on the row lock, then re-checks `next_offset = $3` on the
+/// winner's version and matches nothing.
+const CLAIM_NEXT_BATCH: &str = "WITH moved AS (\
+       UPDATE batch_dispatch SET next_offset = $5 \
+       WHERE dataset = $1 AND partition = $2 AND next_offset = $3 \
+       RETURNING 1) \
+     INSERT INTO batch_leases (dataset, batch_id, partition, \"offset\", expires_at_ms) \
+     SELECT $1::text, $6::text, $2::int8, $4::int8, $7::int8 FROM moved";
+/// SKIP LOCKED: a racer passes over the lease another one is retaking and takes the next. One
+/// that read a lease before another's retake committed re-checks `expires_at_ms <= $2` on the
+/// new version when locking it, and skips it.
+const RETAKE_BATCH: &str = "UPDATE batch_leases SET expires_at_ms = $3 \
+     WHERE dataset = $1 AND batch_id = (SELECT batch_id FROM batch_leases \
+       WHERE dataset = $1 AND expires_at_ms <= $2 ORDER BY expires_at_ms, batch_id LIMIT 1 \
+       FOR UPDATE SKIP LOCKED) \
+     RETURNING batch_id, partition, \"offset\", expires_at_ms";
+const ACK_BATCH: &str = "DELETE FROM batch_leases WHERE dataset = $1 AND batch_id = $2";
+const SELECT_BATCH_LEASE: &str = "SELECT batch_id, partition, \"offset\", expires_at_ms \
+     FROM batch_leases WHERE dataset = $1 AND batch_id = $2";
 /// Inserts or, for an existing dataset, returns the stored partition count in one statement.
 const DECLARE_DATASET: &str = "INSERT INTO datasets (name, partitions) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING partitions";
@@ -322,6 +451,26 @@ fn token_row(row: &Row) -> Result<StoredToken, StoreError> {
     rows::token_from_row(row.try_get(0)?, row.try_get(1)?, scopes, row.try_get(3)?)
 }
 
+/// A row of (tenant, started_at, finished_at, erased).
+fn erasure_row(row: &Row) -> Result<Erasure, StoreError> {
+    rows::erasure_from_row(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    )
+}
+
+/// A row of (batch_id, partition, offset, expires_at_ms).
+fn batch_lease_row(row: &Row) -> Result<BatchLease, StoreError> {
+    rows::batch_lease_from_row(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    )
+}
+
 /// The columns of a batch of record writes, as arrays for one `unnest` insert.
 #[derive(Default)]
 struct RecordColumns<'a> {
@@ -416,31 +565,73 @@ impl MasterStore for PostgresStore {
         let outcome_tenants: Vec<&str> =
             lookups.change_ids.iter().map(|(t, _)| t.as_str()).collect();
         let outcome_ids: Vec<&str> = lookups.change_ids.iter().map(|(_, c)| c.as_str()).collect();
+        let batch_tenants: Vec<&str> = lookups.tenants.iter().map(|t| t.as_str()).collect();
 
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let (insert_position, lock_position, load_records, load_outcomes, load_floors) = tokio::try_join!(
+        let (
+            insert_position,
+            lock_position,
+            load_erasing,
+            erasure_gate,
+            load_records,
+            load_outcomes,
+            load_floors,
+        ) = tokio::try_join!(
             tx.prepare_cached(INSERT_POSITION),
             tx.prepare_cached(LOCK_POSITION),
+            tx.prepare_cached(LOAD_ERASING),
+            tx.prepare_cached(ERASURE_GATE_SHARED),
             tx.prepare_cached(LOAD_RECORDS),
             tx.prepare_cached(LOAD_OUTCOMES),
             tx.prepare_cached(LOAD_FLOORS),
         )?;
+        let loads = || async {
+            tokio::try_join!(
+                async {
+                    tx.query(&load_records, &[&ds, &key_tenants, &key_ids])
+                        .await
+                },
+                async {
+                    tx.query(&load_outcomes, &[&ds, &outcome_tenants, &outcome_ids])
+                        .await
+                },
+            )
+        };
+        let erasing_of = |rows: &[Row]| -> Result<HashSet<TenantId>, StoreError> {
+            let mut erasing = HashSet::new();
+            for row in rows {
+                let tenant: &str = row.try_get(0)?;
+                let i = batch_tenants.binary_search(&tenant).map_err(|_| {
+                    corrupt_id("erasure", format!("tenant {tenant:?} was not asked for"))
+                })?;
+                erasing.insert(lookups.tenants[i].clone());
+            }
+            Ok(erasing)
+        };
         // One round trip: the server runs these in order, so the loads see everything committed
         // by whoever held the position lock before us.
-        let (_, position, record_rows, outcome_rows) = tokio::try_join!(
+        let (_, position, erasing_rows, (mut record_rows, mut outcome_rows)) = tokio::try_join!(
             async { tx.execute(&insert_position, &[&ds, &part]).await },
             async { tx.query_one(&lock_position, &[&ds, &part]).await },
-            async {
-                tx.query(&load_records, &[&ds, &key_tenants, &key_ids])
-                    .await
-            },
-            async {
-                tx.query(&load_outcomes, &[&ds, &outcome_tenants, &outcome_ids])
-                    .await
-            },
+            async { tx.query(&load_erasing, &[&batch_tenants]).await },
+            loads(),
         )?;
         let position = rows::to_u64("position", position.try_get(0)?)?;
+        let mut erasing = erasing_of(&erasing_rows)?;
+        if !erasing.is_empty() {
+            let (_, again) =
+                tokio::try_join!(async { tx.execute(&erasure_gate, &[]).await }, async {
+                    tx.query(&load_erasing, &[&batch_tenants]).await
+                },)?;
+            let again = erasing_of(&again)?;
+            if again != erasing {
+                // An erasure finished (or started) since the first read: what the loads read
+                // may predate it.
+                (record_rows, outcome_rows) = loads().await?;
+                erasing = again;
+            }
+        }
 
         let mut records: Vec<Option<Record>> = vec![None; lookups.keys.len()];
         for row in &record_rows {
@@ -482,6 +673,7 @@ impl MasterStore for PostgresStore {
             records,
             outcomes,
             &floors,
+            &erasing,
             Utc::now(),
         );
 
@@ -927,6 +1119,284 @@ impl MasterStore for PostgresStore {
             .prepare_cached("DELETE FROM tokens WHERE name = $1")
             .await?;
         Ok(client.execute(&stmt, &[&name.as_str()]).await? > 0)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        let detail = rows::audit_detail_to_row(entry)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let (lock, append) = tokio::try_join!(
+            tx.prepare_cached(LOCK_AUDIT),
+            tx.prepare_cached(APPEND_AUDIT),
+        )?;
+        let (_, row) = tokio::try_join!(async { tx.execute(&lock, &[]).await }, async {
+            tx.query_one(
+                &append,
+                &[
+                    &rows::to_micros(entry.at),
+                    &entry.actor,
+                    &entry.action,
+                    &entry.target,
+                    &detail,
+                ],
+            )
+            .await
+        },)?;
+        let seq: i64 = row.try_get(0)?;
+        tx.commit().await?;
+        rows::to_u64("audit seq", seq)
+    }
+
+    async fn audit_log(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        // No seq is above i64::MAX, so clamping keeps the answer (empty) right.
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SELECT_AUDIT).await?;
+        client
+            .query(&stmt, &[&after, &limit])
+            .await?
+            .iter()
+            .map(|row| {
+                let detail: &str = row.try_get(5)?;
+                rows::audit_from_row(
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                    detail,
+                )
+            })
+            .collect()
+    }
+
+    async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SECRET).await?;
+        Ok(client
+            .query_one(&stmt, &[&name, &candidate])
+            .await?
+            .try_get(0)?)
+    }
+
+    async fn start_erasure(
+        &self,
+        tenant: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<(Erasure, bool), StoreError> {
+        let (t, at) = (tenant.as_str(), rows::to_micros(at));
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let (insert, lock, restart) = tokio::try_join!(
+            tx.prepare_cached(INSERT_ERASURE),
+            tx.prepare_cached(LOCK_ERASURE),
+            tx.prepare_cached(RESTART_ERASURE),
+        )?;
+        if let Some(row) = tx.query_opt(&insert, &[&t, &at]).await? {
+            let started = erasure_row(&row)?;
+            tx.commit().await?;
+            return Ok((started, true));
+        }
+        // The row exists (a conflicting insert waits for the other's commit); lock its latest
+        // version so that it cannot finish or restart under us.
+        let existing = erasure_row(&tx.query_one(&lock, &[&t]).await?)?;
+        if existing.finished_at.is_none() {
+            tx.commit().await?;
+            return Ok((existing, false));
+        }
+        let started = erasure_row(&tx.query_one(&restart, &[&t, &at]).await?)?;
+        tx.commit().await?;
+        Ok((started, true))
+    }
+
+    async fn erasure(&self, tenant: &TenantId) -> Result<Option<Erasure>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SELECT_ERASURE).await?;
+        client
+            .query_opt(&stmt, &[&tenant.as_str()])
+            .await?
+            .as_ref()
+            .map(erasure_row)
+            .transpose()
+    }
+
+    async fn running_erasures(&self) -> Result<Vec<Erasure>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(RUNNING_ERASURES).await?;
+        client
+            .query(&stmt, &[])
+            .await?
+            .iter()
+            .map(erasure_row)
+            .collect()
+    }
+
+    async fn erasure_progress(&self, tenant: &TenantId, erased: u64) -> Result<(), StoreError> {
+        let erased = rows::to_i64("erasure progress", erased)?;
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(ERASURE_PROGRESS).await?;
+        client.execute(&stmt, &[&tenant.as_str(), &erased]).await?;
+        Ok(())
+    }
+
+    async fn finish_erasure(
+        &self,
+        tenant: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let (t, at) = (tenant.as_str(), rows::to_micros(at));
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let (gate, lock, count_live, finish) = tokio::try_join!(
+            tx.prepare_cached(ERASURE_GATE),
+            tx.prepare_cached(LOCK_RUNNING_ERASURE),
+            tx.prepare_cached(COUNT_LIVE),
+            tx.prepare_cached(FINISH_ERASURE),
+        )?;
+        // In this order, each a statement of its own: once the gate is held no batch that saw
+        // the erasure running is writing, and the later snapshots see what they committed.
+        tx.execute(&gate, &[]).await?;
+        if tx.query_opt(&lock, &[&t]).await?.is_none() {
+            return Ok(0);
+        }
+        let live: i64 = tx.query_one(&count_live, &[&t]).await?.try_get(0)?;
+        if live != 0 {
+            return rows::to_u64("live records", live);
+        }
+        tx.execute(&finish, &[&t, &at]).await?;
+        tx.commit().await?;
+        Ok(0)
+    }
+
+    async fn claim_batcher(
+        &self,
+        dataset: &DatasetName,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<BatcherClaim>, StoreError> {
+        let lease_until = now_ms.saturating_add(lease_ms);
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(CLAIM_BATCHER).await?;
+        client
+            .query_opt(&stmt, &[&dataset.as_str(), &owner, &lease_until, &now_ms])
+            .await?
+            .map(|row| rows::batcher_claim_from_row(row.try_get(0)?, row.try_get(1)?))
+            .transpose()
+    }
+
+    async fn renew_batcher(
+        &self,
+        dataset: &DatasetName,
+        epoch: u64,
+        now_ms: i64,
+        lease_ms: i64,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let epoch = rows::to_i64("batcher epoch", epoch)?;
+        let lease_until = now_ms.saturating_add(lease_ms);
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(RENEW_BATCHER).await?;
+        let renewed = client
+            .execute(
+                &stmt,
+                &[&dataset.as_str(), &epoch, &lease_until, &checkpoint],
+            )
+            .await?;
+        Ok(renewed > 0)
+    }
+
+    async fn batch_dispatch(
+        &self,
+        dataset: &DatasetName,
+    ) -> Result<Vec<(u32, Offset)>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SELECT_DISPATCH).await?;
+        client
+            .query(&stmt, &[&dataset.as_str()])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    rows::batch_partition_from_row(row.try_get(0)?)?,
+                    rows::to_u64("batch queue position", row.try_get(1)?)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn claim_batch(
+        &self,
+        dataset: &DatasetName,
+        partition: u32,
+        expected: Offset,
+        offset: Offset,
+        batch_id: &str,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (expected, offset, next) = rows::batch_claim_to_row(expected, offset)?;
+        let client = self.pool.get().await?;
+        let stmt = if expected == 0 {
+            client.prepare_cached(CLAIM_FIRST_BATCH).await?
+        } else {
+            client.prepare_cached(CLAIM_NEXT_BATCH).await?
+        };
+        let leased = client
+            .execute(
+                &stmt,
+                &[
+                    &dataset.as_str(),
+                    &i64::from(partition),
+                    &expected,
+                    &offset,
+                    &next,
+                    &batch_id,
+                    &expires_at_ms,
+                ],
+            )
+            .await?;
+        Ok(leased > 0)
+    }
+
+    async fn retake_expired_batch(
+        &self,
+        dataset: &DatasetName,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<Option<BatchLease>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(RETAKE_BATCH).await?;
+        client
+            .query_opt(&stmt, &[&dataset.as_str(), &now_ms, &expires_at_ms])
+            .await?
+            .as_ref()
+            .map(batch_lease_row)
+            .transpose()
+    }
+
+    async fn ack_batch(&self, dataset: &DatasetName, batch_id: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(ACK_BATCH).await?;
+        Ok(client
+            .execute(&stmt, &[&dataset.as_str(), &batch_id])
+            .await?
+            > 0)
+    }
+
+    async fn batch_lease(
+        &self,
+        dataset: &DatasetName,
+        batch_id: &str,
+    ) -> Result<Option<BatchLease>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SELECT_BATCH_LEASE).await?;
+        client
+            .query_opt(&stmt, &[&dataset.as_str(), &batch_id])
+            .await?
+            .as_ref()
+            .map(batch_lease_row)
+            .transpose()
     }
 
     async fn check(&self) -> Result<(), StoreError> {

@@ -11,7 +11,8 @@ use tenantsync_core::{
 };
 
 use crate::{
-    FeedPosition, Progress, StoreError, StoredOutcome, StoredToken, Subscription, TenantSelection,
+    AuditEntry, BatchLease, BatcherClaim, Erasure, FeedPosition, Progress, StoreError,
+    StoredOutcome, StoredToken, Subscription, TenantSelection,
 };
 
 const APPLIED: &str = "applied";
@@ -21,6 +22,7 @@ const NOT_FOUND: &str = "not_found";
 /// Never written by `apply` (a reused change id is not stored); mapped so that the conversion
 /// is total rather than a panic.
 const KEY_REUSED: &str = "key_reused";
+const TENANT_ERASING: &str = "tenant_erasing";
 
 /// An outcome as its `status` and `version` columns.
 pub(crate) fn outcome_to_row(outcome: &Outcome) -> Result<(&'static str, i64), StoreError> {
@@ -39,6 +41,10 @@ pub(crate) fn outcome_to_row(outcome: &Outcome) -> Result<(&'static str, i64), S
             reason: RejectReason::KeyReused,
             current_version,
         } => (KEY_REUSED, *current_version),
+        Outcome::Rejected {
+            reason: RejectReason::TenantErasing,
+            current_version,
+        } => (TENANT_ERASING, *current_version),
     };
     Ok((status, to_i64("version", version)?))
 }
@@ -58,6 +64,10 @@ pub(crate) fn outcome_from_row(status: &str, version: i64) -> Result<Outcome, St
         },
         KEY_REUSED => Outcome::Rejected {
             reason: RejectReason::KeyReused,
+            current_version: version,
+        },
+        TENANT_ERASING => Outcome::Rejected {
+            reason: RejectReason::TenantErasing,
             current_version: version,
         },
         other => {
@@ -234,6 +244,105 @@ pub(crate) fn scopes_to_row(token: &StoredToken) -> Result<String, StoreError> {
     to_json(&token.scopes)
 }
 
+/// An audit entry's `detail` column: its JSON text.
+pub(crate) fn audit_detail_to_row(entry: &AuditEntry) -> Result<String, StoreError> {
+    to_json(&entry.detail)
+}
+
+/// A row of `audit_log` (seq, at, actor, action, target, detail) read back.
+pub(crate) fn audit_from_row(
+    seq: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    target: String,
+    detail: &str,
+) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        seq: to_u64("audit seq", seq)?,
+        at: from_micros("audit at", at)?,
+        actor,
+        action,
+        target,
+        detail: serde_json::from_str(detail).map_err(|e| StoreError::Corrupt {
+            what: "audit detail",
+            detail: format!("entry {seq}: not JSON: {e}"),
+        })?,
+    })
+}
+
+/// A row of `tenant_erasures` (tenant, started_at, finished_at, erased) read back.
+pub(crate) fn erasure_from_row(
+    tenant: String,
+    started_at: i64,
+    finished_at: Option<i64>,
+    erased: i64,
+) -> Result<Erasure, StoreError> {
+    Ok(Erasure {
+        tenant: TenantId::new(tenant).map_err(|e| StoreError::Corrupt {
+            what: "erasure tenant",
+            detail: e.to_string(),
+        })?,
+        started_at: from_micros("erasure started_at", started_at)?,
+        finished_at: finished_at
+            .map(|at| from_micros("erasure finished_at", at))
+            .transpose()?,
+        erased: to_u64("erasure progress", erased)?,
+    })
+}
+
+/// A batcher claim (epoch, checkpoint) read back.
+pub(crate) fn batcher_claim_from_row(
+    epoch: i64,
+    checkpoint: Option<Vec<u8>>,
+) -> Result<BatcherClaim, StoreError> {
+    Ok(BatcherClaim {
+        epoch: to_u64("batcher epoch", epoch)?,
+        checkpoint,
+    })
+}
+
+/// A partition number of the batches log read back.
+pub(crate) fn batch_partition_from_row(partition: i64) -> Result<u32, StoreError> {
+    u32::try_from(partition).map_err(|_| StoreError::Corrupt {
+        what: "batch partition",
+        detail: format!("partition {partition} is not a u32"),
+    })
+}
+
+/// A row of `batch_leases` (batch_id, partition, offset, expires_at_ms) read back.
+pub(crate) fn batch_lease_from_row(
+    batch_id: String,
+    partition: i64,
+    offset: i64,
+    expires_at_ms: i64,
+) -> Result<BatchLease, StoreError> {
+    Ok(BatchLease {
+        batch_id,
+        partition: batch_partition_from_row(partition)?,
+        offset: to_u64("batch offset", offset)?,
+        expires_at_ms,
+    })
+}
+
+/// The `(offset, offset + 1)` columns of a batch handed out by `claim_batch`, checked against
+/// the position the caller expects: an offset below it is the caller's bug.
+pub(crate) fn batch_claim_to_row(
+    expected: u64,
+    offset: u64,
+) -> Result<(i64, i64, i64), StoreError> {
+    if offset < expected {
+        return Err(StoreError::InvalidArgument(format!(
+            "batch offset {offset} is below the expected queue position {expected}"
+        )));
+    }
+    Ok((
+        to_i64("expected queue position", expected)?,
+        to_i64("batch offset", offset)?,
+        to_i64("next queue position", offset.saturating_add(1))?,
+    ))
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
         what: "JSON column",
@@ -261,6 +370,10 @@ mod tests {
             Outcome::Rejected {
                 reason: RejectReason::KeyReused,
                 current_version: 4,
+            },
+            Outcome::Rejected {
+                reason: RejectReason::TenantErasing,
+                current_version: 5,
             },
         ] {
             let (status, version) = outcome_to_row(&outcome).unwrap();
@@ -294,6 +407,19 @@ mod tests {
             Err(StoreError::OutOfRange { .. })
         ));
         assert_eq!(to_i64("offset", 5).unwrap(), 5);
+        assert_eq!(batch_claim_to_row(3, 7).unwrap(), (3, 7, 8));
+        assert_eq!(batch_claim_to_row(3, 3).unwrap(), (3, 3, 4));
+        for (expected, offset) in [(4, 3), (0, u64::MAX), (0, i64::MAX as u64), (u64::MAX, 0)] {
+            let err = batch_claim_to_row(expected, offset).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::OutOfRange { .. } | StoreError::InvalidArgument(_)
+                ),
+                "{err:?}"
+            );
+            assert!(!err.is_transient());
+        }
     }
 
     #[test]
@@ -309,6 +435,30 @@ mod tests {
         assert!(row("{\"a\":1}").into_record().is_ok());
         assert!(matches!(
             row("[1]").into_record(),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            audit_from_row(1, 0, "cli".into(), "a".into(), "t".into(), "{"),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            erasure_from_row("acme".into(), 0, None, -1),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            erasure_from_row("ACME".into(), 0, None, 0),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            batch_lease_from_row("b".into(), -1, 0, 0),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            batch_lease_from_row("b".into(), 0, -1, 0),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            batcher_claim_from_row(-1, None),
             Err(StoreError::Corrupt { .. })
         ));
         let mut bad_tenant = row("{}");

@@ -10,7 +10,7 @@
 //! This module must never block an async worker thread on SQLite, and never decide what a
 //! change does itself: that is [`crate::apply`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -29,8 +29,9 @@ use crate::apply;
 use crate::migrations::{self, Migration};
 use crate::rows::{self, RecordRow};
 use crate::{
-    Applied, Dataset, FeedRecord, LoggedChange, MasterStore, Offset, Progress, StoreError,
-    StoredOutcome, StoredToken, Subscription, TenantFeed,
+    Applied, AuditEntry, BatchLease, BatcherClaim, Dataset, Erasure, FeedRecord, LoggedChange,
+    MasterStore, Offset, Progress, StoreError, StoredOutcome, StoredToken, Subscription,
+    TenantFeed,
 };
 
 /// Reader connections: enough for the API's concurrent reads on 2 cores, few enough that a
@@ -105,6 +106,48 @@ const SCAN_FIRST: &str = "SELECT tenant, id, version, data, updated_at, change_i
      FROM records WHERE dataset = ?1 AND tenant = ?2 ORDER BY id LIMIT ?3";
 const SCAN_AFTER: &str = "SELECT tenant, id, version, data, updated_at, change_id \
      FROM records WHERE dataset = ?1 AND tenant = ?2 AND id > ?3 ORDER BY id LIMIT ?4";
+
+/// Served by a partial index holding only running erasures: for almost every batch, a probe
+/// that finds nothing.
+const SELECT_ERASING: &str = "SELECT tenant FROM tenant_erasures WHERE finished_at IS NULL";
+const SELECT_ERASURE: &str =
+    "SELECT tenant, started_at, finished_at, erased FROM tenant_erasures WHERE tenant = ?1";
+/// Every dataset that can hold records or outcomes: `apply` writes a dataset's position row in
+/// the transaction of its first batch, so this covers datasets never declared too.
+const DATASETS_WRITTEN: &str = "SELECT dataset FROM positions UNION SELECT name FROM datasets";
+const COUNT_LIVE: &str =
+    "SELECT count(*) FROM records WHERE dataset = ?1 AND tenant = ?2 AND data IS NOT NULL";
+const ERASE_RECORDS: &str = "DELETE FROM records WHERE dataset = ?1 AND tenant = ?2 \
+     RETURNING seq, version";
+const ERASE_OUTCOMES: &str = "DELETE FROM applied_changes WHERE dataset = ?1 AND tenant = ?2";
+
+/// Takes the claim when there is none, when its lease expired (`?4` is now) or when it is the
+/// same owner's; otherwise the upsert's WHERE leaves the row alone and RETURNING yields nothing.
+const CLAIM_BATCHER: &str = "INSERT INTO batchers \
+     (dataset, owner, epoch, lease_until_ms, checkpoint) VALUES (?1, ?2, 1, ?3, NULL) \
+     ON CONFLICT (dataset) DO UPDATE SET owner = excluded.owner, epoch = batchers.epoch + 1, \
+     lease_until_ms = excluded.lease_until_ms \
+     WHERE batchers.lease_until_ms <= ?4 OR batchers.owner = excluded.owner \
+     RETURNING epoch, checkpoint";
+const RENEW_BATCHER: &str = "UPDATE batchers \
+     SET lease_until_ms = ?3, checkpoint = coalesce(?4, checkpoint) \
+     WHERE dataset = ?1 AND epoch = ?2";
+const SELECT_DISPATCH: &str = "SELECT partition, next_offset FROM batch_dispatch \
+     WHERE dataset = ?1 ORDER BY partition";
+const SELECT_DISPATCH_ONE: &str =
+    "SELECT next_offset FROM batch_dispatch WHERE dataset = ?1 AND partition = ?2";
+const UPSERT_DISPATCH: &str = "INSERT INTO batch_dispatch (dataset, partition, next_offset) \
+     VALUES (?1, ?2, ?3) \
+     ON CONFLICT (dataset, partition) DO UPDATE SET next_offset = excluded.next_offset";
+const INSERT_BATCH_LEASE: &str = "INSERT INTO batch_leases \
+     (dataset, batch_id, partition, \"offset\", expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
+const RETAKE_BATCH: &str = "UPDATE batch_leases SET expires_at_ms = ?3 \
+     WHERE dataset = ?1 AND batch_id = (SELECT batch_id FROM batch_leases \
+       WHERE dataset = ?1 AND expires_at_ms <= ?2 ORDER BY expires_at_ms, batch_id LIMIT 1) \
+     RETURNING batch_id, partition, \"offset\", expires_at_ms";
+const ACK_BATCH: &str = "DELETE FROM batch_leases WHERE dataset = ?1 AND batch_id = ?2";
+const SELECT_BATCH_LEASE: &str = "SELECT batch_id, partition, \"offset\", expires_at_ms \
+     FROM batch_leases WHERE dataset = ?1 AND batch_id = ?2";
 
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -366,6 +409,20 @@ fn apply_in_transaction(
     let position = rows::to_u64("position", stored.unwrap_or(0))?;
 
     let lookups = apply::lookups(changes);
+    let mut erasing = HashSet::new();
+    {
+        let mut select = tx.prepare_cached(SELECT_ERASING)?;
+        let mut running = select.query([])?;
+        while let Some(row) = running.next()? {
+            let tenant: String = row.get(0)?;
+            if let Ok(i) = lookups
+                .tenants
+                .binary_search_by(|t| t.as_str().cmp(tenant.as_str()))
+            {
+                erasing.insert(lookups.tenants[i].clone());
+            }
+        }
+    }
     // Probing in key order visits the b-tree's pages in order: fewer page cache misses once the
     // tables outgrow the cache.
     let mut records = vec![None; lookups.keys.len()];
@@ -419,6 +476,7 @@ fn apply_in_transaction(
         records,
         outcomes,
         &floors,
+        &erasing,
         Utc::now(),
     );
 
@@ -468,6 +526,133 @@ fn apply_in_transaction(
     }
     tx.commit()?;
     Ok(plan.applied)
+}
+
+fn batch_lease_row(row: &Row<'_>) -> rusqlite::Result<(String, i64, i64, i64)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+/// The read-compare-write of `claim_batch`, in one writer transaction. An error (a batch id
+/// still outstanding) drops the transaction, which rolls back the moved position.
+fn claim_batch_in_transaction(
+    conn: &mut Connection,
+    dataset: &DatasetName,
+    partition: u32,
+    (expected, offset, next): (i64, i64, i64),
+    batch_id: &str,
+    expires_at_ms: i64,
+) -> Result<bool, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (ds, part) = (dataset.as_str(), partition_param(partition));
+    let position: Option<i64> = tx
+        .prepare_cached(SELECT_DISPATCH_ONE)?
+        .query_row(params![ds, part], |row| row.get(0))
+        .optional()?;
+    if position.unwrap_or(0) != expected {
+        return Ok(false);
+    }
+    tx.prepare_cached(UPSERT_DISPATCH)?
+        .execute(params![ds, part, next])?;
+    tx.prepare_cached(INSERT_BATCH_LEASE)?.execute(params![
+        ds,
+        batch_id,
+        part,
+        offset,
+        expires_at_ms
+    ])?;
+    tx.commit()?;
+    Ok(true)
+}
+
+fn erasure_row(row: &Row<'_>) -> rusqlite::Result<(String, i64, Option<i64>, i64)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn read_erasure(conn: &Connection, tenant: &TenantId) -> Result<Option<Erasure>, StoreError> {
+    conn.prepare_cached(SELECT_ERASURE)?
+        .query_row([tenant.as_str()], erasure_row)
+        .optional()?
+        .map(|(tenant, started_at, finished_at, erased)| {
+            rows::erasure_from_row(tenant, started_at, finished_at, erased)
+        })
+        .transpose()
+}
+
+fn start_erasure_in_transaction(
+    conn: &mut Connection,
+    tenant: &TenantId,
+    at: DateTime<Utc>,
+) -> Result<(Erasure, bool), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(running) = read_erasure(&tx, tenant)?.filter(|e| e.finished_at.is_none()) {
+        return Ok((running, false));
+    }
+    tx.execute(
+        "INSERT INTO tenant_erasures (tenant, started_at, finished_at, erased) \
+         VALUES (?1, ?2, NULL, 0) ON CONFLICT (tenant) DO UPDATE \
+         SET started_at = excluded.started_at, finished_at = NULL, erased = 0",
+        params![tenant.as_str(), rows::to_micros(at)],
+    )?;
+    let started = read_erasure(&tx, tenant)?.ok_or_else(|| StoreError::Corrupt {
+        what: "erasure",
+        detail: format!("tenant {tenant}: the erasure just started is not there"),
+    })?;
+    tx.commit()?;
+    Ok((started, true))
+}
+
+fn finish_erasure_in_transaction(
+    conn: &mut Connection,
+    tenant: &TenantId,
+    at: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let t = tenant.as_str();
+    let running = read_erasure(&tx, tenant)?.filter(|e| e.finished_at.is_none());
+    if running.is_none() {
+        return Ok(0);
+    }
+    let datasets = tx
+        .prepare_cached(DATASETS_WRITTEN)?
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut live = 0;
+    {
+        let mut count = tx.prepare_cached(COUNT_LIVE)?;
+        for ds in &datasets {
+            live += count.query_row(params![ds, t], |row| row.get::<_, i64>(0))?;
+        }
+    }
+    if live != 0 {
+        return rows::to_u64("live records", live);
+    }
+    {
+        let mut erase = tx.prepare_cached(ERASE_RECORDS)?;
+        let mut raise = tx.prepare_cached(RAISE_HORIZON)?;
+        let mut forget = tx.prepare_cached(ERASE_OUTCOMES)?;
+        for ds in &datasets {
+            // One past the highest seq deleted (the tenant's end), and the highest version.
+            let mut deleted: Option<(i64, i64)> = None;
+            let mut gone = erase.query(params![ds, t])?;
+            while let Some(row) = gone.next()? {
+                let (seq, version): (i64, i64) = (row.get(0)?, row.get(1)?);
+                let (below, floor) = deleted.get_or_insert((0, 0));
+                *below = (*below).max(seq + 1);
+                *floor = (*floor).max(version);
+            }
+            drop(gone);
+            if let Some((below, floor)) = deleted {
+                raise.execute(params![ds, t, below, floor])?;
+            }
+            forget.execute(params![ds, t])?;
+        }
+    }
+    tx.execute(
+        "UPDATE tenant_erasures SET finished_at = ?2 WHERE tenant = ?1",
+        params![t, rows::to_micros(at)],
+    )?;
+    tx.commit()?;
+    Ok(0)
 }
 
 fn declare_in_transaction(conn: &mut Connection, dataset: &Dataset) -> Result<(), StoreError> {
@@ -965,6 +1150,279 @@ impl MasterStore for SqliteStore {
                 .prepare_cached("DELETE FROM tokens WHERE name = ?1")?
                 .execute([name.as_str()])?
                 > 0)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        let detail = rows::audit_detail_to_row(entry)?;
+        let entry = entry.clone();
+        self.write(move |conn| {
+            let seq: i64 = conn
+                .prepare_cached(
+                    "INSERT INTO audit_log (at, actor, action, target, detail) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) RETURNING seq",
+                )?
+                .query_row(
+                    params![
+                        rows::to_micros(entry.at),
+                        entry.actor,
+                        entry.action,
+                        entry.target,
+                        detail
+                    ],
+                    |row| row.get(0),
+                )?;
+            rows::to_u64("audit seq", seq)
+        })
+        .await
+    }
+
+    async fn audit_log(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        // No seq is above i64::MAX, so clamping keeps the answer (empty) right.
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT seq, at, actor, action, target, detail FROM audit_log \
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?
+            .query_map(params![after, limit], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            })?
+            .map(|row| {
+                let (seq, at, actor, action, target, detail) = row?;
+                rows::audit_from_row(seq, at, actor, action, target, &detail)
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (name, candidate) = (name.to_owned(), candidate.to_vec());
+        // On the writer: one writer thread, so of several racers the first inserts and the
+        // others read what it stored.
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, candidate],
+            )?;
+            let value: Vec<u8> = tx.query_row(
+                "SELECT value FROM secrets WHERE name = ?1",
+                [&name],
+                |row| row.get(0),
+            )?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+
+    async fn start_erasure(
+        &self,
+        tenant: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<(Erasure, bool), StoreError> {
+        let tenant = tenant.clone();
+        self.write(move |conn| start_erasure_in_transaction(conn, &tenant, at))
+            .await
+    }
+
+    async fn erasure(&self, tenant: &TenantId) -> Result<Option<Erasure>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| read_erasure(conn, &tenant)).await
+    }
+
+    async fn running_erasures(&self) -> Result<Vec<Erasure>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT tenant, started_at, finished_at, erased FROM tenant_erasures \
+                 WHERE finished_at IS NULL ORDER BY tenant",
+            )?
+            .query_map([], erasure_row)?
+            .map(|row| {
+                let (tenant, started_at, finished_at, erased) = row?;
+                rows::erasure_from_row(tenant, started_at, finished_at, erased)
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn erasure_progress(&self, tenant: &TenantId, erased: u64) -> Result<(), StoreError> {
+        let tenant = tenant.clone();
+        let erased = rows::to_i64("erasure progress", erased)?;
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE tenant_erasures SET erased = ?2 \
+                 WHERE tenant = ?1 AND finished_at IS NULL",
+            )?
+            .execute(params![tenant.as_str(), erased])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_erasure(
+        &self,
+        tenant: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let tenant = tenant.clone();
+        self.write(move |conn| finish_erasure_in_transaction(conn, &tenant, at))
+            .await
+    }
+
+    async fn claim_batcher(
+        &self,
+        dataset: &DatasetName,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<BatcherClaim>, StoreError> {
+        let (dataset, owner) = (dataset.clone(), owner.to_owned());
+        let lease_until = now_ms.saturating_add(lease_ms);
+        // One statement on the one writer thread, in a transaction that takes the write lock
+        // before reading: another process on the same file cannot slip in between.
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let claimed: Option<(i64, Option<Vec<u8>>)> = tx
+                .prepare_cached(CLAIM_BATCHER)?
+                .query_row(
+                    params![dataset.as_str(), owner, lease_until, now_ms],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            tx.commit()?;
+            claimed
+                .map(|(epoch, checkpoint)| rows::batcher_claim_from_row(epoch, checkpoint))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn renew_batcher(
+        &self,
+        dataset: &DatasetName,
+        epoch: u64,
+        now_ms: i64,
+        lease_ms: i64,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let (dataset, checkpoint) = (dataset.clone(), checkpoint.map(<[u8]>::to_vec));
+        let epoch = rows::to_i64("batcher epoch", epoch)?;
+        let lease_until = now_ms.saturating_add(lease_ms);
+        self.write(move |conn| {
+            let renewed = conn.prepare_cached(RENEW_BATCHER)?.execute(params![
+                dataset.as_str(),
+                epoch,
+                lease_until,
+                checkpoint
+            ])?;
+            Ok(renewed > 0)
+        })
+        .await
+    }
+
+    async fn batch_dispatch(
+        &self,
+        dataset: &DatasetName,
+    ) -> Result<Vec<(u32, Offset)>, StoreError> {
+        let dataset = dataset.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(SELECT_DISPATCH)?
+                .query_map([dataset.as_str()], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })?
+                .map(|row| {
+                    let (partition, next) = row?;
+                    Ok((
+                        rows::batch_partition_from_row(partition)?,
+                        rows::to_u64("batch queue position", next)?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn claim_batch(
+        &self,
+        dataset: &DatasetName,
+        partition: u32,
+        expected: Offset,
+        offset: Offset,
+        batch_id: &str,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let columns = rows::batch_claim_to_row(expected, offset)?;
+        let (dataset, batch_id) = (dataset.clone(), batch_id.to_owned());
+        self.write(move |conn| {
+            claim_batch_in_transaction(conn, &dataset, partition, columns, &batch_id, expires_at_ms)
+        })
+        .await
+    }
+
+    async fn retake_expired_batch(
+        &self,
+        dataset: &DatasetName,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<Option<BatchLease>, StoreError> {
+        let dataset = dataset.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let retaken = tx
+                .prepare_cached(RETAKE_BATCH)?
+                .query_row(
+                    params![dataset.as_str(), now_ms, expires_at_ms],
+                    batch_lease_row,
+                )
+                .optional()?;
+            tx.commit()?;
+            retaken
+                .map(|(batch_id, partition, offset, expires_at_ms)| {
+                    rows::batch_lease_from_row(batch_id, partition, offset, expires_at_ms)
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    async fn ack_batch(&self, dataset: &DatasetName, batch_id: &str) -> Result<bool, StoreError> {
+        let (dataset, batch_id) = (dataset.clone(), batch_id.to_owned());
+        self.write(move |conn| {
+            Ok(conn
+                .prepare_cached(ACK_BATCH)?
+                .execute(params![dataset.as_str(), batch_id])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn batch_lease(
+        &self,
+        dataset: &DatasetName,
+        batch_id: &str,
+    ) -> Result<Option<BatchLease>, StoreError> {
+        let (dataset, batch_id) = (dataset.clone(), batch_id.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached(SELECT_BATCH_LEASE)?
+                .query_row(params![dataset.as_str(), batch_id], batch_lease_row)
+                .optional()?
+                .map(|(batch_id, partition, offset, expires_at_ms)| {
+                    rows::batch_lease_from_row(batch_id, partition, offset, expires_at_ms)
+                })
+                .transpose()
         })
         .await
     }

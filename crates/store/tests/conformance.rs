@@ -15,16 +15,18 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::json;
-use tenantsync_core::{Change, DatasetName, Record, SubscriptionName, TokenName};
+use tenantsync_core::{
+    Change, ChangeId, DatasetName, Outcome, Record, RejectReason, SubscriptionName, TokenName,
+};
 use tenantsync_store::{
-    Dataset, FeedPosition, FeedRecord, LoggedChange, MasterStore, Progress, StoreError,
-    StoredToken, Subscription, TenantFeed, TenantSelection,
+    AuditEntry, BatchLease, BatcherClaim, Dataset, Erasure, FeedPosition, FeedRecord, LoggedChange,
+    MasterStore, Progress, StoreError, StoredToken, Subscription, TenantFeed, TenantSelection,
 };
 
 use common::*;
 
 macro_rules! conformance {
-    ($backend:ident: $($case:ident),* $(,)?) => {
+    ($backend:ident: [$($case:ident),* $(,)?], shared: [$($shared:ident),* $(,)?]) => {
         mod $backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,25 +36,14 @@ macro_rules! conformance {
                 }
             )*
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_overlapping_applies() {
-                let Some(h) = super::common::$backend().await else { return };
-                super::concurrent_overlapping_applies(Arc::clone(&h.store)).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn feed_pages_miss_no_write_under_concurrent_applies() {
-                let Some(h) = super::common::$backend().await else { return };
-                super::feed_pages_miss_no_write_under_concurrent_applies(Arc::clone(&h.store))
-                    .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn versions_never_go_down_under_concurrent_purges() {
-                let Some(h) = super::common::$backend().await else { return };
-                super::versions_never_go_down_under_concurrent_purges(Arc::clone(&h.store))
-                    .await;
-            }
+            // Cases that share the store between concurrent tasks.
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $shared() {
+                    let Some(h) = super::common::$backend().await else { return };
+                    super::$shared(Arc::clone(&h.store)).await;
+                }
+            )*
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn legacy_records_get_ranked_seqs() {
@@ -79,7 +70,7 @@ macro_rules! conformance {
 macro_rules! suite {
     ($($backend:ident),*) => {
         $(
-            conformance!($backend:
+            conformance!($backend: [
                 declare_and_list_datasets,
                 upsert_get_and_unchanged_data,
                 patch_is_json_merge_patch,
@@ -105,7 +96,24 @@ macro_rules! suite {
                 subscriptions_crud_and_acks,
                 feeds_never_mix_tenants_and_datasets,
                 tokens_are_stored_by_hash_and_revoked,
-            );
+                audit_log_appends_and_pages,
+                secrets_are_created_once,
+                erasure_lifecycle,
+                batcher_claim_lifecycle,
+                batch_dispatch_moves_by_compare_and_set,
+                expired_batches_are_retaken_earliest_first,
+                batch_acks,
+                batch_datasets_are_independent,
+            ], shared: [
+                concurrent_overlapping_applies,
+                feed_pages_miss_no_write_under_concurrent_applies,
+                versions_never_go_down_under_concurrent_purges,
+                secret_racers_agree,
+                erasure_finish_racing_applies_leaves_no_rejection,
+                batcher_claim_racers_one_wins,
+                batch_claim_racers_one_wins,
+                batch_retake_racers_take_each_lease_once,
+            ]);
         )*
     };
 }
@@ -2299,4 +2307,1117 @@ async fn tokens_are_stored_by_hash_and_revoked(store: &dyn MasterStore) {
     assert_eq!(store.tokens().await.unwrap(), vec![admin]);
     // The name is free again.
     assert!(store.create_token(&ci).await.unwrap());
+}
+
+fn audit(
+    at: DateTime<Utc>,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> AuditEntry {
+    AuditEntry {
+        // Ignored by append_audit.
+        seq: 999,
+        at,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail,
+    }
+}
+
+async fn audit_log_appends_and_pages(store: &dyn MasterStore) {
+    assert!(store.audit_log(0, 10).await.unwrap().is_empty());
+    let t0 = DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap();
+    let entries = [
+        audit(
+            t0 + chrono::Duration::nanoseconds(789),
+            "ci",
+            "token.created",
+            "deploy",
+            json!({"scopes": ["write:*:acme"], "nested": {"n": 1.5, "none": null}}),
+        ),
+        audit(
+            t0,
+            "jwt:alice",
+            "subscription.deleted",
+            "billing",
+            json!({}),
+        ),
+        audit(
+            t0,
+            "cli",
+            "erasure.started",
+            "acme",
+            json!({"why": "gdpr ✓ \"quoted\""}),
+        ),
+        audit(
+            t0,
+            "tenantsync",
+            "erasure.finished",
+            "acme",
+            json!({"erased": 12}),
+        ),
+        audit(t0, "cli", "token.revoked", "deploy", json!({"n": u64::MAX})),
+    ];
+    let mut seqs = Vec::new();
+    for e in &entries {
+        seqs.push(store.append_audit(e).await.unwrap());
+    }
+    assert_eq!(seqs[0], 1, "seqs start at 1");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "increasing: {seqs:?}");
+
+    let expected: Vec<AuditEntry> = entries
+        .iter()
+        .zip(&seqs)
+        .map(|(e, &seq)| AuditEntry {
+            seq,
+            at: DateTime::from_timestamp_micros(e.at.timestamp_micros()).unwrap(),
+            ..e.clone()
+        })
+        .collect();
+    assert_eq!(expected[0].at, t0, "to the microsecond");
+    assert_eq!(store.audit_log(0, 10).await.unwrap(), expected);
+    assert_eq!(store.audit_log(0, 2).await.unwrap(), expected[..2]);
+    assert_eq!(store.audit_log(seqs[1], 2).await.unwrap(), expected[2..4]);
+    assert_eq!(store.audit_log(seqs[3], 2).await.unwrap(), expected[4..]);
+    assert!(store.audit_log(seqs[4], 2).await.unwrap().is_empty());
+    assert!(store.audit_log(0, 0).await.unwrap().is_empty(), "limit 0");
+    assert!(store.audit_log(u64::MAX, 10).await.unwrap().is_empty());
+}
+
+async fn secrets_are_created_once(store: &dyn MasterStore) {
+    let first: Vec<u8> = (0..=255).collect();
+    assert_eq!(store.secret("cursor-hmac", &first).await.unwrap(), first);
+    assert_eq!(
+        store
+            .secret("cursor-hmac", b"another candidate")
+            .await
+            .unwrap(),
+        first,
+        "a stored secret is never replaced"
+    );
+    assert_eq!(store.secret("other", &[0, 0, 7]).await.unwrap(), [0, 0, 7]);
+    assert_eq!(store.secret("cursor-hmac", &[]).await.unwrap(), first);
+}
+
+/// Several instances starting at once each offer their own secret; all end up with one.
+async fn secret_racers_agree(store: Arc<dyn MasterStore>) {
+    const RACERS: u8 = 8;
+    for round in 0..5 {
+        let name = format!("race-{round}");
+        let barrier = Arc::new(tokio::sync::Barrier::new(usize::from(RACERS)));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (store, barrier, name) =
+                    (Arc::clone(&store), Arc::clone(&barrier), name.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.secret(&name, &[i; 32]).await.expect("secret")
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.expect("racer"));
+        }
+        assert!(
+            got.iter().all(|g| *g == got[0]),
+            "round {round}: racers got different secrets"
+        );
+        assert!(got[0].len() == 32 && got[0].iter().all(|&b| b == got[0][0] && b < RACERS));
+        assert_eq!(store.secret(&name, b"late").await.unwrap(), got[0]);
+    }
+}
+
+const fn erasing(current_version: u64) -> Outcome {
+    Outcome::Rejected {
+        reason: RejectReason::TenantErasing,
+        current_version,
+    }
+}
+
+fn erasure_id(rest: &str) -> String {
+    format!("{}{rest}", ChangeId::ERASURE_PREFIX)
+}
+
+async fn apply_to(
+    store: &dyn MasterStore,
+    dataset: &str,
+    first: u64,
+    changes: Vec<Change>,
+) -> Vec<Outcome> {
+    let next = first + changes.len() as u64;
+    apply_ok(store, dataset, &at(first, changes), next)
+        .await
+        .outcomes
+}
+
+async fn outcome_of(store: &dyn MasterStore, dataset: &str, t: &str, c: &str) -> Option<Outcome> {
+    store
+        .outcome(&ds(dataset), &tenant(t), &cid(c))
+        .await
+        .expect("outcome")
+        .map(|o| o.outcome)
+}
+
+async fn record_in(store: &dyn MasterStore, dataset: &str, t: &str, id: &str) -> Option<Record> {
+    store
+        .get(&ds(dataset), &tenant(t), &eid(id))
+        .await
+        .expect("get")
+}
+
+fn truncated(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap()
+}
+
+async fn erasure_lifecycle(store: &dyn MasterStore) {
+    let acme = tenant("acme");
+    assert_eq!(
+        apply_to(
+            store,
+            "items",
+            0,
+            vec![
+                upsert("c0", "acme", "a", json!({"v": 1})),
+                upsert("c1", "acme", "a", json!({"v": 2})),
+                upsert("c2", "acme", "b", json!({"v": 1})),
+                upsert("c3", "globex", "g", json!({"v": 1})),
+                delete("c4", "acme", "b"),
+            ],
+        )
+        .await,
+        [applied(1), applied(2), applied(1), applied(1), applied(2)]
+    );
+    apply_to(
+        store,
+        "other",
+        0,
+        vec![
+            upsert("o0", "acme", "x", json!({})),
+            upsert("o1", "globex", "y", json!({})),
+        ],
+    )
+    .await;
+
+    // Nothing runs yet: finishing does nothing.
+    assert_eq!(store.erasure(&acme).await.unwrap(), None);
+    assert!(store.running_erasures().await.unwrap().is_empty());
+    let early = Utc::now();
+    assert_eq!(store.finish_erasure(&acme, early).await.unwrap(), 0);
+    assert_eq!(store.erasure(&acme).await.unwrap(), None);
+    assert!(record_in(store, "items", "acme", "a").await.is_some());
+
+    let t0 = DateTime::from_timestamp_micros(1_900_000_000_000_001).unwrap()
+        + chrono::Duration::nanoseconds(999);
+    let (started, fresh) = store.start_erasure(&acme, t0).await.unwrap();
+    let running = Erasure {
+        tenant: acme.clone(),
+        started_at: truncated(t0),
+        finished_at: None,
+        erased: 0,
+    };
+    assert!(fresh);
+    assert_eq!(started, running);
+    let (again, fresh) = store
+        .start_erasure(&acme, t0 + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert!(!fresh, "one runs already");
+    assert_eq!(again, running, "the running one, as it started");
+
+    store.erasure_progress(&acme, 3).await.unwrap();
+    let running = Erasure {
+        erased: 3,
+        ..running
+    };
+    assert_eq!(store.erasure(&acme).await.unwrap(), Some(running.clone()));
+    assert_eq!(
+        store.running_erasures().await.unwrap(),
+        std::slice::from_ref(&running)
+    );
+    store.erasure_progress(&tenant("globex"), 5).await.unwrap();
+    assert_eq!(
+        store.erasure(&tenant("globex")).await.unwrap(),
+        None,
+        "progress of no erasure is a no-op"
+    );
+
+    // While it runs: the tenant's ordinary changes are refused and the refusals stored; the
+    // erasure's own apply; other tenants are unaffected; a change applied before still reports
+    // its first outcome.
+    let during = vec![
+        upsert("u5", "acme", "a", json!({"v": 9})),
+        upsert("u6", "acme", "new", json!({})),
+        upsert("u7", "globex", "g", json!({"v": 2})),
+        delete(&erasure_id("items:a"), "acme", "a"),
+        delete(&erasure_id("items:b"), "acme", "b"),
+        upsert("c0", "acme", "a", json!({"v": 1})),
+        upsert("tenantsync:not-erasure", "acme", "a", json!({"v": 3})),
+        patch("u8", "acme", "a", json!({"v": 4})),
+    ];
+    let expected = [
+        erasing(2),
+        erasing(0),
+        applied(2),
+        applied(3),
+        unchanged(2),
+        applied(1),
+        erasing(0),
+        erasing(0),
+    ];
+    assert_eq!(apply_to(store, "items", 5, during.clone()).await, expected);
+    assert_eq!(
+        apply_to(store, "items", 5, during).await,
+        expected,
+        "a redelivery reports the same"
+    );
+    assert_eq!(
+        outcome_of(store, "items", "acme", "u5").await,
+        Some(erasing(2))
+    );
+    assert_eq!(
+        outcome_of(store, "items", "acme", "u6").await,
+        Some(erasing(0))
+    );
+    assert_eq!(record_in(store, "items", "acme", "new").await, None);
+    let a = record_in(store, "items", "acme", "a").await.unwrap();
+    assert_eq!((a.version, a.is_deleted()), (3, true));
+    assert_eq!(
+        record_in(store, "items", "globex", "g")
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+
+    // A live record left in another dataset: nothing is finished and nothing changes.
+    assert_eq!(store.finish_erasure(&acme, Utc::now()).await.unwrap(), 1);
+    assert_eq!(store.erasure(&acme).await.unwrap(), Some(running.clone()));
+    assert!(record_in(store, "items", "acme", "a").await.is_some());
+    assert_eq!(
+        outcome_of(store, "items", "acme", "u5").await,
+        Some(erasing(2))
+    );
+    assert_eq!(
+        apply_to(
+            store,
+            "other",
+            2,
+            vec![upsert("o2", "acme", "x", json!({"v": 1}))]
+        )
+        .await,
+        [erasing(1)],
+        "still erasing"
+    );
+    assert_eq!(
+        apply_to(
+            store,
+            "other",
+            3,
+            vec![delete(&erasure_id("other:x"), "acme", "x")]
+        )
+        .await,
+        [applied(2)]
+    );
+    let before = feed(store, "acme", 0, Some(0), 10).await;
+    assert_eq!(page(&before), [("b", 4, 2, true), ("a", 8, 3, true)]);
+    assert_eq!((before.end, before.horizon), (9, 0));
+
+    let t1 = Utc::now();
+    assert_eq!(store.finish_erasure(&acme, t1).await.unwrap(), 0);
+    let finished = Erasure {
+        finished_at: Some(truncated(t1)),
+        ..running.clone()
+    };
+    assert_eq!(store.erasure(&acme).await.unwrap(), Some(finished.clone()));
+    assert!(store.running_erasures().await.unwrap().is_empty());
+
+    // Every row of the tenant is gone, in every dataset.
+    for dataset in ["items", "other"] {
+        assert!(
+            scan_all(store, &ds(dataset), &acme, 10).await.is_empty(),
+            "{dataset}"
+        );
+    }
+    // Feeds answer an old position Gone: the horizon is the tenant's end.
+    let after = feed(store, "acme", 0, None, 10).await;
+    assert!(after.records.is_empty());
+    assert_eq!((after.end, after.horizon), (9, 9));
+    assert!(FeedPosition::default().is_behind(after.horizon));
+    let other = store
+        .tenant_feed(&ds("other"), &acme, 0, None, 10)
+        .await
+        .unwrap();
+    assert!(other.records.is_empty());
+    assert_eq!((other.end, other.horizon), (4, 4));
+    assert_eq!(
+        ends(store, "items").await,
+        [("acme".to_owned(), 9), ("globex".to_owned(), 8)]
+    );
+    // Its stored outcomes are gone; other tenants' records and outcomes stay.
+    for (dataset, c) in [
+        ("items", "c0"),
+        ("items", "c4"),
+        ("items", "u5"),
+        ("items", &*erasure_id("items:a")),
+        ("items", "tenantsync:not-erasure"),
+        ("other", "o0"),
+        ("other", "o2"),
+        ("other", &*erasure_id("other:x")),
+    ] {
+        assert_eq!(
+            outcome_of(store, dataset, "acme", c).await,
+            None,
+            "{dataset} {c}"
+        );
+    }
+    assert_eq!(
+        outcome_of(store, "items", "globex", "c3").await,
+        Some(applied(1))
+    );
+    assert_eq!(
+        outcome_of(store, "items", "globex", "u7").await,
+        Some(applied(2))
+    );
+    assert_eq!(
+        outcome_of(store, "other", "globex", "o1").await,
+        Some(applied(1))
+    );
+    assert!(record_in(store, "items", "globex", "g").await.is_some());
+    assert!(record_in(store, "other", "globex", "y").await.is_some());
+
+    // Finishing again does nothing.
+    assert_eq!(store.finish_erasure(&acme, Utc::now()).await.unwrap(), 0);
+    assert_eq!(store.erasure(&acme).await.unwrap(), Some(finished));
+
+    // The tenant takes changes again, and versions continue above what was erased.
+    assert_eq!(
+        apply_to(
+            store,
+            "items",
+            13,
+            vec![
+                upsert("n0", "acme", "a", json!({})),
+                upsert("n1", "acme", "fresh", json!({})),
+            ],
+        )
+        .await,
+        [applied(4), applied(4)]
+    );
+    assert_eq!(
+        apply_to(
+            store,
+            "other",
+            4,
+            vec![upsert("n2", "acme", "x", json!({}))]
+        )
+        .await,
+        [applied(3)]
+    );
+
+    // Starting again after it finished restarts it.
+    let t2 = t0 + chrono::Duration::days(1);
+    let (restarted, fresh) = store.start_erasure(&acme, t2).await.unwrap();
+    assert!(fresh);
+    let restarted_expected = Erasure {
+        tenant: acme.clone(),
+        started_at: truncated(t2),
+        finished_at: None,
+        erased: 0,
+    };
+    assert_eq!(restarted, restarted_expected);
+    assert_eq!(
+        store.running_erasures().await.unwrap(),
+        [restarted_expected]
+    );
+    assert_eq!(
+        apply_to(
+            store,
+            "items",
+            15,
+            vec![upsert("n3", "acme", "a", json!({"v": 1}))]
+        )
+        .await,
+        [erasing(4)]
+    );
+    assert_eq!(store.finish_erasure(&acme, Utc::now()).await.unwrap(), 3);
+}
+
+/// Applies of a tenant race the finish of its erasure, on several partitions at once. An apply
+/// told `tenant_erasing` ran while the erasure did, so its stored refusal must be gone once the
+/// erasure finished; an apply that ran after is stored as usual. A refusal left behind means a
+/// batch that saw the erasure running committed after the finish.
+async fn erasure_finish_racing_applies_leaves_no_rejection(store: Arc<dyn MasterStore>) {
+    const PARTITIONS: u32 = 4;
+    const BATCHES: u64 = 30;
+    const BATCH: u64 = 3;
+    let acme = tenant("acme");
+    store.start_erasure(&acme, Utc::now()).await.unwrap();
+    // Everyone starts together, the finisher after each applier's first batch.
+    let first_done = Arc::new(tokio::sync::Barrier::new(PARTITIONS as usize + 1));
+    let tasks: Vec<_> = (0..PARTITIONS)
+        .map(|p| {
+            let (store, first_done) = (Arc::clone(&store), Arc::clone(&first_done));
+            tokio::spawn(async move {
+                let mut told = Vec::new();
+                for b in 0..BATCHES {
+                    let changes: Vec<LoggedChange> = (0..BATCH)
+                        .map(|i| LoggedChange {
+                            offset: b * BATCH + i,
+                            change: upsert(
+                                &format!("p{p}-{b}-{i}"),
+                                "acme",
+                                &format!("k{p}-{b}-{i}"),
+                                json!({"b": b}),
+                            ),
+                        })
+                        .collect();
+                    let out = store
+                        .apply(&ds("items"), p, &changes, (b + 1) * BATCH)
+                        .await
+                        .expect("apply");
+                    for (c, o) in changes.iter().zip(out.outcomes) {
+                        told.push((c.change.change_id.clone(), o));
+                    }
+                    if b == 0 {
+                        first_done.wait().await;
+                    }
+                }
+                told
+            })
+        })
+        .collect();
+    first_done.wait().await;
+    assert_eq!(store.finish_erasure(&acme, Utc::now()).await.unwrap(), 0);
+    let (mut refused, mut applied_after) = (0, 0);
+    for t in tasks {
+        for (change_id, told) in t.await.expect("applier") {
+            let stored = store
+                .outcome(&ds("items"), &acme, &change_id)
+                .await
+                .unwrap()
+                .map(|o| o.outcome);
+            match told {
+                Outcome::Rejected {
+                    reason: RejectReason::TenantErasing,
+                    ..
+                } => {
+                    refused += 1;
+                    assert_eq!(stored, None, "{change_id}: refusal outlived the erasure");
+                }
+                told => {
+                    applied_after += 1;
+                    assert_eq!(told, applied(1), "{change_id}");
+                    assert_eq!(stored, Some(told), "{change_id}");
+                }
+            }
+        }
+    }
+    eprintln!("{refused} changes refused during the erasure, {applied_after} applied after");
+    assert!(
+        refused >= u64::from(PARTITIONS * BATCH as u32),
+        "first batches were refused"
+    );
+    assert!(applied_after > 0, "later changes were applied");
+}
+
+fn claim(epoch: u64, checkpoint: Option<&[u8]>) -> Option<BatcherClaim> {
+    Some(BatcherClaim {
+        epoch,
+        checkpoint: checkpoint.map(<[u8]>::to_vec),
+    })
+}
+
+fn lease(batch_id: &str, partition: u32, offset: u64, expires_at_ms: i64) -> BatchLease {
+    BatchLease {
+        batch_id: batch_id.to_owned(),
+        partition,
+        offset,
+        expires_at_ms,
+    }
+}
+
+async fn batcher_claim_lifecycle(store: &dyn MasterStore) {
+    let items = ds("items");
+    assert!(
+        !store.renew_batcher(&items, 1, 0, 500, None).await.unwrap(),
+        "nothing to renew before the first claim"
+    );
+    assert_eq!(
+        store.claim_batcher(&items, "a", 1_000, 500).await.unwrap(),
+        claim(1, None),
+        "the first claim is epoch 1, without a checkpoint"
+    );
+    // a's lease runs until 1500.
+    assert_eq!(
+        store.claim_batcher(&items, "b", 1_200, 500).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.claim_batcher(&items, "b", 1_499, 500).await.unwrap(),
+        None
+    );
+    let cp1: Vec<u8> = (0..=255).collect();
+    assert!(
+        store
+            .renew_batcher(&items, 1, 1_400, 500, Some(&cp1))
+            .await
+            .unwrap()
+    );
+    // Renewed until 1900, with a checkpoint of every byte value.
+    assert_eq!(
+        store.claim_batcher(&items, "b", 1_899, 500).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.claim_batcher(&items, "b", 1_900, 500).await.unwrap(),
+        claim(2, Some(&cp1)),
+        "another owner takes the claim once the lease expired, keeping the checkpoint"
+    );
+
+    // a was fenced: its renewals change nothing, neither the lease nor the checkpoint.
+    assert!(
+        !store
+            .renew_batcher(&items, 1, 1_950, 10_000, Some(b"stale"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.claim_batcher(&items, "c", 2_399, 500).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.claim_batcher(&items, "c", 2_400, 500).await.unwrap(),
+        claim(3, Some(&cp1)),
+        "b's lease still ended at 2400, and the stale checkpoint was not stored"
+    );
+
+    // A lease that expired can be renewed while nobody took the claim over.
+    assert!(
+        store
+            .renew_batcher(&items, 3, 9_000, 500, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.claim_batcher(&items, "d", 9_499, 500).await.unwrap(),
+        None
+    );
+    // The same owner (restarted) takes its own claim at once, with a new epoch.
+    assert_eq!(
+        store.claim_batcher(&items, "c", 9_100, 500).await.unwrap(),
+        claim(4, Some(&cp1)),
+        "renewing without a checkpoint kept it"
+    );
+    assert!(
+        !store
+            .renew_batcher(&items, 3, 9_100, 500, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .renew_batcher(&items, 4, 9_200, 500, Some(b"cp2"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.claim_batcher(&items, "c", 9_300, 500).await.unwrap(),
+        claim(5, Some(b"cp2"))
+    );
+    assert!(
+        store
+            .renew_batcher(&items, 5, 9_300, 500, Some(&[]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.claim_batcher(&items, "d", 9_800, 500).await.unwrap(),
+        claim(6, Some(&[])),
+        "an empty checkpoint is stored as empty, not as none"
+    );
+    assert!(
+        matches!(
+            store
+                .renew_batcher(&items, u64::MAX, 9_800, 500, None)
+                .await,
+            Err(StoreError::OutOfRange { .. })
+        ),
+        "an epoch beyond the store's integers is an error, not a wrap"
+    );
+}
+
+/// Several instances start their batcher of a dataset at once: exactly one gets the claim.
+async fn batcher_claim_racers_one_wins(store: Arc<dyn MasterStore>) {
+    const RACERS: usize = 8;
+    for (round, now) in [(1u64, 1_000i64), (2, 2_000), (3, 3_000)] {
+        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let claim = store
+                        .claim_batcher(&ds("items"), &format!("owner-{i}"), now, 1_000)
+                        .await
+                        .expect("claim");
+                    (i, claim)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            if let (i, Some(claim)) = t.await.expect("racer") {
+                winners.push((i, claim));
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let (winner, won) = winners.pop().expect("one winner");
+        assert_eq!(won.epoch, round, "round {round}");
+        assert!(
+            store
+                .renew_batcher(&ds("items"), round, now, 1_000, None)
+                .await
+                .unwrap(),
+            "round {round}: owner-{winner} holds the claim"
+        );
+        // Everyone else is refused while the winner's lease (until now + 1000) runs.
+        for i in (0..RACERS).filter(|&i| i != winner) {
+            assert_eq!(
+                store
+                    .claim_batcher(&ds("items"), &format!("owner-{i}"), now + 999, 1_000)
+                    .await
+                    .unwrap(),
+                None
+            );
+        }
+    }
+}
+
+async fn dispatch(store: &dyn MasterStore, dataset: &str) -> Vec<(u32, u64)> {
+    store.batch_dispatch(&ds(dataset)).await.expect("dispatch")
+}
+
+async fn batch_dispatch_moves_by_compare_and_set(store: &dyn MasterStore) {
+    let items = ds("items");
+    assert!(dispatch(store, "items").await.is_empty(), "no position yet");
+    assert!(
+        store
+            .claim_batch(&items, 0, 0, 0, "b-0-0", 1_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(dispatch(store, "items").await, vec![(0, 1)]);
+    assert_eq!(
+        store.batch_lease(&items, "b-0-0").await.unwrap(),
+        Some(lease("b-0-0", 0, 0, 1_000))
+    );
+
+    // A stale expected position is refused and changes nothing.
+    assert!(
+        !store
+            .claim_batch(&items, 0, 0, 1, "b-0-1", 1_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.batch_lease(&items, "b-0-1").await.unwrap(), None);
+    // A partition without a position is at 0: expecting anything else is stale, and it stays
+    // absent.
+    assert!(
+        !store
+            .claim_batch(&items, 1, 3, 3, "b-1-3", 1_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(dispatch(store, "items").await, vec![(0, 1)]);
+    assert_eq!(store.batch_lease(&items, "b-1-3").await.unwrap(), None);
+
+    // The batches log may have gaps: the position moves past the batch handed out.
+    assert!(
+        store
+            .claim_batch(&items, 2, 0, 5, "b-2-5", 2_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_batch(&items, 0, 1, 4, "b-0-4", 3_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_batch(&items, 2, 6, 6, "b-2-6", 4_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        dispatch(store, "items").await,
+        vec![(0, 5), (2, 7)],
+        "sorted by partition"
+    );
+    assert_eq!(
+        store.batch_lease(&items, "b-2-5").await.unwrap(),
+        Some(lease("b-2-5", 2, 5, 2_000))
+    );
+    assert_eq!(
+        store.batch_lease(&items, "b-0-4").await.unwrap(),
+        Some(lease("b-0-4", 0, 4, 3_000))
+    );
+
+    // An offset below the expected position is the caller's bug.
+    let err = store
+        .claim_batch(&items, 0, 5, 4, "b-0-4-again", 1_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
+    assert!(!err.is_transient());
+    // So is a batch id that is still outstanding.
+    store
+        .claim_batch(&items, 0, 5, 5, "b-0-4", 1_000)
+        .await
+        .expect_err("b-0-4 is outstanding");
+    assert_eq!(dispatch(store, "items").await, vec![(0, 5), (2, 7)]);
+    assert_eq!(
+        store.batch_lease(&items, "b-0-4-again").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.batch_lease(&items, "b-0-4").await.unwrap(),
+        Some(lease("b-0-4", 0, 4, 3_000)),
+        "the failed claims left the lease alone"
+    );
+    assert_eq!(store.batch_lease(&items, "b-0-404").await.unwrap(), None);
+    assert!(
+        store
+            .claim_batch(&items, 0, 5, u64::MAX, "b-max", 1_000)
+            .await
+            .is_err(),
+        "an offset beyond the store's integers is an error"
+    );
+    assert_eq!(dispatch(store, "items").await, vec![(0, 5), (2, 7)]);
+}
+
+/// HTTP workers on several instances race to hand out the next batch of a partition: each
+/// position is taken by exactly one of them.
+async fn batch_claim_racers_one_wins(store: Arc<dyn MasterStore>) {
+    const RACERS: usize = 8;
+    let mut position = 0;
+    // Round 0 starts from a partition without a position, the others from a stored one.
+    for round in 0..5u64 {
+        let offset = position + round; // gaps of growing size
+        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let id = format!("r{round}-w{i}");
+                    let won = store
+                        .claim_batch(&ds("items"), 3, position, offset, &id, 1_000)
+                        .await
+                        .expect("claim batch");
+                    (id, won)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut ids = Vec::new();
+        for t in tasks {
+            let (id, won) = t.await.expect("racer");
+            if won {
+                winners.push(id.clone());
+            }
+            ids.push(id);
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        for id in &ids {
+            let leased = store.batch_lease(&ds("items"), id).await.unwrap();
+            if *id == winners[0] {
+                assert_eq!(leased, Some(lease(id, 3, offset, 1_000)));
+            } else {
+                assert_eq!(leased, None, "round {round}: a loser's lease was stored");
+            }
+        }
+        position = offset + 1;
+        assert_eq!(dispatch(&*store, "items").await, vec![(3, position)]);
+    }
+}
+
+async fn expired_batches_are_retaken_earliest_first(store: &dyn MasterStore) {
+    let items = ds("items");
+    assert_eq!(
+        store.retake_expired_batch(&items, 0, 1).await.unwrap(),
+        None
+    );
+    assert!(store.claim_batch(&items, 0, 0, 0, "a", 100).await.unwrap());
+    assert!(store.claim_batch(&items, 0, 1, 1, "b", 50).await.unwrap());
+    assert!(store.claim_batch(&items, 1, 0, 0, "c", 300).await.unwrap());
+
+    assert_eq!(
+        store.retake_expired_batch(&items, 49, 1_000).await.unwrap(),
+        None,
+        "nothing expired yet"
+    );
+    assert_eq!(
+        store
+            .retake_expired_batch(&items, 100, 1_000)
+            .await
+            .unwrap(),
+        Some(lease("b", 0, 1, 1_000)),
+        "the earliest expired first, with the new expiry"
+    );
+    assert_eq!(
+        store
+            .retake_expired_batch(&items, 100, 1_000)
+            .await
+            .unwrap(),
+        Some(lease("a", 0, 0, 1_000)),
+        "a lease expires at its expires_at_ms"
+    );
+    assert_eq!(
+        store
+            .retake_expired_batch(&items, 100, 1_000)
+            .await
+            .unwrap(),
+        None,
+        "c has not expired, a and b were extended"
+    );
+    assert_eq!(
+        store.batch_lease(&items, "b").await.unwrap(),
+        Some(lease("b", 0, 1, 1_000))
+    );
+    assert_eq!(
+        store
+            .retake_expired_batch(&items, 999, 2_000)
+            .await
+            .unwrap(),
+        Some(lease("c", 1, 0, 2_000))
+    );
+    assert_eq!(
+        store
+            .retake_expired_batch(&items, 999, 2_000)
+            .await
+            .unwrap(),
+        None,
+        "not retaken again before the new expiry"
+    );
+    let mut at_1000 = Vec::new();
+    while let Some(l) = store
+        .retake_expired_batch(&items, 1_000, 3_000)
+        .await
+        .unwrap()
+    {
+        assert_eq!(l.expires_at_ms, 3_000);
+        at_1000.push(l.batch_id);
+        assert!(at_1000.len() <= 2, "{at_1000:?}");
+    }
+    at_1000.sort();
+    assert_eq!(at_1000, ["a", "b"]);
+    assert_eq!(
+        store.batch_lease(&items, "c").await.unwrap(),
+        Some(lease("c", 1, 0, 2_000))
+    );
+    assert_eq!(
+        dispatch(store, "items").await,
+        vec![(0, 2), (1, 1)],
+        "retaking does not move the queue"
+    );
+}
+
+/// Workers on several instances retake expired batches at once: each expired lease goes to
+/// exactly one of them, and live ones to none.
+async fn batch_retake_racers_take_each_lease_once(store: Arc<dyn MasterStore>) {
+    const RACERS: usize = 8;
+    const EXPIRED: u64 = 20;
+    const LIVE: u64 = 3;
+    let items = ds("items");
+    for offset in 0..EXPIRED + LIVE {
+        let expires = if offset < EXPIRED {
+            // Expiries in no particular order, some equal.
+            100 + i64::try_from(offset * 7 % 5).unwrap()
+        } else {
+            10_000
+        };
+        assert!(
+            store
+                .claim_batch(&items, 0, offset, offset, &format!("b{offset}"), expires)
+                .await
+                .unwrap()
+        );
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut taken = Vec::new();
+                while let Some(l) = store
+                    .retake_expired_batch(&ds("items"), 1_000, 5_000)
+                    .await
+                    .expect("retake")
+                {
+                    taken.push(l);
+                }
+                taken
+            })
+        })
+        .collect();
+    let mut taken: HashMap<String, usize> = HashMap::new();
+    let mut racers_with_some = 0;
+    for t in tasks {
+        let got = t.await.expect("racer");
+        racers_with_some += usize::from(!got.is_empty());
+        for l in got {
+            assert_eq!(l.expires_at_ms, 5_000);
+            assert_eq!(l.batch_id, format!("b{}", l.offset));
+            *taken.entry(l.batch_id).or_default() += 1;
+        }
+    }
+    eprintln!("{racers_with_some} of {RACERS} racers retook a lease");
+    let expected: HashMap<String, usize> = (0..EXPIRED).map(|o| (format!("b{o}"), 1)).collect();
+    assert_eq!(taken, expected, "each expired lease retaken exactly once");
+    assert_eq!(
+        store
+            .retake_expired_batch(&items, 4_999, 6_000)
+            .await
+            .unwrap(),
+        None
+    );
+    for offset in EXPIRED..EXPIRED + LIVE {
+        let id = format!("b{offset}");
+        assert_eq!(
+            store.batch_lease(&items, &id).await.unwrap(),
+            Some(lease(&id, 0, offset, 10_000))
+        );
+    }
+}
+
+async fn batch_acks(store: &dyn MasterStore) {
+    let items = ds("items");
+    assert!(
+        store
+            .claim_batch(&items, 0, 0, 0, "x", 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(store.claim_batch(&items, 0, 1, 1, "y", 10).await.unwrap());
+    assert!(store.ack_batch(&items, "x").await.unwrap());
+    assert!(
+        !store.ack_batch(&items, "x").await.unwrap(),
+        "acknowledged once"
+    );
+    assert_eq!(store.batch_lease(&items, "x").await.unwrap(), None);
+    assert!(!store.ack_batch(&items, "never-handed-out").await.unwrap());
+    assert!(
+        store.ack_batch(&items, "y").await.unwrap(),
+        "an expired lease can still be acknowledged"
+    );
+    assert_eq!(
+        store
+            .retake_expired_batch(&items, 1_000_000, 2_000_000)
+            .await
+            .unwrap(),
+        None,
+        "acknowledged batches are not retaken"
+    );
+    assert!(
+        !store
+            .claim_batch(&items, 0, 0, 0, "x-again", 1_000)
+            .await
+            .unwrap(),
+        "nor handed out again: the position passed them"
+    );
+    assert_eq!(dispatch(store, "items").await, vec![(0, 2)]);
+    // The id is free again for a later batch.
+    assert!(
+        store
+            .claim_batch(&items, 0, 2, 2, "x", 1_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.batch_lease(&items, "x").await.unwrap(),
+        Some(lease("x", 0, 2, 1_000))
+    );
+}
+
+async fn batch_datasets_are_independent(store: &dyn MasterStore) {
+    let (items, orders) = (ds("items"), ds("orders"));
+    assert_eq!(
+        store.claim_batcher(&items, "a", 0, 1_000).await.unwrap(),
+        claim(1, None)
+    );
+    assert_eq!(
+        store.claim_batcher(&orders, "b", 0, 1_000).await.unwrap(),
+        claim(1, None),
+        "each dataset has its own batcher"
+    );
+    assert!(
+        store
+            .renew_batcher(&items, 1, 0, 1_000, Some(b"items"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.claim_batcher(&orders, "b", 1, 1_000).await.unwrap(),
+        claim(2, None),
+        "a checkpoint belongs to its dataset"
+    );
+    assert!(
+        !store
+            .renew_batcher(&items, 2, 1, 1_000, None)
+            .await
+            .unwrap(),
+        "epochs are per dataset"
+    );
+
+    assert!(
+        store
+            .claim_batch(&items, 0, 0, 0, "same-id", 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_batch(&orders, 0, 0, 4, "same-id", 200)
+            .await
+            .unwrap(),
+        "positions and batch ids are per dataset"
+    );
+    assert_eq!(dispatch(store, "items").await, vec![(0, 1)]);
+    assert_eq!(dispatch(store, "orders").await, vec![(0, 5)]);
+    assert!(dispatch(store, "other").await.is_empty());
+    assert_eq!(
+        store
+            .retake_expired_batch(&items, 150, 1_000)
+            .await
+            .unwrap(),
+        Some(lease("same-id", 0, 0, 1_000))
+    );
+    assert_eq!(
+        store
+            .retake_expired_batch(&items, 300, 1_000)
+            .await
+            .unwrap(),
+        None,
+        "orders' expired lease is not items' to retake"
+    );
+    assert!(store.ack_batch(&items, "same-id").await.unwrap());
+    assert_eq!(
+        store.batch_lease(&orders, "same-id").await.unwrap(),
+        Some(lease("same-id", 0, 4, 200)),
+        "acknowledging in items left orders' lease alone"
+    );
+    assert_eq!(
+        store
+            .retake_expired_batch(&orders, 300, 1_000)
+            .await
+            .unwrap(),
+        Some(lease("same-id", 0, 4, 1_000))
+    );
 }

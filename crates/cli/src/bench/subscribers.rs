@@ -67,7 +67,7 @@ pub struct SubscribersArgs {
 struct ServerProcess {
     child: Child,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for ServerProcess {
@@ -88,6 +88,8 @@ impl ServerProcess {
                 "127.0.0.1:0",
                 "--sse-stall-timeout-secs",
                 "5",
+                "--tenant-write-rate",
+                &super::BENCH_TENANT_WRITE_RATE.to_string(),
                 "--data-dir",
             ])
             .arg(dir.path())
@@ -113,8 +115,29 @@ impl ServerProcess {
         Ok(Self {
             child,
             base: format!("http://{addr}"),
-            _dir: dir,
+            dir,
         })
+    }
+
+    /// An admin token made with `tenantsync token create` on the server's data dir (a separate
+    /// process: the bench never opens the server's store itself).
+    fn admin_token(&self) -> anyhow::Result<String> {
+        let out = Command::new(std::env::current_exe()?)
+            .args(["token", "create", "--scope", "admin", "--data-dir"])
+            .arg(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .context("cannot run tenantsync token create")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "tenantsync token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)?
+            .lines()
+            .last()
+            .map(str::to_owned)
+            .context("tenantsync token create printed no token")
     }
 
     /// Resident memory of the server process, in KiB.
@@ -170,7 +193,7 @@ pub async fn run(args: SubscribersArgs) -> anyhow::Result<()> {
     crate::serve::raise_fd_limit();
     let server = ServerProcess::start()?;
     let base = server.base.clone();
-    let client = reqwest::Client::builder()
+    let client = super::client_with_token(&server.admin_token()?)?
         .pool_max_idle_per_host(args.subscribers + 64)
         .build()?;
     super::declare_over_http(&client, &base, args.partitions).await?;

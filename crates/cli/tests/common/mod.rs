@@ -23,9 +23,21 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts `tenantsync serve` with authentication off and write quotas out of the way, for
+    /// tests of everything but security: see [`Server::start_secure`].
+    pub async fn start(data_dir: &Path, args: &[impl AsRef<str>]) -> Server {
+        let mut all = vec![
+            "--insecure-no-auth".to_owned(),
+            "--tenant-write-rate".to_owned(),
+            "1000000".to_owned(),
+        ];
+        all.extend(args.iter().map(|s| s.as_ref().to_owned()));
+        Self::start_secure(data_dir, &all).await
+    }
+
     /// Starts `tenantsync serve --data-dir DIR --listen 127.0.0.1:0 ARGS...` and waits until
     /// `/readyz` answers 200.
-    pub async fn start(data_dir: &Path, args: &[impl AsRef<str>]) -> Server {
+    pub async fn start_secure(data_dir: &Path, args: &[impl AsRef<str>]) -> Server {
         let mut all = vec![
             "--data-dir".to_owned(),
             data_dir.display().to_string(),
@@ -117,6 +129,26 @@ impl Server {
     }
 }
 
+/// Creates a token with `tenantsync token create` on the server's data dir and returns it.
+pub fn create_token(data_dir: &Path, name: &str, scopes: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
+    command
+        .args(["token", "create", "--data-dir"])
+        .arg(data_dir);
+    command.args(["--name", name]);
+    for scope in scopes {
+        command.args(["--scope", scope]);
+    }
+    let out = command.output().expect("tenantsync token create runs");
+    assert!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    stdout.lines().last().expect("the token").to_owned()
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -138,17 +170,19 @@ pub async fn declare(server: &Server, dataset: &str, partitions: u32) {
 /// Waits until the processor has applied, published and committed everything in the dataset's
 /// changes log (`GET /v1/datasets/{dataset}` shows end_offset == applied == committed).
 pub async fn wait_caught_up(server: &Server, dataset: &str) {
+    wait_caught_up_as(server, dataset, None).await
+}
+
+/// [`wait_caught_up`], sending `token` on a server with authentication on.
+pub async fn wait_caught_up_as(server: &Server, dataset: &str, token: Option<&str>) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let body: serde_json::Value = client
-            .get(server.url(&format!("/v1/datasets/{dataset}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let mut request = client.get(server.url(&format!("/v1/datasets/{dataset}")));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
         let done = body["progress"]
             .as_array()
             .unwrap()
@@ -372,7 +406,11 @@ impl MockKafka {
         let topics = Topics::default();
         let dataset = DatasetName::new(dataset).unwrap();
         let state_topic = topics.state(&dataset);
-        for topic in [topics.changes(&dataset), state_topic.clone()] {
+        for topic in [
+            topics.changes(&dataset),
+            state_topic.clone(),
+            topics.batches(&dataset),
+        ] {
             cluster
                 .create_topic(&topic, partitions as i32, brokers)
                 .unwrap();

@@ -1,0 +1,117 @@
+//! Batches for HTTP workers: `POST /v1/datasets/{dataset}/batches/lease` hands out the next
+//! single-tenant batch under a lease (visibility timeout), `POST .../batches/{id}/ack`
+//! completes it. A worker must be able to read every tenant of the dataset, since the queue
+//! hands out any tenant's batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tenantsync_batcher::BatchId;
+use tenantsync_core::{DatasetName, InvalidInput};
+
+use crate::auth::Caller;
+use crate::extract;
+use crate::{ApiError, AppState};
+
+/// Lease length when the request names none.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The longest lease a worker may ask for.
+pub const MAX_LEASE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseQuery {
+    /// Seconds to long-poll when no batch is ready (capped at the feed's `max_wait`).
+    #[serde(default)]
+    wait: Option<f64>,
+    /// Seconds the batch stays leased to this worker before it is handed out again.
+    #[serde(default)]
+    lease: Option<f64>,
+}
+
+fn seconds(
+    field: &'static str,
+    value: Option<f64>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s).min(max)),
+        Some(s) => Err(InvalidInput::new(
+            field,
+            format!("must be a number of seconds >= 0, got {s}"),
+        )
+        .into()),
+    }
+}
+
+/// 403 unless the caller may read every tenant of the dataset; checked before the dataset is
+/// looked up.
+fn authorize(caller: &Caller, dataset: &str) -> Result<DatasetName, ApiError> {
+    let name = DatasetName::new(dataset)?;
+    if caller.reads_every_tenant(&name) {
+        Ok(name)
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "batch workers see every tenant's batches: this token needs the scope read:{name}:* (or a wider one)"
+        )))
+    }
+}
+
+/// `POST /v1/datasets/{dataset}/batches/lease?wait=S&lease=S`: `200` with the batch and
+/// `lease_expires_at`, or `204` when none is ready within `wait`.
+pub async fn lease(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(dataset): Path<String>,
+    query: Result<Query<LeaseQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let name = authorize(&caller, &dataset)?;
+    let query = extract::query(query)?;
+    let wait = seconds(
+        "wait",
+        query.wait,
+        Duration::ZERO,
+        state.config.feed.max_wait,
+    )?;
+    let lease = seconds("lease", query.lease, DEFAULT_LEASE, MAX_LEASE)?;
+    if lease.is_zero() {
+        return Err(InvalidInput::new("lease", "must be more than 0 seconds").into());
+    }
+    let dataset = extract::dataset(&state, name.as_str()).await?;
+    let Some(leased) = state.batches.lease(&dataset, lease, wait).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let mut body =
+        serde_json::to_value(&leased.batch).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["lease_expires_at"] = serde_json::json!(leased.expires_at);
+    Ok(Json(body).into_response())
+}
+
+/// `POST /v1/datasets/{dataset}/batches/{id}/ack`: `204` once completed; `404` if the batch
+/// is not outstanding (acknowledged before, or never handed out).
+pub async fn ack(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((dataset, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let name = authorize(&caller, &dataset)?;
+    let id: BatchId = id.parse().map_err(|e: tenantsync_batcher::BatcherError| {
+        ApiError::from(InvalidInput::new("id", e.to_string()))
+    })?;
+    let dataset = extract::dataset(&state, name.as_str()).await?;
+    if state.batches.ack(&dataset, &id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "batch {id} of dataset {name} is not leased: it was acknowledged already, or never handed out"
+        )))
+    }
+}
