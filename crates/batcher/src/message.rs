@@ -157,10 +157,7 @@ pub fn decode(entry: &Entry) -> Result<BatchMessage, String> {
 pub fn decode_headers(entry: &Entry) -> Result<BatchHeaders, String> {
     let header = |name: &str| {
         entry
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .header(name)
             .ok_or_else(|| format!("missing header {name}"))
     };
     let number = |name: &str| {

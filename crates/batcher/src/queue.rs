@@ -92,9 +92,11 @@ impl BatchQueue {
             if now >= deadline {
                 return Ok(None);
             }
+            let poll = tokio::time::sleep_until(deadline.min(now + WAIT_POLL));
             tokio::select! {
-                _ = emitted.changed() => {}
-                _ = tokio::time::sleep_until(deadline.min(now + WAIT_POLL)) => {}
+                // Without a stage in this process (its sender gone) only the poll wakes us.
+                Ok(()) = emitted.changed() => {}
+                _ = poll => {}
             }
         }
     }

@@ -89,6 +89,8 @@ impl Default for StageConfig {
 /// Counters of the stage's work since start.
 #[derive(Debug, Default)]
 pub struct StageStats {
+    /// State-log records taken in (buffered, or skipped as already in a durable batch).
+    pub read: AtomicU64,
     /// Records appended in batches.
     pub records: AtomicU64,
     /// Batches appended.
@@ -148,28 +150,12 @@ impl BatcherStage {
     /// Runs until `shutdown`: one task per declared dataset, started as datasets appear; each
     /// batches its dataset while it holds the dataset's claim.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut running = HashMap::new();
-        let mut declared = self.datasets.subscribe();
-        loop {
-            match self.datasets.all().await {
-                Ok(all) => {
-                    for dataset in all {
-                        running.entry(dataset.name.clone()).or_insert_with(|| {
-                            tokio::spawn(self.clone().run_dataset(dataset, shutdown.clone()))
-                        });
-                    }
-                }
-                Err(error) => warn!(%error, "cannot list datasets"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = declared.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-        }
-        for (_, task) in running {
-            let _ = task.await;
-        }
+        let datasets = self.datasets.clone();
+        datasets
+            .run_per_dataset(&shutdown, |dataset| {
+                self.clone().run_dataset(dataset, shutdown.clone())
+            })
+            .await;
     }
 
     /// Claims the dataset and batches it until shutdown; waits while another instance holds the
@@ -241,12 +227,17 @@ impl BatcherStage {
         }
         drop(tx);
 
+        // One append is in flight at a time, while reading goes on: the batches it carries
+        // were taken from the core, so positions are checkpointed only between appends.
+        let mut inflight: Option<Append> = None;
         let mut next_checkpoint = Instant::now() + self.config.checkpoint_interval;
         loop {
-            run.emit_sealed(self, &mut rx).await?;
-            if Instant::now() >= next_checkpoint {
-                run.checkpoint(self, false).await?;
-                next_checkpoint = Instant::now() + self.config.checkpoint_interval;
+            if inflight.is_none() {
+                if Instant::now() >= next_checkpoint {
+                    run.checkpoint(self, false).await?;
+                    next_checkpoint = Instant::now() + self.config.checkpoint_interval;
+                }
+                inflight = run.start_append(self);
             }
             let wake = run
                 .batcher
@@ -256,18 +247,33 @@ impl BatcherStage {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
+                    if let Some(append) = inflight.take() {
+                        run.finish_append(self, append).await?;
+                    }
                     run.checkpoint(self, true).await?;
                     return Ok(());
+                }
+                done = async { (&mut inflight.as_mut().expect("guarded").task).await }, if inflight.is_some() => {
+                    let append = inflight.take().expect("guarded");
+                    run.appended(self, append, done)?;
                 }
                 chunk = rx.recv(), if room => match chunk {
                     Some(chunk) => run.push(self, chunk?),
                     None => return Err(BatchesError::Stopped("a state-log reader")),
                 },
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = tokio::time::sleep_until(wake.into()), if inflight.is_none() => {}
             }
             run.batcher.tick(Instant::now());
         }
     }
+}
+
+/// Batches on their way to the batches log.
+struct Append {
+    task: tokio::task::JoinHandle<Result<Vec<Offset>, LogError>>,
+    /// Per batch: the batches-log partition, and the source partition, last source offset and
+    /// record count it covers.
+    covers: Vec<(Partition, Partition, Offset, u64)>,
 }
 
 /// One claim's batching of one dataset.
@@ -355,6 +361,7 @@ impl<'a> Run<'a> {
         for decoded in chunk {
             match decoded {
                 Ok(record) => {
+                    stage.stats.read.fetch_add(1, Ordering::Relaxed);
                     let age = Duration::from_millis(
                         u64::try_from(wall_ms - record.appended_at_ms).unwrap_or(0),
                     );
@@ -369,60 +376,71 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Appends every sealed batch, `append_max` at a time, taking in between the state-log
-    /// entries already read (so a tenant that just arrived joins the round) and sealing what is
-    /// due.
-    async fn emit_sealed(
-        &mut self,
-        stage: &BatcherStage,
-        rx: &mut mpsc::Receiver<Chunk>,
-    ) -> Result<(), BatchesError> {
-        loop {
-            let batches: Vec<Batch> = std::iter::from_fn(|| self.batcher.next_batch())
-                .take(stage.config.append_max)
-                .collect();
-            if batches.is_empty() {
-                return Ok(());
-            }
-            self.append(stage, batches).await?;
-            while self.batcher.buffered() < stage.config.max_buffered
-                && let Ok(chunk) = rx.try_recv()
-            {
-                self.push(stage, chunk?);
-            }
-            self.batcher.tick(Instant::now());
+    /// Takes up to `append_max` sealed batches and starts appending them, each to the next
+    /// batches-log partition in turn; `None` when nothing is sealed.
+    fn start_append(&mut self, stage: &BatcherStage) -> Option<Append> {
+        let batches: Vec<Batch> = std::iter::from_fn(|| self.batcher.next_batch())
+            .take(stage.config.append_max)
+            .collect();
+        if batches.is_empty() {
+            return None;
         }
-    }
-
-    async fn append(
-        &mut self,
-        stage: &BatcherStage,
-        batches: Vec<Batch>,
-    ) -> Result<(), BatchesError> {
         let partitions = self.dataset.partitions.max(1);
         let mut messages = Vec::with_capacity(batches.len());
+        let mut covers = Vec::with_capacity(batches.len());
         for batch in &batches {
             messages.push(message::encode(
                 &self.dataset.name,
                 batch,
                 self.next_partition,
             ));
+            covers.push((
+                self.next_partition,
+                batch.partition,
+                batch.last_offset,
+                batch.records.len() as u64,
+            ));
             self.next_partition = (self.next_partition + 1) % partitions;
         }
-        let assigned: Vec<Partition> = messages.iter().map(|m| m.partition).collect();
-        let offsets = stage.log.append(&self.topic, messages).await?;
+        let (log, topic) = (stage.log.clone(), self.topic.clone());
+        Some(Append {
+            task: tokio::spawn(async move { log.append(&topic, messages).await }),
+            covers,
+        })
+    }
+
+    /// Waits for an append to be durable and records it.
+    async fn finish_append(
+        &mut self,
+        stage: &BatcherStage,
+        mut append: Append,
+    ) -> Result<(), BatchesError> {
+        let done = (&mut append.task).await;
+        self.appended(stage, append, done)
+    }
+
+    /// Records a finished append: what its batches cover, for checkpoints.
+    fn appended(
+        &mut self,
+        stage: &BatcherStage,
+        append: Append,
+        done: Result<Result<Vec<Offset>, LogError>, tokio::task::JoinError>,
+    ) -> Result<(), BatchesError> {
+        let offsets = done.map_err(|_| BatchesError::Stopped("an append to the batches log"))??;
         let mut records = 0;
-        for ((batch, &offset), q) in batches.iter().zip(&offsets).zip(assigned) {
+        for (&offset, &(q, source_partition, last_offset, count)) in
+            offsets.iter().zip(&append.covers)
+        {
             let q = q as usize;
-            self.pending[q].push_back((offset, batch.partition, batch.last_offset));
+            self.pending[q].push_back((offset, source_partition, last_offset));
             self.ends[q] = self.ends[q].max(offset + 1);
-            records += batch.records.len() as u64;
+            records += count;
         }
         stage.stats.records.fetch_add(records, Ordering::Relaxed);
         stage
             .stats
             .batches
-            .fetch_add(batches.len() as u64, Ordering::Relaxed);
+            .fetch_add(append.covers.len() as u64, Ordering::Relaxed);
         stage.emitted.send_modify(|n| *n += 1);
         Ok(())
     }

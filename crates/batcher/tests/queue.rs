@@ -4,18 +4,14 @@
 //! given explicitly, so expiries are exact and nothing sleeps.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use proptest::prelude::*;
 use tenantsync_batcher::message::{self, BatchMessage};
 use tenantsync_batcher::{Batch, BatchId, BatchQueue, Leased};
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, TenantId, Topics};
-use tenantsync_log::{Entry, Log};
-use tenantsync_log_embedded::{EmbeddedLog, EmbeddedOptions};
-use tenantsync_processor::{Datasets, state};
-use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_core::{ChangeId, EntityId, Record, TenantId, Topics};
+use tenantsync_log::Entry;
+use tenantsync_processor::state;
 
 const LEASE_MS: i64 = 1_000;
 
@@ -51,49 +47,11 @@ enum Status {
     Acked,
 }
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    log: Arc<dyn Log>,
-    store: Arc<dyn MasterStore>,
-    dataset: Dataset,
-    queue: BatchQueue,
-}
+mod common;
 
-async fn fixture(partitions: u32) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let options = EmbeddedOptions {
-        compaction_interval: None,
-    };
-    let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path(), options).await.unwrap());
-    let store = tenantsync_store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("store.sqlite3").display()
-    ))
-    .await
-    .unwrap();
-    let datasets = Datasets::new(
-        log.clone(),
-        store.clone(),
-        Topics::default(),
-        Duration::from_secs(3600),
-    );
-    let dataset = Dataset {
-        name: DatasetName::new("items").unwrap(),
-        partitions,
-    };
-    datasets.declare(&dataset).await.unwrap();
-    let (_tx, emitted) = tokio::sync::watch::channel(0);
-    let queue = BatchQueue::new(log.clone(), store.clone(), Topics::default(), emitted);
-    Fixture {
-        _dir: dir,
-        log,
-        store,
-        dataset,
-        queue,
-    }
-}
+use common::{Fixture, fixture};
 
-/// Appends `n` one-record batches, spread over the partitions in turn; returns their ids.
+/// Appends the next one-record batch, to partitions in turn; returns its id.
 async fn append(fx: &Fixture, next: &mut u64) -> BatchId {
     let offset = *next;
     *next += 1;
@@ -123,7 +81,7 @@ async fn append(fx: &Fixture, next: &mut u64) -> BatchId {
         records: vec![message::source_record(&entry).unwrap()],
     };
     let q = (offset % u64::from(fx.dataset.partitions)) as u32;
-    let topic = Topics::default().batches(&fx.dataset.name);
+    let topic = fx.datasets.topics().batches(&fx.dataset.name);
     fx.log
         .append(&topic, vec![message::encode(&fx.dataset.name, &batch, q)])
         .await
@@ -138,6 +96,8 @@ proptest! {
     fn leases_never_overlap_and_every_batch_is_done_once(partitions in 1u32..5, steps in steps()) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let fx = rt.block_on(fixture(partitions));
+        let (_emitted, wake) = tokio::sync::watch::channel(0);
+        let queue = BatchQueue::new(fx.log.clone(), fx.store.clone(), Topics::default(), wake);
         let mut model: HashMap<BatchId, Status> = HashMap::new();
         // Appended order per partition, to check new batches are taken in offset order.
         let mut order: Vec<BatchId> = Vec::new();
@@ -190,7 +150,7 @@ proptest! {
                     }
                 }
                 Step::Lease { worker } => {
-                    let got = rt.block_on(fx.queue.lease_at(&fx.dataset, now, LEASE_MS)).unwrap();
+                    let got = rt.block_on(queue.lease_at(&fx.dataset, now, LEASE_MS)).unwrap();
                     check_lease(&model, &order, &got, now)?;
                     if let Some(leased) = got {
                         let id = leased.batch.id.clone();
@@ -204,7 +164,7 @@ proptest! {
                 }
                 Step::Ack { worker, nth } => {
                     let Some(id) = leased_by.get(worker).and_then(|l| l.get(*nth)).cloned() else { continue };
-                    let acked = rt.block_on(fx.queue.ack(&fx.dataset, &id)).unwrap();
+                    let acked = rt.block_on(queue.ack(&fx.dataset, &id)).unwrap();
                     let outstanding = matches!(model[&id], Status::Leased { .. });
                     prop_assert_eq!(acked, outstanding, "ack of {} answered {}", id, acked);
                     model.insert(id, Status::Acked);
@@ -217,11 +177,11 @@ proptest! {
         // acknowledged; none is lost.
         now += LEASE_MS;
         loop {
-            let got = rt.block_on(fx.queue.lease_at(&fx.dataset, now, LEASE_MS)).unwrap();
+            let got = rt.block_on(queue.lease_at(&fx.dataset, now, LEASE_MS)).unwrap();
             check_lease(&model, &order, &got, now)?;
             let Some(leased) = got else { break };
             let id = leased.batch.id;
-            prop_assert!(rt.block_on(fx.queue.ack(&fx.dataset, &id)).unwrap());
+            prop_assert!(rt.block_on(queue.ack(&fx.dataset, &id)).unwrap());
             model.insert(id, Status::Acked);
         }
         let left: Vec<_> = model.iter().filter(|(_, s)| **s != Status::Acked).collect();

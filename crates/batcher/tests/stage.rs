@@ -14,11 +14,9 @@ use chrono::Utc;
 use proptest::prelude::*;
 use tenantsync_batcher::message::{self, BatchMessage};
 use tenantsync_batcher::{BatcherStage, Limits, StageConfig};
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Op, Record, TenantId, Topics};
-use tenantsync_log::{Entry, Log};
-use tenantsync_log_embedded::{EmbeddedLog, EmbeddedOptions};
-use tenantsync_processor::{Datasets, state};
-use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_core::{ChangeId, EntityId, Op, Record, TenantId};
+use tenantsync_log::Entry;
+use tenantsync_processor::state;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -79,48 +77,12 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+mod common;
+
+use common::{Fixture, fixture};
+
 const TENANTS: usize = 6;
 const IDS: u64 = 5;
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    log: Arc<dyn Log>,
-    store: Arc<dyn MasterStore>,
-    datasets: Arc<Datasets>,
-    dataset: Dataset,
-}
-
-async fn fixture(partitions: u32) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let options = EmbeddedOptions {
-        compaction_interval: None,
-    };
-    let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path(), options).await.unwrap());
-    let store = tenantsync_store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("store.sqlite3").display()
-    ))
-    .await
-    .unwrap();
-    let datasets = Arc::new(Datasets::new(
-        log.clone(),
-        store.clone(),
-        Topics::default(),
-        Duration::from_secs(3600),
-    ));
-    let dataset = Dataset {
-        name: DatasetName::new("items").unwrap(),
-        partitions,
-    };
-    datasets.declare(&dataset).await.unwrap();
-    Fixture {
-        _dir: dir,
-        log,
-        store,
-        datasets,
-        dataset,
-    }
-}
 
 /// A stage on its own runtime, so that a crash stops every one of its tasks at once.
 struct Running {

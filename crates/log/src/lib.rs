@@ -69,6 +69,16 @@ pub struct Entry {
     pub timestamp_ms: i64,
 }
 
+impl Entry {
+    /// The value of the first header named `name`, if it is UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
 /// What a call to [`Log::compact`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompactionStats {

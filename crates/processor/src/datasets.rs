@@ -5,6 +5,7 @@
 //! declared by any of them; the cache only avoids a store round trip per request.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use tenantsync_core::{DatasetName, Topics};
 use tenantsync_log::{Cleanup, Log, TopicSpec};
 use tenantsync_store::{Dataset, MasterStore};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::ProcessorError;
 
@@ -146,6 +149,38 @@ impl Datasets {
             self.remember(d);
         }
         Ok(all)
+    }
+
+    /// Runs `task` for every declared dataset until `shutdown`, starting it as soon as the
+    /// dataset becomes known (declared here, or found in the store, which is listed again
+    /// every 5 s for datasets declared by other instances); then waits for every task to end.
+    pub async fn run_per_dataset<F, Fut>(&self, shutdown: &CancellationToken, mut task: F)
+    where
+        F: FnMut(Dataset) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut running = HashMap::new();
+        let mut declared = self.subscribe();
+        loop {
+            match self.all().await {
+                Ok(all) => {
+                    for dataset in all {
+                        if let Entry::Vacant(slot) = running.entry(dataset.name.clone()) {
+                            slot.insert(tokio::spawn(task(dataset)));
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "cannot list datasets"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = declared.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        for (_, task) in running {
+            let _ = task.await;
+        }
     }
 
     /// A receiver that changes whenever a dataset becomes known to this instance.

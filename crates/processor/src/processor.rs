@@ -1,5 +1,4 @@
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -112,32 +111,13 @@ impl Processor {
 
     /// Runs until `shutdown`: one task per declared dataset, started as datasets appear.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut running = HashMap::new();
-        let mut declared = self.datasets.subscribe();
-        loop {
-            match self.datasets.all().await {
-                Ok(all) => {
-                    for dataset in all {
-                        if let Entry::Vacant(slot) = running.entry(dataset.name.clone()) {
-                            info!(dataset = %dataset.name, partitions = dataset.partitions, "processing dataset");
-                            slot.insert(tokio::spawn(
-                                self.clone().run_dataset(dataset, shutdown.clone()),
-                            ));
-                        }
-                    }
-                }
-                Err(error) => warn!(%error, "cannot list datasets"),
-            }
-            // Other instances may declare datasets in a shared store; look again now and then.
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = declared.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-        }
-        for (_, task) in running {
-            let _ = task.await;
-        }
+        let datasets = self.datasets.clone();
+        datasets
+            .run_per_dataset(&shutdown, |dataset| {
+                info!(dataset = %dataset.name, partitions = dataset.partitions, "processing dataset");
+                self.clone().run_dataset(dataset, shutdown.clone())
+            })
+            .await;
     }
 
     /// Processes one dataset until shutdown, starting over (from the last committed position)

@@ -52,10 +52,7 @@ pub fn decode(entry: &Entry) -> Result<Record, String> {
         None => {
             let header = |name: &str| {
                 entry
-                    .headers
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                    .header(name)
                     .ok_or_else(|| format!("tombstone lacks the {name} header"))
             };
             let version = header("version")?

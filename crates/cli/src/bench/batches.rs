@@ -10,7 +10,10 @@
 //!    a stage drains them alone. Reported: the stage's CPU time per record (process CPU time,
 //!    nothing else running), and Jain's fairness index of the records emitted per tenant among
 //!    the tenants still backlogged: those holding at least two batches' worth, counted until
-//!    the first of them has emitted its last record.
+//!    the first of them has emitted its last record. `--emit-delay-ms` slows the batches log
+//!    down; `--read-first` holds every batch back until the whole backlog is read, so that the
+//!    index measures the batcher's round robin alone rather than the order the state log's
+//!    partitions are read in.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,12 +70,18 @@ pub struct BatchesArgs {
     /// slower than the batcher, so that tenants queue up in the batcher.
     #[arg(long, default_value_t = 0)]
     emit_delay_ms: u64,
+    /// In the backlog phase, hold every batch back until the batcher has read the whole
+    /// backlog: every tenant is then backlogged in the batcher, and its round robin alone
+    /// decides who goes first.
+    #[arg(long)]
+    read_first: bool,
 }
 
-/// A log whose appends to batches logs take `delay` longer.
+/// A log whose appends to batches logs take `delay` longer, and wait until `gate` is true.
 struct SlowBatches {
     inner: Arc<dyn Log>,
     delay: Duration,
+    gate: tokio::sync::watch::Receiver<bool>,
 }
 
 #[async_trait::async_trait]
@@ -83,6 +92,10 @@ impl Log for SlowBatches {
 
     async fn append(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Offset>, LogError> {
         if topic.ends_with(".batches") {
+            let mut gate = self.gate.clone();
+            gate.wait_for(|open| *open)
+                .await
+                .map_err(|_| LogError::Closed)?;
             tokio::time::sleep(self.delay).await;
         }
         self.inner.append(topic, messages).await
@@ -248,21 +261,22 @@ impl Bench {
         Ok(dataset)
     }
 
+    /// A stage; with `slow`, on a log whose batch appends are delayed and wait for the gate.
     fn stage(
         &self,
-        emit_delay: Duration,
+        slow: Option<(Duration, tokio::sync::watch::Receiver<bool>)>,
     ) -> (
         Arc<BatcherStage>,
         CancellationToken,
         tokio::task::JoinHandle<()>,
     ) {
-        let log: Arc<dyn Log> = if emit_delay.is_zero() {
-            self.log.clone()
-        } else {
-            Arc::new(SlowBatches {
+        let log: Arc<dyn Log> = match slow {
+            None => self.log.clone(),
+            Some((delay, gate)) => Arc::new(SlowBatches {
                 inner: self.log.clone(),
-                delay: emit_delay,
-            })
+                delay,
+                gate,
+            }),
         };
         let stage = Arc::new(BatcherStage::new(
             log,
@@ -298,7 +312,7 @@ impl Bench {
 
     async fn live(&self) -> anyhow::Result<()> {
         let dataset = self.declare("live").await?;
-        let (_stage, shutdown, task) = self.stage(Duration::ZERO);
+        let (_stage, shutdown, task) = self.stage(None);
         let state_topic = self.datasets.topics().state(&dataset.name);
         let batches_topic = self.datasets.topics().batches(&dataset.name);
 
@@ -433,12 +447,9 @@ impl Bench {
             let n = (self.args.backlog - appended).min(10_000) as usize;
             let messages = self.records(&mut rng, n);
             for m in &messages {
-                let tenant = m
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k == "tenant")
-                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
+                // The key is `tenant:id`.
+                let key = String::from_utf8_lossy(&m.key);
+                let tenant = key.split(':').next().unwrap_or_default().to_owned();
                 *per_tenant.entry(tenant).or_default() += 1;
             }
             self.log.append(&state_topic, messages).await?;
@@ -451,7 +462,20 @@ impl Bench {
 
         let cpu_before = cpu_time();
         let started = Instant::now();
-        let (stage, shutdown, task) = self.stage(Duration::from_millis(self.args.emit_delay_ms));
+        let (gate, closed) = tokio::sync::watch::channel(!self.args.read_first);
+        let slow = (self.args.emit_delay_ms > 0 || self.args.read_first)
+            .then(|| (Duration::from_millis(self.args.emit_delay_ms), closed));
+        let (stage, shutdown, task) = self.stage(slow);
+        if self.args.read_first {
+            while stage.stats().read.load(Ordering::Relaxed) < appended {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            println!(
+                "backlog: all records read into the batcher after {:.2} s; emitting",
+                started.elapsed().as_secs_f64()
+            );
+            gate.send_replace(true);
+        }
         while stage.stats().records.load(Ordering::Relaxed) < appended {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -506,7 +530,13 @@ impl Bench {
         let start_ms = emitted.first().map_or(0, |e| e.0);
         let mut share: HashMap<&str, u64> = HashMap::new();
         for (at, tenant, count) in &emitted {
-            if *at <= first_done && per_tenant.get(tenant).is_some_and(|n| *n >= threshold) {
+            // With --read-first, leave out the one append the batcher took before the gate
+            // opened, when it had read only a little.
+            let counted = !self.args.read_first || *at > start_ms;
+            if counted
+                && *at <= first_done
+                && per_tenant.get(tenant).is_some_and(|n| *n >= threshold)
+            {
                 *share.entry(tenant).or_default() += count;
             }
         }
