@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
-use tenantsync_batcher::BatchQueue;
+use tenantsync_batcher::{BatchQueue, BatcherStage};
 use tenantsync_feed::{CursorKey, Hub};
 use tenantsync_log::Log;
 use tenantsync_processor::{AppliedHub, Datasets, Processor};
@@ -114,6 +114,9 @@ pub struct AppState {
     pub erasures: Erasures,
     /// The HTTP workers' batch queue.
     pub batches: BatchQueue,
+    /// This instance's batcher stage, for its counters in `/metrics` (`None` when not running
+    /// one).
+    pub batcher: Option<Arc<BatcherStage>>,
 }
 
 /// The whole API: the health checks open to all, every other route behind

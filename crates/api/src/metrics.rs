@@ -1,6 +1,6 @@
-//! `GET /metrics`: Prometheus text exposition (OpenMetrics) of the processor, the feeds and the
-//! subscriptions. Labels are bounded: datasets, partitions, subscriptions and transports, never
-//! tenants.
+//! `GET /metrics`: Prometheus text exposition (OpenMetrics) of the processor, the batcher, the
+//! feeds and the subscriptions. Labels are bounded: datasets, partitions, subscriptions and
+//! transports, never tenants.
 //!
 //! Values are read from the components' own counters at scrape time and encoded with
 //! `prometheus-client`; lag is computed then too, so a scrape costs a store read per partition
@@ -105,6 +105,29 @@ pub async fn metrics(
             "Changes-log entries deleted by retention before they were applied",
             &stats.lost,
         );
+    }
+    if let Some(batcher) = &state.batcher {
+        let stats = batcher.stats();
+        for (name, help, value) in [
+            (
+                "batcher_read",
+                "State-log records taken in by the batcher",
+                &stats.read,
+            ),
+            (
+                "batcher_records",
+                "Records appended to batches logs",
+                &stats.records,
+            ),
+            ("batcher_batches", "Batches appended", &stats.batches),
+            (
+                "batcher_undecodable",
+                "State-log entries the batcher skipped as undecodable",
+                &stats.undecodable,
+            ),
+        ] {
+            counter(&mut registry, name, help, value);
+        }
     }
     let lag = Family::<Labels, PromGauge>::default();
     for dataset in state.datasets.all().await? {

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tenantsync_core::{DatasetName, TenantId};
 use tenantsync_log::{Log, LogError, Offset, Partition};
 use tenantsync_processor::Datasets;
-use tenantsync_store::{BatcherClaim, Dataset, MasterStore};
+use tenantsync_store::{BatcherClaim, Dataset, MasterStore, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -229,12 +229,15 @@ impl BatcherStage {
 
         // One append is in flight at a time, while reading goes on: the batches it carries
         // were taken from the core, so positions are checkpointed only between appends.
+        // Checkpoints are written in the background too, one at a time, so that sealed batches
+        // never wait for the store.
         let mut inflight: Option<Append> = None;
+        let mut renewal: Option<Renewal> = None;
         let mut next_checkpoint = Instant::now() + self.config.checkpoint_interval;
         loop {
             if inflight.is_none() {
-                if Instant::now() >= next_checkpoint {
-                    run.checkpoint(self, false).await?;
+                if renewal.is_none() && Instant::now() >= next_checkpoint {
+                    renewal = Some(run.start_checkpoint(self, false));
                     next_checkpoint = Instant::now() + self.config.checkpoint_interval;
                 }
                 inflight = run.start_append(self);
@@ -250,8 +253,15 @@ impl BatcherStage {
                     if let Some(append) = inflight.take() {
                         run.finish_append(self, append).await?;
                     }
+                    if let Some(renewal) = renewal.take() {
+                        checked_renewal(renewal.await)?;
+                    }
                     run.checkpoint(self, true).await?;
                     return Ok(());
+                }
+                done = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
+                    renewal = None;
+                    checked_renewal(done)?;
                 }
                 done = async { (&mut inflight.as_mut().expect("guarded").task).await }, if inflight.is_some() => {
                     let append = inflight.take().expect("guarded");
@@ -452,6 +462,13 @@ impl<'a> Run<'a> {
         stage: &BatcherStage,
         release: bool,
     ) -> Result<(), BatchesError> {
+        let renew = self.start_checkpoint(stage, release);
+        checked_renewal(renew.await)
+    }
+
+    /// Computes the checkpoint now (it covers only batches already durable) and starts storing
+    /// it; the task answers whether the claim was still ours.
+    fn start_checkpoint(&mut self, stage: &BatcherStage, release: bool) -> Renewal {
         let source: Vec<Offset> = self
             .start
             .iter()
@@ -482,21 +499,24 @@ impl<'a> Run<'a> {
         } else {
             millis(stage.config.claim_lease)
         };
-        let renewed = stage
-            .store
-            .renew_batcher(
-                &self.dataset.name,
-                self.epoch,
-                now_ms(),
-                lease_ms,
-                Some(&bytes),
-            )
-            .await?;
-        if renewed {
-            Ok(())
-        } else {
-            Err(BatchesError::ClaimLost)
-        }
+        let (store, dataset, epoch) = (stage.store.clone(), self.dataset.name.clone(), self.epoch);
+        tokio::spawn(async move {
+            store
+                .renew_batcher(&dataset, epoch, now_ms(), lease_ms, Some(&bytes))
+                .await
+        })
+    }
+}
+
+/// A checkpoint on its way to the store.
+type Renewal = tokio::task::JoinHandle<Result<bool, StoreError>>;
+
+fn checked_renewal(
+    done: Result<Result<bool, StoreError>, tokio::task::JoinError>,
+) -> Result<(), BatchesError> {
+    match done.map_err(|_| BatchesError::Stopped("a checkpoint"))?? {
+        true => Ok(()),
+        false => Err(BatchesError::ClaimLost),
     }
 }
 

@@ -175,6 +175,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             apply_timeout: settings.apply_timeout,
             feed: settings.feed.clone(),
         },
+        batcher: Some(batcher.clone()),
         auth,
         cursor_key: CursorKey::new(&cursor_key),
         quotas: WriteQuotas::new(settings.write_quota, &settings.quota_overrides),

@@ -718,4 +718,22 @@ async fn buffered_records_survive_sigkill() {
             );
         }
     }
+    // This process batched what was written after the last restart, and says so in /metrics.
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    assert!(value("tenantsync_batcher_records_total ") >= 5, "{metrics}");
+    assert!(value("tenantsync_batcher_batches_total ") >= 1, "{metrics}");
+    assert_eq!(value("tenantsync_batcher_undecodable_total "), 0);
 }
