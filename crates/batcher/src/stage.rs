@@ -242,10 +242,14 @@ impl BatcherStage {
                 }
                 inflight = run.start_append(self);
             }
+            // The next checkpoint is something to wake for only once it can start.
+            let checkpoint_due = renewal.is_none().then_some(next_checkpoint);
             let wake = run
                 .batcher
                 .next_deadline()
-                .map_or(next_checkpoint, |d| d.min(next_checkpoint));
+                .into_iter()
+                .chain(checkpoint_due)
+                .min();
             let room = run.batcher.buffered() < self.config.max_buffered;
             tokio::select! {
                 biased;
@@ -271,10 +275,18 @@ impl BatcherStage {
                     Some(chunk) => run.push(self, chunk?),
                     None => return Err(BatchesError::Stopped("a state-log reader")),
                 },
-                _ = tokio::time::sleep_until(wake.into()), if inflight.is_none() => {}
+                _ = sleep_until(wake), if inflight.is_none() && wake.is_some() => {}
             }
             run.batcher.tick(Instant::now());
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
