@@ -35,23 +35,6 @@ pub struct LeaseQuery {
     lease: Option<f64>,
 }
 
-fn seconds(
-    field: &'static str,
-    value: Option<f64>,
-    default: Duration,
-    max: Duration,
-) -> Result<Duration, ApiError> {
-    match value {
-        None => Ok(default),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s).min(max)),
-        Some(s) => Err(InvalidInput::new(
-            field,
-            format!("must be a number of seconds >= 0, got {s}"),
-        )
-        .into()),
-    }
-}
-
 /// 403 unless the caller may read every tenant of the dataset; checked before the dataset is
 /// looked up.
 fn authorize(caller: &Caller, dataset: &str) -> Result<DatasetName, ApiError> {
@@ -75,17 +58,17 @@ pub async fn lease(
 ) -> Result<Response, ApiError> {
     let name = authorize(&caller, &dataset)?;
     let query = extract::query(query)?;
-    let wait = seconds(
+    let wait = extract::seconds(
         "wait",
         query.wait,
         Duration::ZERO,
         state.config.feed.max_wait,
     )?;
-    let lease = seconds("lease", query.lease, DEFAULT_LEASE, MAX_LEASE)?;
+    let lease = extract::seconds("lease", query.lease, DEFAULT_LEASE, MAX_LEASE)?;
     if lease.is_zero() {
         return Err(InvalidInput::new("lease", "must be more than 0 seconds").into());
     }
-    let dataset = extract::dataset(&state, name.as_str()).await?;
+    let dataset = extract::dataset(&state, &name).await?;
     let Some(leased) = state.batches.lease(&dataset, lease, wait).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -106,7 +89,7 @@ pub async fn ack(
     let id: BatchId = id.parse().map_err(|e: tenantsync_batcher::BatcherError| {
         ApiError::from(InvalidInput::new("id", e.to_string()))
     })?;
-    let dataset = extract::dataset(&state, name.as_str()).await?;
+    let dataset = extract::dataset(&state, &name).await?;
     if state.batches.ack(&dataset, &id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

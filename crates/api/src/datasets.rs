@@ -69,7 +69,7 @@ pub async fn show(
             "this token has no scope on dataset {name}"
         )));
     }
-    let dataset = extract::dataset(&state, name.as_str()).await?;
+    let dataset = extract::dataset(&state, &name).await?;
     let topic = state.datasets.topics().changes(&dataset.name);
     let mut partitions = Vec::with_capacity(dataset.partitions as usize);
     for p in 0..dataset.partitions {

@@ -1,5 +1,7 @@
 //! Turning raw request parts into validated domain values, with errors that name the field.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::Query;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -26,18 +28,36 @@ pub enum Wait {
     Applied,
 }
 
+/// A query parameter given in seconds: `default` when absent, capped at `max`; 400 naming
+/// `field` unless a finite number `>= 0`.
+pub fn seconds(
+    field: &'static str,
+    value: Option<f64>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s).min(max)),
+        Some(s) => Err(InvalidInput::new(
+            field,
+            format!("must be a number of seconds >= 0, got {s}"),
+        )
+        .into()),
+    }
+}
+
 pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query
         .map(|Query(t)| t)
         .map_err(|e| InvalidInput::new("query", e.body_text()).into())
 }
 
-/// The dataset named in the path, which must be declared.
-pub async fn dataset(state: &AppState, raw: &str) -> Result<Dataset, ApiError> {
-    let name = DatasetName::new(raw)?;
+/// The dataset, which must be declared.
+pub async fn dataset(state: &AppState, name: &DatasetName) -> Result<Dataset, ApiError> {
     state
         .datasets
-        .get(&name)
+        .get(name)
         .await?
         .ok_or_else(|| ApiError::UnknownDataset(name.to_string()))
 }
@@ -54,7 +74,7 @@ pub async fn authorized(
 ) -> Result<(Dataset, TenantId), ApiError> {
     let (name, tenant) = (DatasetName::new(dataset)?, TenantId::new(tenant)?);
     caller.require(access, &name, &tenant)?;
-    Ok((self::dataset(state, name.as_str()).await?, tenant))
+    Ok((self::dataset(state, &name).await?, tenant))
 }
 
 /// An `Idempotency-Key` a writer sent: ids with the reserved prefix are tenantsync's own.

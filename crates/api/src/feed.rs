@@ -53,17 +53,12 @@ impl FeedQuery {
 
     /// The wait, capped at the server's maximum.
     pub fn wait(&self, state: &AppState) -> Result<Duration, ApiError> {
-        match self.wait {
-            None => Ok(Duration::ZERO),
-            Some(s) if s.is_finite() && s >= 0.0 => {
-                Ok(Duration::from_secs_f64(s).min(state.config.feed.max_wait))
-            }
-            Some(s) => Err(InvalidInput::new(
-                "wait",
-                format!("must be a number of seconds >= 0, got {s}"),
-            )
-            .into()),
-        }
+        extract::seconds(
+            "wait",
+            self.wait,
+            Duration::ZERO,
+            state.config.feed.max_wait,
+        )
     }
 }
 

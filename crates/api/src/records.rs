@@ -166,7 +166,7 @@ pub async fn change_status(
     if !caller.allows(Access::Write, &name, &tenant) {
         caller.require(Access::Read, &name, &tenant)?;
     }
-    let dataset = extract::dataset(&state, name.as_str()).await?;
+    let dataset = extract::dataset(&state, &name).await?;
     let change_id = ChangeId::new(change_id)?;
     let stored = state
         .store

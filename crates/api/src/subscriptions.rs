@@ -118,7 +118,7 @@ pub async fn put(
         caller.require_subscription(&existing)?;
     }
     for dataset in &datasets {
-        extract::dataset(&state, dataset.as_str()).await?;
+        extract::dataset(&state, dataset).await?;
     }
     let (stored, created) = state
         .store

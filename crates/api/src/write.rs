@@ -364,7 +364,7 @@ pub async fn bulk(
         )));
     }
     let query = extract::query(query)?;
-    let dataset = extract::dataset(&state, name.as_str()).await?;
+    let dataset = extract::dataset(&state, &name).await?;
     let body = extract::body(body, state.config.max_body_bytes)?;
 
     // Each non-blank line with its number and the tenant it names, read once.

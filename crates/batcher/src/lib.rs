@@ -82,6 +82,16 @@ pub use error::{BatcherError, BatchesError};
 pub use queue::{BatchQueue, Leased};
 pub use stage::{BatcherStage, StageConfig, StageStats};
 
+/// The wall clock in milliseconds since the Unix epoch, as the store's leases count time.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A duration in milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// When a batch is sealed: at `max_records` records, at `max_bytes` bytes, or `max_wait` after
 /// its oldest record was pushed, whichever comes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

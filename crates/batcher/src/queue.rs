@@ -23,13 +23,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tenantsync_core::Topics;
-use tenantsync_log::{Log, Offset, Partition};
+use tenantsync_log::{Log, Partition};
 use tenantsync_store::{Dataset, MasterStore};
 use tokio::sync::watch;
 use tracing::warn;
 
 use crate::message::{self, BatchMessage};
-use crate::{BatchId, BatchesError};
+use crate::{BatchId, BatchesError, millis, now_ms};
 
 /// How often a worker waiting for a batch looks again, for batches appended by another
 /// instance and leases expiring (batches appended here wake it at once).
@@ -39,8 +39,6 @@ const WAIT_POLL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Leased {
     pub batch: BatchMessage,
-    pub partition: Partition,
-    pub offset: Offset,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -82,9 +80,9 @@ impl BatchQueue {
     ) -> Result<Option<Leased>, BatchesError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut emitted = self.emitted.clone();
+        let lease_ms = millis(lease);
         loop {
             emitted.mark_unchanged();
-            let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
             if let Some(leased) = self.lease_at(dataset, now_ms(), lease_ms).await? {
                 return Ok(Some(leased));
             }
@@ -123,7 +121,7 @@ impl BatchQueue {
             match entries.first().filter(|e| e.offset == lease.offset) {
                 Some(entry) => match message::decode(entry) {
                     Ok(batch) => {
-                        return Ok(Some(leased(batch, lease.partition, entry.offset, until)));
+                        return Ok(Some(leased(batch, until)));
                     }
                     Err(reason) => {
                         warn!(dataset = %dataset.name, partition = lease.partition, offset = lease.offset, %reason, "dropping an undecodable batch")
@@ -170,7 +168,7 @@ impl BatchQueue {
                     continue 'fresh;
                 }
                 match decoded {
-                    Ok(batch) => return Ok(Some(leased(batch, partition, entry.offset, until))),
+                    Ok(batch) => return Ok(Some(leased(batch, until))),
                     Err(reason) => {
                         warn!(dataset = %dataset.name, partition, offset = entry.offset, %reason, "skipping an undecodable batch");
                         self.store.ack_batch(&dataset.name, &id).await?;
@@ -189,15 +187,9 @@ impl BatchQueue {
     }
 }
 
-fn leased(batch: BatchMessage, partition: Partition, offset: Offset, until_ms: i64) -> Leased {
+fn leased(batch: BatchMessage, until_ms: i64) -> Leased {
     Leased {
         batch,
-        partition,
-        offset,
         expires_at: DateTime::from_timestamp_millis(until_ms).unwrap_or(DateTime::<Utc>::MAX_UTC),
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
 }

@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{Batch, Batcher, BatchesError, Limits, SourceRecord, message};
+use crate::{Batch, Batcher, BatchesError, Limits, SourceRecord, message, millis, now_ms};
 
 /// Tuning of the batcher stage.
 #[derive(Debug, Clone)]
@@ -581,12 +581,4 @@ fn decode_checkpoint(dataset: &Dataset, bytes: &[u8]) -> Result<Checkpoint, Batc
         )));
     }
     Ok(checkpoint)
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

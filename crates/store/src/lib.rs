@@ -514,8 +514,8 @@ pub trait MasterStore: Send + Sync + 'static {
     /// changes nothing and returns false. Of several callers racing with the same `expected`,
     /// exactly one gets true.
     ///
-    /// `offset < expected` is a caller bug: [`StoreError::OutOfRange`] (with `what` naming it;
-    /// not transient), and nothing changes. Batch ids are unique within a dataset: handing out
+    /// `offset < expected` is a caller bug: [`StoreError::InvalidArgument`] (not transient), and
+    /// nothing changes. Batch ids are unique within a dataset: handing out
     /// an id that is still outstanding fails with the database's unique-key error and changes
     /// nothing.
     async fn claim_batch(

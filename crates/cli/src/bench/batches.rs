@@ -533,10 +533,7 @@ impl Bench {
             // With --read-first, leave out the one append the batcher took before the gate
             // opened, when it had read only a little.
             let counted = !self.args.read_first || *at > start_ms;
-            if counted
-                && *at <= first_done
-                && per_tenant.get(tenant).is_some_and(|n| *n >= threshold)
-            {
+            if counted && *at <= first_done {
                 *share.entry(tenant).or_default() += count;
             }
         }
