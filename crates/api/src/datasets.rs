@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tenantsync_core::DatasetName;
-use tenantsync_processor::{Declared, MAX_PARTITIONS, ProcessorConfig};
+use tenantsync_dataset::{Declared, MAX_PARTITIONS};
+use tenantsync_processor::ProcessorConfig;
 use tenantsync_store::Dataset;
 
 use crate::auth::Caller;

@@ -7,10 +7,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use tenantsync_batcher::BatchesError;
 use tenantsync_core::InvalidInput;
+use tenantsync_dataset::DatasetError;
 use tenantsync_feed::FeedError;
 use tenantsync_feed::subscriptions::SubscriptionError;
 use tenantsync_log::LogError;
-use tenantsync_processor::ProcessorError;
 use tenantsync_store::StoreError;
 use tracing::error;
 
@@ -262,12 +262,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<ProcessorError> for ApiError {
-    fn from(e: ProcessorError) -> Self {
+impl From<DatasetError> for ApiError {
+    fn from(e: DatasetError) -> Self {
         match e {
-            ProcessorError::Log(e) => e.into(),
-            ProcessorError::Store(e) => e.into(),
-            e @ ProcessorError::InvalidPartitions { .. } => ApiError::BadBody(e.to_string()),
+            DatasetError::Log(e) => e.into(),
+            DatasetError::Store(e) => e.into(),
+            e @ DatasetError::InvalidPartitions { .. } => ApiError::BadBody(e.to_string()),
             e => ApiError::Internal(e.to_string()),
         }
     }

@@ -24,9 +24,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
 use tenantsync_batcher::{BatchQueue, BatcherStage};
+use tenantsync_dataset::{AppliedHub, Datasets};
 use tenantsync_feed::{CursorKey, Hub};
 use tenantsync_log::Log;
-use tenantsync_processor::{AppliedHub, Datasets, Processor};
+use tenantsync_processor::Processor;
 use tenantsync_store::MasterStore;
 
 pub use auth::Auth;

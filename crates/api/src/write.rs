@@ -22,7 +22,7 @@ use tenantsync_core::DatasetName;
 use tenantsync_core::{
     Change, ChangeId, EntityId, InvalidInput, Object, Op, Outcome, Record, RejectReason, TenantId,
 };
-use tenantsync_processor::{AppliedChange, Waiter, changes};
+use tenantsync_dataset::{AppliedChange, Waiter, changes};
 use tenantsync_store::{Dataset, StoredOutcome};
 use tokio::time::Instant;
 

@@ -88,7 +88,7 @@ pub struct BatchHeaders {
 /// record as a batch will carry it (so [`Limits::max_bytes`](crate::Limits::max_bytes) bounds
 /// the batch's records as encoded), its key empty. `Err` says why the entry is malformed.
 pub fn source_record(entry: &Entry) -> Result<SourceRecord, String> {
-    let record = tenantsync_processor::state::decode(entry)?;
+    let record = tenantsync_dataset::state::decode(entry).map_err(|e| e.to_string())?;
     let tenant = record.tenant.clone();
     let value = serde_json::to_vec(&BatchRecord::from_record(record))
         .map_err(|e| format!("cannot encode the record: {e}"))?;
@@ -194,7 +194,7 @@ mod tests {
             updated_at: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
             change_id: ChangeId::new(format!("c-{offset}")).unwrap(),
         };
-        let message = tenantsync_processor::state::encode(&record, 4);
+        let message = tenantsync_dataset::state::encode(&record, 4);
         Entry {
             partition: message.partition,
             offset,

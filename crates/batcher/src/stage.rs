@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tenantsync_core::{DatasetName, TenantId};
+use tenantsync_dataset::Datasets;
 use tenantsync_log::{Log, LogError, Offset, Partition};
-use tenantsync_processor::Datasets;
 use tenantsync_store::{BatcherClaim, Dataset, MasterStore, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;

@@ -10,8 +10,8 @@ use proptest::prelude::*;
 use tenantsync_batcher::message::{self, BatchMessage};
 use tenantsync_batcher::{Batch, BatchId, BatchQueue, Leased};
 use tenantsync_core::{ChangeId, EntityId, Record, TenantId, Topics};
+use tenantsync_dataset::state;
 use tenantsync_log::Entry;
-use tenantsync_processor::state;
 
 const LEASE_MS: i64 = 1_000;
 

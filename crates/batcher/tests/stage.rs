@@ -15,8 +15,8 @@ use proptest::prelude::*;
 use tenantsync_batcher::message::{self, BatchMessage};
 use tenantsync_batcher::{BatcherStage, Limits, StageConfig};
 use tenantsync_core::{ChangeId, EntityId, Op, Record, TenantId};
+use tenantsync_dataset::state;
 use tenantsync_log::Entry;
-use tenantsync_processor::state;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]

@@ -15,7 +15,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde_json::json;
 use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Op, TenantId, Topics};
-use tenantsync_processor::{Datasets, Processor, ProcessorConfig, changes};
+use tenantsync_dataset::{Datasets, changes};
+use tenantsync_processor::{Processor, ProcessorConfig};
 use tenantsync_store::Dataset;
 use tokio_util::sync::CancellationToken;
 

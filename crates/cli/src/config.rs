@@ -15,7 +15,7 @@ use tenantsync_api::WriteQuota;
 use tenantsync_auth::JwtConfig;
 use tenantsync_batcher::Limits;
 use tenantsync_core::{DatasetName, TenantId, Topics};
-use tenantsync_processor::MAX_PARTITIONS;
+use tenantsync_dataset::MAX_PARTITIONS;
 
 pub const DEFAULT_DATA_DIR: &str = "./tenantsync-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";

@@ -10,8 +10,9 @@ use tenantsync_api::{ApiConfig, ApiMetrics, AppState, Auth, Erasures, WriteQuota
 use tenantsync_auth::JwtVerifier;
 use tenantsync_batcher::{BatchQueue, BatcherStage, StageConfig};
 use tenantsync_core::Topics;
+use tenantsync_dataset::Datasets;
 use tenantsync_feed::{CursorKey, Hub, retention};
-use tenantsync_processor::{Datasets, Processor, ProcessorConfig};
+use tenantsync_processor::{Processor, ProcessorConfig};
 use tenantsync_store::{Dataset, MasterStore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

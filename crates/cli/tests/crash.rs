@@ -382,7 +382,7 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
                 "partition {p} stops at {from} before its end {end}"
             );
             for e in &entries {
-                let r = tenantsync_processor::state::decode(e).unwrap();
+                let r = tenantsync_dataset::state::decode(e).unwrap();
                 let key = r.key().to_string();
                 if let Some(prev) = last.get(&key) {
                     assert!(

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tenantsync_core::{DatasetName, Record, TenantId};
+use tenantsync_dataset::{CommitObserver, Datasets};
 use tenantsync_log::{Log, Partition};
-use tenantsync_processor::{CommitObserver, Datasets};
 use tenantsync_store::{Dataset, MasterStore, Offset};
 
 use crate::tenant_feed::TailCache;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tenantsync_processor::Datasets;
+use tenantsync_dataset::Datasets;
 use tenantsync_store::MasterStore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};

@@ -9,12 +9,6 @@ pub enum ProcessorError {
     Log(#[from] LogError),
     #[error("master store: {0}")]
     Store(#[from] StoreError),
-    #[error("dataset {dataset} has {partitions} partitions; it must have 1 to {max}")]
-    InvalidPartitions {
-        dataset: String,
-        partitions: u32,
-        max: u32,
-    },
 }
 
 impl ProcessorError {
@@ -22,7 +16,6 @@ impl ProcessorError {
         match self {
             ProcessorError::Log(e) => e.is_transient(),
             ProcessorError::Store(e) => e.is_transient(),
-            ProcessorError::InvalidPartitions { .. } => false,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The processor and the dataset registry.
+//! The processor.
 //!
 //! The processor consumes each dataset's changes log as a member of one consumer group, applies
 //! each batch to the master store (which records the consumed position in the same transaction),
@@ -7,14 +7,8 @@
 //! state that the master store has not committed, and never commit a position whose states are
 //! not yet published: that ordering is what makes a SIGKILL at any instant harmless.
 
-mod applied;
-pub mod changes;
-mod datasets;
 mod error;
 mod processor;
-pub mod state;
 
-pub use applied::{AppliedChange, AppliedHub, Waiter};
-pub use datasets::{Datasets, Declared, MAX_PARTITIONS};
 pub use error::ProcessorError;
-pub use processor::{CommitObserver, Processor, ProcessorConfig, ProcessorStats};
+pub use processor::{Processor, ProcessorConfig, ProcessorStats};

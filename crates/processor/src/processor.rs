@@ -3,7 +3,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tenantsync_core::{DatasetName, Record};
 use tenantsync_log::{GroupConsumer, Log, LogError, Message, Offset, Partition};
 use tenantsync_store::{Dataset, LoggedChange, MasterStore};
 use tokio::task::JoinHandle;
@@ -11,7 +10,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::{AppliedHub, Datasets, ProcessorError, changes, state};
+use tenantsync_dataset::{AppliedHub, CommitObserver, Datasets, changes, state};
+
+use crate::ProcessorError;
 
 /// Tuning of the processor. The defaults suit both backends.
 #[derive(Debug, Clone)]
@@ -54,15 +55,6 @@ pub struct ProcessorStats {
     pub undecodable: AtomicU64,
     /// Changes-log entries deleted by the log before they were applied.
     pub lost: AtomicU64,
-}
-
-/// Told of every batch the processor committed to the master store, before its writers are
-/// answered and before its states are published: a reader in this process that learns of the
-/// change this way reads it from the store, so a writer that got its answer and then reads a
-/// feed of this instance sees its own write.
-pub trait CommitObserver: Send + Sync {
-    /// `states` are the batch's records as committed.
-    fn committed(&self, dataset: &DatasetName, states: &[Record]);
 }
 
 /// Applies every dataset's changes to the master store and publishes the results.

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tenantsync_core::{DatasetName, Topics};
+use tenantsync_dataset::Datasets;
 use tenantsync_log::Log;
 use tenantsync_log_embedded::{EmbeddedLog, EmbeddedOptions};
-use tenantsync_processor::Datasets;
 use tenantsync_store::{Dataset, MasterStore};
 
 pub struct Fixture {

@@ -29,11 +29,11 @@ use rand::{Rng, SeedableRng};
 use tenantsync_batcher::message;
 use tenantsync_batcher::{BatcherStage, Limits, StageConfig};
 use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, TenantId, Topics};
+use tenantsync_dataset::{Datasets, state};
 use tenantsync_log::{
     CompactionStats, Entry, GroupConsumer, Log, LogError, Message, Offset, Partition, TopicSpec,
 };
 use tenantsync_log_embedded::{EmbeddedLog, EmbeddedOptions};
-use tenantsync_processor::{Datasets, state};
 use tenantsync_store::{Dataset, MasterStore};
 use tokio_util::sync::CancellationToken;
 

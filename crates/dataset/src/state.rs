@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use tenantsync_core::{ChangeId, Record, RecordKey, partition_for_tenant};
 use tenantsync_log::{Entry, Message};
 
+use crate::DecodeError;
+
 /// Encodes a record for the state log of a dataset with `partitions` partitions.
 pub fn encode(record: &Record, partitions: u32) -> Message {
     let headers = vec![
@@ -37,28 +39,30 @@ pub fn encode(record: &Record, partitions: u32) -> Message {
     }
 }
 
-/// Decodes a state-log entry; `Err` describes what is malformed.
-pub fn decode(entry: &Entry) -> Result<Record, String> {
-    let key = std::str::from_utf8(&entry.key).map_err(|_| "key is not UTF-8".to_owned())?;
-    let key = RecordKey::parse(key).map_err(|e| e.to_string())?;
+/// Decodes a state-log entry.
+pub fn decode(entry: &Entry) -> Result<Record, DecodeError> {
+    let key = std::str::from_utf8(&entry.key).map_err(|_| DecodeError::KeyNotUtf8)?;
+    let key = RecordKey::parse(key).map_err(|e| DecodeError::Key(e.to_string()))?;
     match &entry.value {
         Some(value) => {
-            let record: Record = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            let record: Record =
+                serde_json::from_slice(value).map_err(|e| DecodeError::Json(e.to_string()))?;
             if record.key() != key {
-                return Err(format!("value is for {} but key is {key}", record.key()));
+                return Err(DecodeError::KeyMismatch {
+                    value: record.key().to_string(),
+                    key: key.to_string(),
+                });
             }
             Ok(record)
         }
         None => {
-            let header = |name: &str| {
-                entry
-                    .header(name)
-                    .ok_or_else(|| format!("tombstone lacks the {name} header"))
-            };
+            let header =
+                |name: &'static str| entry.header(name).ok_or(DecodeError::MissingHeader(name));
             let version = header("version")?
                 .parse()
-                .map_err(|_| "tombstone version header is not a number".to_owned())?;
-            let change_id = ChangeId::new(header("change-id")?).map_err(|e| e.to_string())?;
+                .map_err(|_| DecodeError::BadHeader("version"))?;
+            let change_id = ChangeId::new(header("change-id")?)
+                .map_err(|_| DecodeError::BadHeader("change-id"))?;
             Ok(Record {
                 tenant: key.tenant,
                 id: key.id,

@@ -4,6 +4,8 @@
 use tenantsync_core::{Change, partition_for_tenant};
 use tenantsync_log::{Entry, Message};
 
+use crate::DecodeError;
+
 /// Encodes a change for the changes log of a dataset with `partitions` partitions.
 pub fn encode(change: &Change, partitions: u32) -> Message {
     Message {
@@ -15,10 +17,13 @@ pub fn encode(change: &Change, partitions: u32) -> Message {
     }
 }
 
-/// Decodes a changes-log entry; `Err` describes what is malformed.
-pub fn decode(entry: &Entry) -> Result<Change, String> {
-    let value = entry.value.as_deref().ok_or("entry has no value")?;
-    let change: Change = serde_json::from_slice(value).map_err(|e| e.to_string())?;
-    change.validate().map_err(|e| e.to_string())?;
+/// Decodes a changes-log entry.
+pub fn decode(entry: &Entry) -> Result<Change, DecodeError> {
+    let value = entry.value.as_deref().ok_or(DecodeError::NoValue)?;
+    let change: Change =
+        serde_json::from_slice(value).map_err(|e| DecodeError::Json(e.to_string()))?;
+    change
+        .validate()
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
     Ok(change)
 }

@@ -46,12 +46,7 @@ impl AppliedHub {
     }
 
     /// Hands a batch's results (see `Applied`) to whoever waits for them.
-    pub(crate) fn notify(
-        &self,
-        dataset: &DatasetName,
-        changes: &[LoggedChange],
-        applied: &Applied,
-    ) {
+    pub fn notify(&self, dataset: &DatasetName, changes: &[LoggedChange], applied: &Applied) {
         let mut waiters = self.lock();
         if waiters.is_empty() {
             return;

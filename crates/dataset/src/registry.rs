@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::ProcessorError;
+use crate::DatasetError;
 
 /// The most partitions a dataset may have.
 pub const MAX_PARTITIONS: u32 = 1024;
@@ -62,9 +62,9 @@ impl Datasets {
     /// Declares a dataset: creates (or checks) its changes, state and batches topics, then
     /// records it in the master store. Declaring it again with the same partition count is
     /// harmless.
-    pub async fn declare(&self, dataset: &Dataset) -> Result<Declared, ProcessorError> {
+    pub async fn declare(&self, dataset: &Dataset) -> Result<Declared, DatasetError> {
         if dataset.partitions == 0 || dataset.partitions > MAX_PARTITIONS {
-            return Err(ProcessorError::InvalidPartitions {
+            return Err(DatasetError::InvalidPartitions {
                 dataset: dataset.name.to_string(),
                 partitions: dataset.partitions,
                 max: MAX_PARTITIONS,
@@ -123,7 +123,7 @@ impl Datasets {
     }
 
     /// The dataset, if declared (by this instance or any other sharing the store).
-    pub async fn get(&self, name: &DatasetName) -> Result<Option<Dataset>, ProcessorError> {
+    pub async fn get(&self, name: &DatasetName) -> Result<Option<Dataset>, DatasetError> {
         if let Some(&partitions) = self.cache.read().expect("cache lock").get(name) {
             return Ok(Some(Dataset {
                 name: name.clone(),
@@ -143,7 +143,7 @@ impl Datasets {
     }
 
     /// Every declared dataset, refreshed from the store.
-    pub async fn all(&self) -> Result<Vec<Dataset>, ProcessorError> {
+    pub async fn all(&self) -> Result<Vec<Dataset>, DatasetError> {
         let all = self.store.datasets().await?;
         for d in &all {
             self.remember(d);
