@@ -64,8 +64,13 @@ pub enum ApiError {
     },
     /// The tenant is being erased: its writes are refused until the erasure finishes (409).
     TenantErasing(String),
-    /// The log or the store is unreachable right now.
-    Unavailable(String),
+    /// The log or the store failed with a transient error (503 with `Retry-After`): the client
+    /// is told which, the detail is logged, not sent.
+    Unavailable {
+        what: &'static str,
+        detail: String,
+    },
+    /// Anything else that is not the caller's fault (500): the detail is logged, not sent.
     Internal(String),
     MethodNotAllowed,
 }
@@ -164,7 +169,11 @@ impl ApiError {
                     "tenant {tenant} is being erased; its writes are refused until the erasure finishes (GET /v1/tenants/{tenant}/erasure)"
                 ),
             ),
-            ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", d.clone()),
+            ApiError::Unavailable { what, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the {what} is unavailable; retry shortly"),
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -183,7 +192,7 @@ impl ApiError {
 impl ApiError {
     /// The problem document (RFC 9457) and its status. Internal details are logged here.
     pub(crate) fn problem(&self) -> (StatusCode, Value) {
-        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = self {
+        if let ApiError::Internal(detail) | ApiError::Unavailable { detail, .. } = self {
             error!(%detail, "request failed");
         }
         let (status, kind, detail, ext) = self.parts();
@@ -208,7 +217,7 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match &self {
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::RateLimited { retry_after, .. } => {
@@ -243,7 +252,10 @@ impl From<InvalidInput> for ApiError {
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> Self {
         if e.is_transient() {
-            ApiError::Unavailable(format!("the log is unavailable, retry shortly: {e}"))
+            ApiError::Unavailable {
+                what: "log",
+                detail: e.to_string(),
+            }
         } else {
             ApiError::Internal(e.to_string())
         }
@@ -254,9 +266,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::DatasetMismatch { .. } => ApiError::Conflict(e.to_string()),
-            e if e.is_transient() => ApiError::Unavailable(format!(
-                "the master store is unavailable, retry shortly: {e}"
-            )),
+            e if e.is_transient() => ApiError::Unavailable {
+                what: "master store",
+                detail: e.to_string(),
+            },
             e => ApiError::Internal(e.to_string()),
         }
     }

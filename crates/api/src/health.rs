@@ -5,7 +5,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use tenantsync_supervisor::ErrorClass;
 
 use crate::AppState;
 
@@ -14,17 +15,34 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready: both the log and the master store answer.
+/// Ready: the log and the master store answer, and no background service fails with a
+/// permanent error. Services failing with a transient error are listed too, as what they are:
+/// trouble expected to heal by itself.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    let log = state.log.check().await;
-    let store = state.store.check().await;
+    let log = state.log.check().await.map_err(|e| e.to_string());
+    let store = state.store.check().await.map_err(|e| e.to_string());
     let show = |r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),
         Err(e) => json!(e),
     };
-    let log = log.map_err(|e| e.to_string());
-    let store = store.map_err(|e| e.to_string());
-    let ready = log.is_ok() && store.is_ok();
+    let mut failing = Map::new();
+    let mut permanent = false;
+    for service in state.supervisor.failing() {
+        let Some((class, error)) = service.last_error else {
+            continue;
+        };
+        permanent |= class == ErrorClass::Permanent;
+        failing.insert(
+            service.name,
+            json!({
+                "error": error,
+                "permanent": class == ErrorClass::Permanent,
+                "failures": service.failures,
+                "restarts": service.restarts,
+            }),
+        );
+    }
+    let ready = log.is_ok() && store.is_ok() && !permanent;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -32,8 +50,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     };
     (
         status,
-        Json(
-            json!({"status": if ready { "ready" } else { "unavailable" }, "log": show(&log), "store": show(&store)}),
-        ),
+        Json(json!({
+            "status": if ready { "ready" } else { "unavailable" },
+            "log": show(&log),
+            "store": show(&store),
+            "failing_services": failing,
+        })),
     )
 }

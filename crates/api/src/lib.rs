@@ -6,7 +6,7 @@ pub mod admin;
 pub mod auth;
 mod batches;
 mod datasets;
-pub mod erasure;
+mod erasure;
 mod error;
 mod extract;
 mod feed;
@@ -23,15 +23,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
-use tenantsync_batcher::{BatchQueue, BatcherStage};
+use tenantsync_batcher::BatchQueue;
 use tenantsync_dataset::{AppliedHub, Datasets};
 use tenantsync_feed::{CursorKey, Hub};
 use tenantsync_log::Log;
-use tenantsync_processor::Processor;
+use tenantsync_retention::Erasures;
 use tenantsync_store::MasterStore;
+use tenantsync_supervisor::{MetricsSource, Supervisor};
 
 pub use auth::Auth;
-pub use erasure::Erasures;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
 pub use quota::{WriteQuota, WriteQuotas};
@@ -101,8 +101,6 @@ pub struct AppState {
     pub applied: Arc<AppliedHub>,
     /// Live wake-ups for feed readers.
     pub hub: Arc<Hub>,
-    /// This instance's processor, for its counters in `/metrics` (`None` when not running one).
-    pub processor: Option<Arc<Processor>>,
     pub metrics: ApiMetrics,
     pub config: ApiConfig,
     /// How callers are authenticated.
@@ -110,14 +108,15 @@ pub struct AppState {
     /// Signs and checks feed and subscription cursors.
     pub cursor_key: CursorKey,
     /// Per-tenant write quotas.
-    pub quotas: WriteQuotas,
-    /// Tenants being erased, whose writes are refused.
-    pub erasures: Erasures,
+    pub quotas: Arc<WriteQuotas>,
+    /// Tenant erasures: which tenants' writes are refused, and how to start one.
+    pub erasures: Arc<Erasures>,
     /// The HTTP workers' batch queue.
     pub batches: BatchQueue,
-    /// This instance's batcher stage, for its counters in `/metrics` (`None` when not running
-    /// one).
-    pub batcher: Option<Arc<BatcherStage>>,
+    /// The components whose figures `/metrics` shows.
+    pub metrics_sources: Vec<Arc<dyn MetricsSource>>,
+    /// Runs the background services; `/readyz` reports the failing ones.
+    pub supervisor: Supervisor,
 }
 
 /// The whole API: the health checks open to all, every other route behind

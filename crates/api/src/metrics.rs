@@ -1,10 +1,10 @@
-//! `GET /metrics`: Prometheus text exposition (OpenMetrics) of the processor, the batcher, the
-//! feeds and the subscriptions. Labels are bounded: datasets, partitions, subscriptions and
-//! transports, never tenants.
+//! `GET /metrics`: Prometheus text exposition (OpenMetrics). Labels are bounded: services,
+//! datasets, partitions, subscriptions and transports, never tenants.
 //!
-//! Values are read from the components' own counters at scrape time and encoded with
-//! `prometheus-client`; lag is computed then too, so a scrape costs a store read per partition
-//! and per lagging subscription tenant.
+//! Each scrape builds a new registry: every component registers its current figures there
+//! ([`MetricsSource`]: the processor, the batcher, the hub, the supervisor's services), and
+//! this module adds the API's own counters and what is computed at scrape time, lag, so a
+//! scrape costs a store read per partition and per lagging subscription tenant.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -73,61 +73,8 @@ pub async fn metrics(
     caller.require_admin()?;
     let mut registry = Registry::with_prefix("tenantsync");
 
-    if let Some(processor) = &state.processor {
-        let stats = processor.stats();
-        counter(
-            &mut registry,
-            "processor_changes",
-            "Changes applied to the master store",
-            &stats.changes,
-        );
-        counter(
-            &mut registry,
-            "processor_batches",
-            "Store transactions of the processor",
-            &stats.batches,
-        );
-        counter(
-            &mut registry,
-            "processor_states_published",
-            "States handed to the state log",
-            &stats.states_published,
-        );
-        counter(
-            &mut registry,
-            "processor_undecodable",
-            "Changes-log entries skipped as undecodable",
-            &stats.undecodable,
-        );
-        counter(
-            &mut registry,
-            "processor_lost",
-            "Changes-log entries deleted by retention before they were applied",
-            &stats.lost,
-        );
-    }
-    if let Some(batcher) = &state.batcher {
-        let stats = batcher.stats();
-        for (name, help, value) in [
-            (
-                "batcher_read",
-                "State-log records taken in by the batcher",
-                &stats.read,
-            ),
-            (
-                "batcher_records",
-                "Records appended to batches logs",
-                &stats.records,
-            ),
-            ("batcher_batches", "Batches appended", &stats.batches),
-            (
-                "batcher_undecodable",
-                "State-log entries the batcher skipped as undecodable",
-                &stats.undecodable,
-            ),
-        ] {
-            counter(&mut registry, name, help, value);
-        }
+    for source in &state.metrics_sources {
+        source.register_metrics(&mut registry);
     }
     let lag = Family::<Labels, PromGauge>::default();
     for dataset in state.datasets.all().await? {
@@ -181,18 +128,6 @@ pub async fn metrics(
         "sse_cut_off",
         "SSE streams ended because the client stopped reading",
         &m.sse_cut_off,
-    );
-    counter(
-        &mut registry,
-        "states_seen",
-        "States read from the state logs for live wake-ups",
-        &state.hub.stats().states_seen,
-    );
-    counter(
-        &mut registry,
-        "tombstones_purged",
-        "Tombstones purged from the master store past retention",
-        &state.hub.stats().tombstones_purged,
     );
 
     let (changes, seconds, tenants) = (

@@ -65,7 +65,7 @@ async fn write_one(
     let data = body.map(|b| extract::json_object(&b)).transpose()?;
     let explicit_key = pre.change_id.is_some();
     let change = write::change(op, tenant, id, data, pre.change_id, pre.expected_version)?;
-    state.erasures.check_writable(&change.tenant)?;
+    crate::erasure::check_writable(&state, &change.tenant)?;
     write::take_quota(&state, &change.tenant, 1)?;
     if explicit_key {
         write::check_key(&state, &dataset, &change, write::KEY_HEADER).await?;

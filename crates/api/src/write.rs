@@ -22,7 +22,7 @@ use tenantsync_core::DatasetName;
 use tenantsync_core::{
     Change, ChangeId, EntityId, InvalidInput, Object, Op, Outcome, Record, RejectReason, TenantId,
 };
-use tenantsync_dataset::{AppliedChange, Waiter, changes};
+use tenantsync_dataset::{AppliedChange, Settled, Waiter};
 use tenantsync_store::{Dataset, StoredOutcome};
 use tokio::time::Instant;
 
@@ -126,16 +126,7 @@ pub fn take_quota(state: &AppState, tenant: &TenantId, changes: u32) -> Result<(
 
 /// Appends changes to the dataset's changes log; returns once they are durable.
 pub async fn submit(state: &AppState, dataset: &Dataset, batch: &[Change]) -> Result<(), ApiError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let messages = batch
-        .iter()
-        .map(|c| changes::encode(c, dataset.partitions))
-        .collect();
-    let topic = state.datasets.topics().changes(&dataset.name);
-    state.log.append(&topic, messages).await?;
-    Ok(())
+    Ok(state.datasets.append_changes(dataset, batch).await?)
 }
 
 /// Registers the wait for a change's result; see [`wait_applied`].
@@ -164,19 +155,18 @@ pub async fn wait_applied(
     field: &'static str,
 ) -> Result<AppliedChange, ApiError> {
     let deadline = Instant::now() + state.config.apply_timeout;
-    loop {
-        let recheck = Instant::now() + STORE_RECHECK;
-        tokio::select! {
-            applied = waiter.outcome() => {
-                return own_result(state, dataset, change, applied, field).await;
-            }
-            _ = tokio::time::sleep_until(recheck.min(deadline)) => {}
-        }
-        if let Some(stored) = state
-            .store
-            .outcome(&dataset.name, &change.tenant, &change.change_id)
-            .await?
-        {
+    let settled = waiter
+        .settled(
+            state.store.as_ref(),
+            &dataset.name,
+            change,
+            STORE_RECHECK,
+            deadline,
+        )
+        .await?;
+    match settled {
+        Some(Settled::Here(applied)) => own_result(state, dataset, change, applied, field).await,
+        Some(Settled::Stored(stored)) => {
             // The stored outcome is the id's owner's: this change's only if it is the same
             // record (a `key_reused` refusal is never stored).
             if let Some(refused) = refusal(change, Some(&stored), field) {
@@ -186,14 +176,12 @@ pub async fn wait_applied(
                 .store
                 .get(&dataset.name, &change.tenant, &change.id)
                 .await?;
-            return Ok((stored.outcome, record));
+            Ok((stored.outcome, record))
         }
-        if Instant::now() >= deadline {
-            return Err(ApiError::ApplyTimeout {
-                change_id: change.change_id.to_string(),
-                status_url: status_url(dataset, change),
-            });
-        }
+        None => Err(ApiError::ApplyTimeout {
+            change_id: change.change_id.to_string(),
+            status_url: status_url(dataset, change),
+        }),
     }
 }
 
@@ -406,7 +394,7 @@ pub async fn bulk(
         }
         let result = parse_line(line).and_then(|(change, explicit)| {
             caller.require(Access::Write, &dataset.name, &change.tenant)?;
-            state.erasures.check_writable(&change.tenant)?;
+            crate::erasure::check_writable(&state, &change.tenant)?;
             Ok((change, explicit))
         });
         let result = result.map(|(change, explicit)| {

@@ -30,3 +30,16 @@ pub enum BatchesError {
     #[error("{0} stopped")]
     Stopped(&'static str),
 }
+
+impl tenantsync_core::Classify for BatchesError {
+    fn class(&self) -> tenantsync_core::ErrorClass {
+        use tenantsync_core::ErrorClass;
+        match self {
+            BatchesError::Log(e) => e.class(),
+            BatchesError::Store(e) => e.class(),
+            // Another claimant, or a reader task that ended: the next run claims and reads anew.
+            BatchesError::ClaimLost | BatchesError::Stopped(_) => ErrorClass::Transient,
+            BatchesError::Checkpoint(_) => ErrorClass::Permanent,
+        }
+    }
+}

@@ -27,11 +27,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tenantsync_core::{DatasetName, TenantId};
-use tenantsync_dataset::Datasets;
+use tenantsync_dataset::{Datasets, PerDataset};
 use tenantsync_log::{Log, LogError, Offset, Partition};
 use tenantsync_store::{BatcherClaim, Dataset, MasterStore, StoreError};
+use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -120,6 +123,48 @@ pub struct BatcherStage {
     emitted: watch::Sender<u64>,
 }
 
+impl MetricsSource for BatcherStage {
+    fn register_metrics(&self, registry: &mut Registry) {
+        let stats = &self.stats;
+        for (name, help, value) in [
+            (
+                "batcher_read",
+                "State-log records taken in by the batcher",
+                &stats.read,
+            ),
+            (
+                "batcher_records",
+                "Records appended to batches logs",
+                &stats.records,
+            ),
+            ("batcher_batches", "Batches appended", &stats.batches),
+            (
+                "batcher_undecodable",
+                "State-log entries the batcher skipped as undecodable",
+                &stats.undecodable,
+            ),
+        ] {
+            registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
+        }
+    }
+}
+
+/// Starts the service `batcher/{dataset}`.
+impl PerDataset for BatcherStage {
+    fn start(self: Arc<Self>, supervisor: &Supervisor, dataset: &Dataset) {
+        let dataset = dataset.clone();
+        supervisor.spawn(format!("batcher/{}", dataset.name), move |stop| {
+            let (stage, dataset) = (self.clone(), dataset.clone());
+            async move {
+                stage
+                    .run_dataset(&dataset, &stop)
+                    .await
+                    .map_err(ServiceError::from_error)
+            }
+        });
+    }
+}
+
 impl BatcherStage {
     pub fn new(
         log: Arc<dyn Log>,
@@ -147,52 +192,35 @@ impl BatcherStage {
         self.emitted.subscribe()
     }
 
-    /// Runs until `shutdown`: one task per declared dataset, started as datasets appear; each
-    /// batches its dataset while it holds the dataset's claim.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let datasets = self.datasets.clone();
-        datasets
-            .run_per_dataset(&shutdown, |dataset| {
-                self.clone().run_dataset(dataset, shutdown.clone())
-            })
-            .await;
-    }
-
-    /// Claims the dataset and batches it until shutdown; waits while another instance holds the
-    /// claim, and starts over from the last checkpoint after any error.
-    async fn run_dataset(self: Arc<Self>, dataset: Dataset, shutdown: CancellationToken) {
+    /// Claims the dataset and batches it until `stop`; waits while another instance holds the
+    /// claim. A failed run starts over from the last checkpoint.
+    async fn run_dataset(
+        &self,
+        dataset: &Dataset,
+        stop: &CancellationToken,
+    ) -> Result<(), BatchesError> {
         let lease_ms = millis(self.config.claim_lease);
-        let mut backoff = Duration::from_millis(50);
         loop {
-            let retry = match self
+            match self
                 .store
                 .claim_batcher(&dataset.name, &self.config.owner, now_ms(), lease_ms)
-                .await
+                .await?
             {
-                Ok(Some(claim)) => {
+                Some(claim) => {
                     info!(dataset = %dataset.name, epoch = claim.epoch, "batching dataset");
-                    match self.batch(&dataset, claim, &shutdown).await {
-                        Ok(()) => return,
-                        Err(error) => {
-                            warn!(%error, dataset = %dataset.name, retry_in = ?backoff, "batching stopped; starting over from the last checkpoint");
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                            backoff
+                    match self.batch(dataset, claim, stop).await {
+                        // Not a failure: wait while the other instance holds the claim.
+                        Err(BatchesError::ClaimLost) => {
+                            info!(dataset = %dataset.name, "another instance took over batching this dataset")
                         }
+                        done => return done,
                     }
                 }
-                Ok(None) => {
-                    debug!(dataset = %dataset.name, "another instance batches this dataset");
-                    self.config.claim_lease / 2
-                }
-                Err(error) => {
-                    warn!(%error, dataset = %dataset.name, "cannot claim the dataset's batcher");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    backoff
-                }
-            };
+                None => debug!(dataset = %dataset.name, "another instance batches this dataset"),
+            }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(retry) => {}
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(self.config.claim_lease / 2) => {}
             }
         }
     }

@@ -17,6 +17,7 @@ use tenantsync_batcher::{BatcherStage, Limits, StageConfig};
 use tenantsync_core::{ChangeId, EntityId, Op, Record, TenantId};
 use tenantsync_dataset::state;
 use tenantsync_log::Entry;
+use tenantsync_supervisor::{RestartPolicy, Supervisor};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -112,9 +113,15 @@ fn start(fx: &Fixture, case: &Case) -> Running {
         fx.datasets.clone(),
         config,
     ));
-    let shutdown = CancellationToken::new();
-    runtime.spawn(stage.run(shutdown.clone()));
-    Running { runtime, shutdown }
+    let supervisor = Supervisor::new(RestartPolicy::default());
+    {
+        let _inside = runtime.enter();
+        tenantsync_dataset::supervise(&supervisor, fx.datasets.clone(), vec![stage]);
+    }
+    Running {
+        runtime,
+        shutdown: supervisor.shutdown_token(),
+    }
 }
 
 /// What was written: per record key, every version in order, and each state entry's size.

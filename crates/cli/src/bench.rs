@@ -18,7 +18,7 @@ use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Op, TenantId, Top
 use tenantsync_dataset::{Datasets, changes};
 use tenantsync_processor::{Processor, ProcessorConfig};
 use tenantsync_store::Dataset;
-use tokio_util::sync::CancellationToken;
+use tenantsync_supervisor::{RestartPolicy, Supervisor};
 
 use crate::backends::{open_log, open_store};
 use crate::config::{FileConfig, ServeArgs, Settings};
@@ -28,6 +28,8 @@ mod batches;
 mod subscribers;
 
 const DATASET: &str = "bench";
+/// How long a bench waits for its services to stop.
+const SHUTDOWN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -308,15 +310,15 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
     let processor = Arc::new(Processor::new(
         log,
         store,
-        datasets,
+        datasets.clone(),
         ProcessorConfig {
             max_batch: args.batch,
             ..ProcessorConfig::default()
         },
     ));
-    let shutdown = CancellationToken::new();
+    let supervisor = Supervisor::new(RestartPolicy::default());
     let start = Instant::now();
-    let task = tokio::spawn(processor.clone().run(shutdown.clone()));
+    tenantsync_dataset::supervise(&supervisor, datasets, vec![processor.clone()]);
     let mut last_report = Instant::now();
     while processor.stats().changes.load(Ordering::Relaxed) < args.changes {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -329,8 +331,7 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed();
-    shutdown.cancel();
-    task.await?;
+    supervisor.shutdown(SHUTDOWN).await?;
     let stats = processor.stats();
     println!(
         "processor ({:?} log, {}): {} changes in {:.2} s = {:.0} changes/s; {} batches, {} states published",
@@ -477,6 +478,6 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
         h.len(),
         errors.load(Ordering::Relaxed),
     );
-    running.stop().await?;
+    running.stop(SHUTDOWN).await?;
     Ok(())
 }

@@ -19,6 +19,7 @@ use tenantsync_dataset::MAX_PARTITIONS;
 
 pub const DEFAULT_DATA_DIR: &str = "./tenantsync-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_TOMBSTONE_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Changes per second each tenant may write.
 pub const DEFAULT_TENANT_WRITE_RATE: u32 = 2_000;
@@ -56,6 +57,10 @@ pub struct ServeArgs {
     /// How long ?wait=applied waits for the processor, in seconds [default: 10].
     #[arg(long, env = "TENANTSYNC_APPLY_TIMEOUT_SECS", value_name = "SECS")]
     pub apply_timeout_secs: Option<u64>,
+    /// On SIGTERM or Ctrl-C, how long in-flight requests and background services get to stop
+    /// before the server exits anyway, in seconds [default: 10].
+    #[arg(long, env = "TENANTSYNC_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
     /// How long deletes stay visible as tombstones, in the state log and in change feeds, in
     /// seconds; a feed reader further behind must start over from a snapshot [default: 604800].
     #[arg(long, env = "TENANTSYNC_TOMBSTONE_RETENTION_SECS", value_name = "SECS")]
@@ -118,6 +123,7 @@ pub struct FileConfig {
     pub topic_prefix: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub apply_timeout_secs: Option<u64>,
+    pub shutdown_timeout_secs: Option<u64>,
     pub tombstone_retention_secs: Option<u64>,
     pub max_wait_secs: Option<u64>,
     pub sse_heartbeat_secs: Option<u64>,
@@ -233,6 +239,7 @@ pub struct Settings {
     pub topic_prefix: String,
     pub max_body_bytes: usize,
     pub apply_timeout: Duration,
+    pub shutdown_timeout: Duration,
     pub tombstone_retention: Duration,
     pub max_batch: usize,
     pub feed: tenantsync_api::FeedConfig,
@@ -318,6 +325,11 @@ impl Settings {
             apply_timeout: args.apply_timeout_secs.or(file.apply_timeout_secs).map_or(
                 tenantsync_api::ApiConfig::DEFAULT_APPLY_TIMEOUT,
                 Duration::from_secs,
+            ),
+            shutdown_timeout: Duration::from_secs(
+                args.shutdown_timeout_secs
+                    .or(file.shutdown_timeout_secs)
+                    .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             ),
             tombstone_retention: Duration::from_secs(
                 args.tombstone_retention_secs
@@ -434,6 +446,9 @@ impl Settings {
         }
         if self.apply_timeout.is_zero() {
             bail!("invalid apply_timeout_secs: must be at least 1");
+        }
+        if self.shutdown_timeout.is_zero() {
+            bail!("invalid shutdown_timeout_secs: must be at least 1");
         }
         if self.tombstone_retention.is_zero() {
             bail!("invalid tombstone_retention_secs: must be at least 1");

@@ -1,21 +1,22 @@
 //! `tenantsync serve`: opens the log and the store, declares configured datasets, then runs the
-//! processor, the batcher and the HTTP API until SIGTERM or Ctrl-C.
+//! HTTP API and every background service under one supervisor until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tenantsync_api::{ApiConfig, ApiMetrics, AppState, Auth, Erasures, WriteQuotas, erasure};
+use tenantsync_api::{ApiConfig, ApiMetrics, AppState, Auth, WriteQuotas};
 use tenantsync_auth::JwtVerifier;
 use tenantsync_batcher::{BatchQueue, BatcherStage, StageConfig};
 use tenantsync_core::Topics;
 use tenantsync_dataset::Datasets;
-use tenantsync_feed::{CursorKey, Hub, retention};
+use tenantsync_feed::{CursorKey, Hub, HubTails};
 use tenantsync_processor::{Processor, ProcessorConfig};
+use tenantsync_retention::{Erasures, tombstones};
 use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_supervisor::{RestartPolicy, Supervisor};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backends::{open_log, open_store, redact};
@@ -28,42 +29,40 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("tenantsync listening on http://{}", running.addr);
     wait_for_signal().await;
-    info!("shutting down");
-    running.stop().await?;
+    info!(grace = ?settings.shutdown_timeout, "shutting down");
+    running.stop(settings.shutdown_timeout).await?;
     info!("stopped");
     Ok(())
 }
 
-/// A started instance: the API listening, the processor running.
+/// A started instance: the API listening, every background service running.
 pub struct Running {
     pub addr: SocketAddr,
     pub processor: Arc<Processor>,
-    shutdown: CancellationToken,
+    supervisor: Supervisor,
     server: JoinHandle<std::io::Result<()>>,
-    processing: JoinHandle<()>,
-    batching: JoinHandle<()>,
 }
 
 impl Running {
-    /// Stops accepting requests, lets in-flight ones finish, then stops the processor after its
-    /// current batch and the batcher after a last checkpoint.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.server
-            .await
+    /// Stops accepting requests and every background service (the processor after its current
+    /// batch, the batcher after a last checkpoint), lets in-flight requests finish, and waits
+    /// for all of it, at most `grace`.
+    pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + grace;
+        // Cancels the server's graceful shutdown too.
+        let services = self.supervisor.shutdown(grace).await;
+        let server = tokio::time::timeout_at(deadline, self.server).await;
+        services?;
+        server
+            .map_err(|_| anyhow::anyhow!("in-flight requests still running after {grace:?}"))?
             .context("the HTTP server task panicked")?
             .context("the HTTP server failed")?;
-        self.processing
-            .await
-            .context("the processor task panicked")?;
-        self.batching.await.context("the batcher task panicked")?;
         Ok(())
     }
 }
 
-/// How often the list of tenants being erased is reloaded from the store (erasures started by
-/// another instance), and idle tenants' write quotas are forgotten.
-const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// How often idle tenants' write quotas are forgotten.
+const QUOTA_SWEEP: Duration = Duration::from_secs(5);
 
 /// How requests will be authenticated, and what the operator should know about it.
 async fn auth(settings: &Settings, store: &dyn MasterStore) -> anyhow::Result<Auth> {
@@ -142,21 +141,72 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             ..StageConfig::default()
         },
     ));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(hub.clone().run(
-        log.clone(),
+    let erasures = Arc::new(Erasures::new(
         store.clone(),
         datasets.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(retention::run(
-        store.clone(),
         hub.clone(),
-        datasets.clone(),
-        settings.tombstone_retention,
-        (settings.tombstone_retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
-        shutdown.clone(),
+        processor.applied(),
     ));
+    let quotas = Arc::new(WriteQuotas::new(
+        settings.write_quota,
+        &settings.quota_overrides,
+    ));
+
+    let supervisor = Supervisor::new(RestartPolicy::default());
+    let tails = Arc::new(HubTails {
+        hub: hub.clone(),
+        log: log.clone(),
+        store: store.clone(),
+        datasets: datasets.clone(),
+    });
+    tenantsync_dataset::supervise(
+        &supervisor,
+        datasets.clone(),
+        vec![processor.clone(), batcher.clone(), tails],
+    );
+    supervisor.spawn("hub/sweep", {
+        let hub = hub.clone();
+        move |stop| {
+            let hub = hub.clone();
+            async move { hub.sweeper(stop).await }
+        }
+    });
+    supervisor.spawn("retention", {
+        let (store, hub, datasets) = (store.clone(), hub.clone(), datasets.clone());
+        let retention = settings.tombstone_retention;
+        move |stop| {
+            tombstones::run(
+                store.clone(),
+                hub.clone(),
+                datasets.clone(),
+                retention,
+                tombstones::interval(retention),
+                stop,
+            )
+        }
+    });
+    supervisor.spawn("erasure", {
+        let erasures = erasures.clone();
+        move |stop| {
+            let erasures = erasures.clone();
+            async move { erasures.run(stop).await }
+        }
+    });
+    supervisor.spawn("quota-sweep", {
+        let quotas = quotas.clone();
+        move |stop| {
+            let quotas = quotas.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(QUOTA_SWEEP) => quotas.forget_full(),
+                    }
+                }
+            }
+        }
+    });
+
     let state = Arc::new(AppState {
         batches: BatchQueue::new(
             log.clone(),
@@ -168,28 +218,26 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         store,
         datasets,
         applied: processor.applied(),
-        hub,
-        processor: Some(processor.clone()),
+        hub: hub.clone(),
         metrics: ApiMetrics::default(),
         config: ApiConfig {
             max_body_bytes: settings.max_body_bytes,
             apply_timeout: settings.apply_timeout,
             feed: settings.feed.clone(),
         },
-        batcher: Some(batcher.clone()),
         auth,
         cursor_key: CursorKey::new(&cursor_key),
-        quotas: WriteQuotas::new(settings.write_quota, &settings.quota_overrides),
-        erasures: Erasures::default(),
+        quotas,
+        erasures,
+        metrics_sources: vec![
+            processor.clone(),
+            batcher,
+            hub,
+            Arc::new(supervisor.clone()),
+        ],
+        supervisor: supervisor.clone(),
     });
-    erasure::resume(&state)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot resume tenant erasures: {e:?}"))?;
-    tokio::spawn(housekeeping(state.clone(), shutdown.clone()));
-
-    let processing = tokio::spawn(processor.clone().run(shutdown.clone()));
-    let batching = tokio::spawn(batcher.run(shutdown.clone()));
-    let signal = shutdown.clone();
+    let signal = supervisor.shutdown_token();
     let server = tokio::spawn(async move {
         // into_make_service builds the routes once; serving the Router itself rebuilds them for
         // every connection (several KiB each).
@@ -200,10 +248,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         processor,
-        shutdown,
+        supervisor,
         server,
-        processing,
-        batching,
     })
 }
 
@@ -215,21 +261,6 @@ fn instance_name(addr: SocketAddr) -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{host}/{addr}")
-}
-
-/// Every [`HOUSEKEEPING`] interval: picks up erasures started elsewhere and forgets full
-/// write-quota buckets.
-async fn housekeeping(state: Arc<AppState>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(HOUSEKEEPING) => {}
-        }
-        state.quotas.forget_full();
-        if let Err(error) = erasure::resume(&state).await {
-            warn!(?error, "cannot reload tenant erasures");
-        }
-    }
 }
 
 /// Raises this process's open-file limit to its hard limit: every subscriber connection holds

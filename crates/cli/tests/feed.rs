@@ -1401,7 +1401,14 @@ async fn metrics_have_bounded_labels() {
             for pair in labels.split(',') {
                 let name = pair.split_once('=').expect("name=value").0;
                 assert!(
-                    ["dataset", "partition", "subscription", "transport"].contains(&name),
+                    [
+                        "dataset",
+                        "partition",
+                        "service",
+                        "subscription",
+                        "transport"
+                    ]
+                    .contains(&name),
                     "unexpected label {name} in {line}"
                 );
             }

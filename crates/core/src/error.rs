@@ -20,3 +20,29 @@ impl InvalidInput {
         }
     }
 }
+
+/// Whether retrying later may succeed: the one question every error of a background service is
+/// asked. Each crate answers it for its own errors, in one place, from the error's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Expected to heal by itself: a lost connection, a busy database, a broker failing over.
+    Transient,
+    /// Fails the same way until someone changes something: a missing column, a violated
+    /// constraint, no permission, a full disk, corrupt data.
+    Permanent,
+}
+
+impl ErrorClass {
+    pub fn transient_if(transient: bool) -> Self {
+        if transient {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Permanent
+        }
+    }
+}
+
+/// An error that knows its [`ErrorClass`].
+pub trait Classify {
+    fn class(&self) -> ErrorClass;
+}

@@ -12,7 +12,7 @@ mod record;
 mod topics;
 
 pub use change::{Change, ChangeId, Op, merge_patch};
-pub use error::InvalidInput;
+pub use error::{Classify, ErrorClass, InvalidInput};
 pub use ids::{DatasetName, EntityId, RecordKey, SubscriptionName, TenantId, TokenName};
 pub use partitioner::{murmur2, partition_for_tenant};
 pub use record::{Outcome, Record, RejectReason};

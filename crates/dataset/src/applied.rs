@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Outcome, Record, TenantId};
-use tenantsync_store::{Applied, LoggedChange};
+use tenantsync_store::{Applied, LoggedChange, MasterStore, StoreError, StoredOutcome};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// A change: its id is unique per (dataset, tenant) only for one record; a reuse of the id for
 /// another record is another change (which the store refuses), so the record id is part of it.
@@ -96,6 +97,48 @@ impl Waiter {
             Ok(outcome) => outcome,
             // Only the hub drops senders, and only after sending: unreachable, but never spin.
             Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// How a change's wait ended.
+#[derive(Debug)]
+pub enum Settled {
+    /// Applied by this instance: the outcome and the record exactly as the change left it.
+    Here(AppliedChange),
+    /// Found in the store, applied by another instance sharing it. The stored outcome is the
+    /// change id's owner's, which may be another record's (a reused key).
+    Stored(StoredOutcome),
+}
+
+impl Waiter {
+    /// Waits until the change has an outcome: handed over by this instance's processor, or found
+    /// in the store (looked up every `recheck`) when another instance applied it; `None` once
+    /// `deadline` passes first. The waiter must have been registered before the change was
+    /// appended, so that an outcome handed over in between is not missed.
+    pub async fn settled(
+        &mut self,
+        store: &dyn MasterStore,
+        dataset: &DatasetName,
+        change: &Change,
+        recheck: std::time::Duration,
+        deadline: Instant,
+    ) -> Result<Option<Settled>, StoreError> {
+        loop {
+            let next_look = Instant::now() + recheck;
+            tokio::select! {
+                applied = self.outcome() => return Ok(Some(Settled::Here(applied))),
+                _ = tokio::time::sleep_until(next_look.min(deadline)) => {}
+            }
+            if let Some(stored) = store
+                .outcome(dataset, &change.tenant, &change.change_id)
+                .await?
+            {
+                return Ok(Some(Settled::Stored(stored)));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
         }
     }
 }

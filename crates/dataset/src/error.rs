@@ -51,3 +51,9 @@ pub enum DecodeError {
     #[error("tombstone header {0} is invalid")]
     BadHeader(&'static str),
 }
+
+impl tenantsync_core::Classify for DatasetError {
+    fn class(&self) -> tenantsync_core::ErrorClass {
+        tenantsync_core::ErrorClass::transient_if(self.is_transient())
+    }
+}

@@ -11,9 +11,9 @@ mod error;
 mod registry;
 pub mod state;
 
-pub use applied::{AppliedChange, AppliedHub, Waiter};
+pub use applied::{AppliedChange, AppliedHub, Settled, Waiter};
 pub use error::{DatasetError, DecodeError};
-pub use registry::{Datasets, Declared, MAX_PARTITIONS};
+pub use registry::{Datasets, Declared, MAX_PARTITIONS, PerDataset, supervise};
 pub use tenantsync_core::Topics;
 
 use tenantsync_core::{DatasetName, Record};

@@ -5,18 +5,44 @@
 //! declared by any of them; the cache only avoids a store round trip per request.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tenantsync_core::{DatasetName, Topics};
-use tenantsync_log::{Cleanup, Log, TopicSpec};
+use tenantsync_core::{Change, DatasetName, Topics};
+use tenantsync_log::{Cleanup, Log, LogError, TopicSpec};
 use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_supervisor::{ServiceError, Supervisor};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::DatasetError;
+
+/// A component that runs services of its own for each dataset (the processor, the batcher, the
+/// hub's tails).
+pub trait PerDataset: Send + Sync + 'static {
+    /// Starts this component's services for `dataset` under `supervisor`; does nothing for
+    /// those running already.
+    fn start(self: Arc<Self>, supervisor: &Supervisor, dataset: &Dataset);
+}
+
+/// Starts the `datasets` service, which starts every component for every dataset.
+pub fn supervise(
+    supervisor: &Supervisor,
+    datasets: Arc<Datasets>,
+    components: Vec<Arc<dyn PerDataset>>,
+) {
+    let watcher = supervisor.clone();
+    supervisor.spawn("datasets", move |stop| {
+        let (datasets, components, supervisor) =
+            (datasets.clone(), components.clone(), watcher.clone());
+        async move {
+            datasets
+                .watch(&supervisor, &components, stop)
+                .await
+                .map_err(ServiceError::from_error)
+        }
+    });
+}
 
 /// The most partitions a dataset may have.
 pub const MAX_PARTITIONS: u32 = 1024;
@@ -122,6 +148,26 @@ impl Datasets {
         }
     }
 
+    /// Appends changes to the dataset's changes log, each to its tenant's partition; returns once
+    /// the log holds them durably. Every change enters tenantsync this way, whoever made it.
+    pub async fn append_changes(
+        &self,
+        dataset: &Dataset,
+        changes: &[Change],
+    ) -> Result<(), LogError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let messages = changes
+            .iter()
+            .map(|c| crate::changes::encode(c, dataset.partitions))
+            .collect();
+        self.log
+            .append(&self.topics.changes(&dataset.name), messages)
+            .await?;
+        Ok(())
+    }
+
     /// The dataset, if declared (by this instance or any other sharing the store).
     pub async fn get(&self, name: &DatasetName) -> Result<Option<Dataset>, DatasetError> {
         if let Some(&partitions) = self.cache.read().expect("cache lock").get(name) {
@@ -151,35 +197,28 @@ impl Datasets {
         Ok(all)
     }
 
-    /// Runs `task` for every declared dataset until `shutdown`, starting it as soon as the
-    /// dataset becomes known (declared here, or found in the store, which is listed again
-    /// every 5 s for datasets declared by other instances); then waits for every task to end.
-    pub async fn run_per_dataset<F, Fut>(&self, shutdown: &CancellationToken, mut task: F)
-    where
-        F: FnMut(Dataset) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let mut running = HashMap::new();
+    /// The `datasets` service: starts every component's services for every declared dataset
+    /// as soon as the dataset becomes known (declared here, or found in the store, which is
+    /// listed again every 5 s for datasets declared by other instances), until `stop`.
+    /// Starting is idempotent, so a run that starts over starts only what is not running.
+    pub async fn watch(
+        &self,
+        supervisor: &Supervisor,
+        components: &[Arc<dyn PerDataset>],
+        stop: CancellationToken,
+    ) -> Result<(), DatasetError> {
         let mut declared = self.subscribe();
         loop {
-            match self.all().await {
-                Ok(all) => {
-                    for dataset in all {
-                        if let Entry::Vacant(slot) = running.entry(dataset.name.clone()) {
-                            slot.insert(tokio::spawn(task(dataset)));
-                        }
-                    }
+            for dataset in self.all().await? {
+                for component in components {
+                    component.clone().start(supervisor, &dataset);
                 }
-                Err(error) => warn!(%error, "cannot list datasets"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => return Ok(()),
                 _ = declared.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
-        }
-        for (_, task) in running {
-            let _ = task.await;
         }
     }
 

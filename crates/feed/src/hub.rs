@@ -12,26 +12,28 @@
 //! change committed to the store, so an end measured before the wake-up is never trusted after
 //! it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tenantsync_core::{DatasetName, Record, TenantId};
-use tenantsync_dataset::{CommitObserver, Datasets};
+use tenantsync_dataset::{CommitObserver, Datasets, PerDataset};
 use tenantsync_log::{Log, Partition};
 use tenantsync_store::{Dataset, MasterStore, Offset};
 
 use crate::tenant_feed::TailCache;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
+use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 /// How long one read of the state log waits for new entries before asking again.
 const TAIL_WAIT: Duration = Duration::from_secs(10);
 const TAIL_BATCH: usize = 1_000;
-const RETRY: Duration = Duration::from_secs(1);
-/// How often the hub forgets tenants no one waits on, and retries datasets it could not tail.
+/// How often the hub forgets tenants no one waits on.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Tenant {
@@ -173,7 +175,7 @@ impl Hub {
 
     /// Forgets what no one needs: signals and tails of tenants nobody waits on, and entries of
     /// tenants without records (a read or wait for any tenant id creates one, so without this
-    /// the hub would grow with every id ever asked for). [`run`](Hub::run) calls it every few
+    /// the hub would grow with every id ever asked for). [`sweeper`](Hub::sweeper) calls it every few
     /// seconds; it is safe at any moment.
     pub fn sweep(&self) {
         for ds in self.lock().datasets.values_mut() {
@@ -268,84 +270,121 @@ impl Hub {
         }
     }
 
-    /// Tails every dataset's state log until `shutdown`, starting on datasets as they are
-    /// declared. Before tailing a dataset it notes the log's end offsets and then loads every
-    /// tenant's end from the store: whatever the store applied before that load is in the
-    /// loaded ends, and whatever it applies after is published past the noted offsets.
-    pub async fn run(
-        self: Arc<Self>,
-        log: Arc<dyn Log>,
-        store: Arc<dyn MasterStore>,
-        datasets: Arc<Datasets>,
-        shutdown: CancellationToken,
-    ) {
-        let mut declared = datasets.subscribe();
-        let mut started: HashSet<DatasetName> = HashSet::new();
-        loop {
-            match datasets.all().await {
-                Ok(all) => {
-                    for dataset in all {
-                        if started.contains(&dataset.name) {
-                            continue;
-                        }
-                        let topic = datasets.topics().state(&dataset.name);
-                        match self.start(&log, &store, &dataset, &topic, &shutdown).await {
-                            Ok(()) => {
-                                started.insert(dataset.name.clone());
-                            }
-                            Err(error) => {
-                                warn!(dataset = %dataset.name, %error, "cannot start tailing the state log; retrying");
-                            }
-                        }
-                    }
-                }
-                Err(error) => warn!(%error, "cannot list datasets for the state tail; retrying"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = declared.changed() => {}
-                _ = tokio::time::sleep(SWEEP_INTERVAL) => self.sweep(),
-            }
-        }
-    }
-
-    async fn start(
-        self: &Arc<Self>,
-        log: &Arc<dyn Log>,
-        store: &Arc<dyn MasterStore>,
+    /// Notes the state log's end offsets, then loads every tenant's end from the store:
+    /// whatever the store applied before that load is in the loaded ends, and whatever it
+    /// applies after is published past the noted offsets. Returns where to start tailing.
+    async fn begin(
+        &self,
+        log: &dyn Log,
+        store: &dyn MasterStore,
         dataset: &Dataset,
         topic: &str,
-        shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<Offset>, ServiceError> {
         let mut from = Vec::with_capacity(dataset.partitions as usize);
         for partition in 0..dataset.partitions {
             from.push(
                 log.end_offset(topic, partition)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(ServiceError::from_error)?,
             );
         }
         let ends = store
             .tenant_ends(&dataset.name)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ServiceError::from_error)?;
         for (tenant, end) in ends {
             let generation = self.generation(&dataset.name, &tenant);
             self.record_end(&dataset.name, &tenant, end, generation);
         }
-        for (partition, from) in (0..dataset.partitions).zip(from) {
-            tokio::spawn(tail(
-                Arc::clone(self),
-                Arc::clone(log),
-                dataset.name.clone(),
-                topic.to_owned(),
-                partition,
-                from,
-                shutdown.clone(),
-            ));
+        Ok(from)
+    }
+
+    /// The `hub/sweep` service: [`sweep`](Hub::sweep)s every few seconds until `stop`.
+    pub async fn sweeper(&self, stop: CancellationToken) -> Result<(), ServiceError> {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(SWEEP_INTERVAL) => self.sweep(),
+            }
         }
-        info!(dataset = %dataset.name, partitions = dataset.partitions, "tailing the state log");
-        Ok(())
+    }
+}
+
+impl MetricsSource for Hub {
+    fn register_metrics(&self, registry: &mut Registry) {
+        for (name, help, value) in [
+            (
+                "states_seen",
+                "States read from the state logs for live wake-ups",
+                &self.stats.states_seen,
+            ),
+            (
+                "tombstones_purged",
+                "Tombstones purged from the master store past retention",
+                &self.stats.tombstones_purged,
+            ),
+        ] {
+            registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
+        }
+    }
+}
+
+/// The hub's tails of the state logs: the service `hub/{dataset}` per dataset, which reads
+/// every partition of the dataset's state log and tells the hub which tenants changed. A run
+/// that fails starts again where the last one stopped, so no wake-up is skipped.
+pub struct HubTails {
+    pub hub: Arc<Hub>,
+    pub log: Arc<dyn Log>,
+    pub store: Arc<dyn MasterStore>,
+    pub datasets: Arc<Datasets>,
+}
+
+impl PerDataset for HubTails {
+    fn start(self: Arc<Self>, supervisor: &Supervisor, dataset: &Dataset) {
+        let dataset = dataset.clone();
+        // Where each partition's tail is, kept across runs; `None` until the first run began.
+        let positions: Arc<Mutex<Option<Vec<Offset>>>> = Arc::default();
+        supervisor.spawn(format!("hub/{}", dataset.name), move |stop| {
+            let (tails, dataset, positions) = (self.clone(), dataset.clone(), positions.clone());
+            async move { tails.run(&dataset, &positions, stop).await }
+        });
+    }
+}
+
+impl HubTails {
+    async fn run(
+        &self,
+        dataset: &Dataset,
+        positions: &Mutex<Option<Vec<Offset>>>,
+        stop: CancellationToken,
+    ) -> Result<(), ServiceError> {
+        let topic = self.datasets.topics().state(&dataset.name);
+        let started = positions.lock().expect("tail positions lock").clone();
+        let from = match started {
+            Some(from) => from,
+            None => {
+                let from = self
+                    .hub
+                    .begin(self.log.as_ref(), self.store.as_ref(), dataset, &topic)
+                    .await?;
+                *positions.lock().expect("tail positions lock") = Some(from.clone());
+                info!(dataset = %dataset.name, partitions = dataset.partitions, "tailing the state log");
+                from
+            }
+        };
+        let tails = from.into_iter().enumerate().map(|(partition, from)| {
+            tail(
+                &self.hub,
+                self.log.as_ref(),
+                &dataset.name,
+                &topic,
+                partition as Partition,
+                from,
+                positions,
+                &stop,
+            )
+        });
+        futures::future::try_join_all(tails).await.map(drop)
     }
 }
 
@@ -357,43 +396,39 @@ impl CommitObserver for Hub {
     }
 }
 
-/// Reads one partition of a state log from `from` on, notifying the hub of every state.
+/// Reads one partition of a state log from `from` on, notifying the hub of every state and
+/// keeping its position in `positions`, until `stop` or a failed read.
+#[allow(clippy::too_many_arguments)]
 async fn tail(
-    hub: Arc<Hub>,
-    log: Arc<dyn Log>,
-    dataset: DatasetName,
-    topic: String,
+    hub: &Hub,
+    log: &dyn Log,
+    dataset: &DatasetName,
+    topic: &str,
     partition: Partition,
     mut from: Offset,
-    shutdown: CancellationToken,
-) {
+    positions: &Mutex<Option<Vec<Offset>>>,
+    stop: &CancellationToken,
+) -> Result<(), ServiceError> {
     loop {
-        let read = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            read = log.read(&topic, partition, from, TAIL_BATCH, TAIL_WAIT) => read,
+        let entries = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            read = log.read(topic, partition, from, TAIL_BATCH, TAIL_WAIT) => {
+                read.map_err(ServiceError::from_error)?
+            }
         };
-        match read {
-            Ok(entries) => {
-                if let Some(last) = entries.last() {
-                    from = last.offset + 1;
-                }
-                // Keys are `tenant:id`; a key that does not parse wakes nobody.
-                let tenants: Vec<TenantId> = entries
-                    .iter()
-                    .filter_map(|entry| {
-                        let key = std::str::from_utf8(&entry.key).ok()?;
-                        TenantId::new(key.split_once(':')?.0).ok()
-                    })
-                    .collect();
-                hub.notify(&dataset, &tenants);
-            }
-            Err(error) => {
-                warn!(%dataset, partition, %error, "reading the state log failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(RETRY) => {}
-                }
-            }
+        let Some(last) = entries.last() else { continue };
+        from = last.offset + 1;
+        // Keys are `tenant:id`; a key that does not parse wakes nobody.
+        let tenants: Vec<TenantId> = entries
+            .iter()
+            .filter_map(|entry| {
+                let key = std::str::from_utf8(&entry.key).ok()?;
+                TenantId::new(key.split_once(':')?.0).ok()
+            })
+            .collect();
+        hub.notify(dataset, &tenants);
+        if let Some(positions) = positions.lock().expect("tail positions lock").as_mut() {
+            positions[partition as usize] = from;
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Delivery to subscribers: each tenant's change feed (snapshot, then live), opaque cursors,
-//! subscriptions with single-tenant batches, live wake-ups shared by all readers of an
-//! instance, and tombstone retention in the master store.
+//! subscriptions with single-tenant batches, and live wake-ups shared by all readers of an
+//! instance.
 //!
 //! Everything a reader is shown comes from the master store, ordered by seq; the state log is
 //! read only to learn, once per instance, which tenants changed ([`Hub`]). A reader's progress
@@ -9,10 +9,9 @@
 
 pub mod cursor;
 mod hub;
-pub mod retention;
 pub mod subscriptions;
 mod tenant_feed;
 
 pub use cursor::{CursorError, CursorKey, FeedCursor, SubscriptionCursor};
-pub use hub::{Hub, HubStats};
+pub use hub::{Hub, HubStats, HubTails};
 pub use tenant_feed::{FeedError, Page, read_or_wait, read_page};

@@ -61,3 +61,9 @@ impl LogError {
         }
     }
 }
+
+impl tenantsync_core::Classify for LogError {
+    fn class(&self) -> tenantsync_core::ErrorClass {
+        tenantsync_core::ErrorClass::transient_if(self.is_transient())
+    }
+}

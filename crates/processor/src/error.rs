@@ -19,3 +19,9 @@ impl ProcessorError {
         }
     }
 }
+
+impl tenantsync_core::Classify for ProcessorError {
+    fn class(&self) -> tenantsync_core::ErrorClass {
+        tenantsync_core::ErrorClass::transient_if(self.is_transient())
+    }
+}

@@ -10,7 +10,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use tenantsync_dataset::{AppliedHub, CommitObserver, Datasets, changes, state};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
+use tenantsync_dataset::{AppliedHub, CommitObserver, Datasets, PerDataset, changes, state};
+use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
 
 use crate::ProcessorError;
 
@@ -57,6 +60,60 @@ pub struct ProcessorStats {
     pub lost: AtomicU64,
 }
 
+/// Starts the service `processor/{dataset}`: one member of the processors' consumer group on
+/// the dataset's changes log. A failed run starts over from the last committed position; every
+/// step is idempotent, so starting over is always safe.
+impl PerDataset for Processor {
+    fn start(self: Arc<Self>, supervisor: &Supervisor, dataset: &Dataset) {
+        let dataset = dataset.clone();
+        supervisor.spawn(format!("processor/{}", dataset.name), move |stop| {
+            let (processor, dataset) = (self.clone(), dataset.clone());
+            async move {
+                info!(dataset = %dataset.name, partitions = dataset.partitions, "processing dataset");
+                processor
+                    .consume(&dataset, &stop)
+                    .await
+                    .map_err(ServiceError::from_error)
+            }
+        });
+    }
+}
+
+impl MetricsSource for Processor {
+    fn register_metrics(&self, registry: &mut Registry) {
+        let stats = &self.stats;
+        for (name, help, value) in [
+            (
+                "processor_changes",
+                "Changes applied to the master store",
+                &stats.changes,
+            ),
+            (
+                "processor_batches",
+                "Store transactions of the processor",
+                &stats.batches,
+            ),
+            (
+                "processor_states_published",
+                "States handed to the state log",
+                &stats.states_published,
+            ),
+            (
+                "processor_undecodable",
+                "Changes-log entries skipped as undecodable",
+                &stats.undecodable,
+            ),
+            (
+                "processor_lost",
+                "Changes-log entries deleted by retention before they were applied",
+                &stats.lost,
+            ),
+        ] {
+            registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
+        }
+    }
+}
+
 /// Applies every dataset's changes to the master store and publishes the results.
 pub struct Processor {
     log: Arc<dyn Log>,
@@ -99,36 +156,6 @@ impl Processor {
     /// Where writers wait for the outcome of changes this instance applies.
     pub fn applied(&self) -> Arc<AppliedHub> {
         self.applied.clone()
-    }
-
-    /// Runs until `shutdown`: one task per declared dataset, started as datasets appear.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let datasets = self.datasets.clone();
-        datasets
-            .run_per_dataset(&shutdown, |dataset| {
-                info!(dataset = %dataset.name, partitions = dataset.partitions, "processing dataset");
-                self.clone().run_dataset(dataset, shutdown.clone())
-            })
-            .await;
-    }
-
-    /// Processes one dataset until shutdown, starting over (from the last committed position)
-    /// after any error. Every step is idempotent, so starting over is always safe.
-    async fn run_dataset(self: Arc<Self>, dataset: Dataset, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.consume(&dataset, &shutdown).await {
-                Ok(()) => return,
-                Err(error) => {
-                    warn!(%error, dataset = %dataset.name, retry_in = ?backoff, "processing failed; restarting from the last committed position");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
     }
 
     async fn consume(

@@ -51,3 +51,9 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         }
     }
 }
+
+impl tenantsync_core::Classify for StoreError {
+    fn class(&self) -> tenantsync_core::ErrorClass {
+        tenantsync_core::ErrorClass::transient_if(self.is_transient())
+    }
+}

@@ -10,8 +10,8 @@
 //! the error: a transient error is expected to heal by itself, a permanent one needs an
 //! operator, and is reported as such (log, `/readyz`, `/metrics`) until a run succeeds.
 //!
-//! The supervisor never decides what an error means: the service classifies it when it builds
-//! its [`ServiceError`], from the error's kind (see the store's `ErrorClass`).
+//! The supervisor never decides what an error means: each error type says it ([`Classify`]), in
+//! the crate that defines it, and the service passes that on in its [`ServiceError`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,15 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-/// Whether retrying later may succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Expected to heal by itself: a lost connection, a busy database, a broker failing over.
-    Transient,
-    /// Will fail the same way until someone changes something: a missing column, a constraint
-    /// violated, no permission, a full disk, corrupt data.
-    Permanent,
-}
+pub use tenantsync_core::{Classify, ErrorClass};
 
 /// Why a run of a service ended early. Its message is shown in logs and in `/readyz`, so it must
 /// never contain a secret.
@@ -62,6 +54,11 @@ impl ServiceError {
 
     pub fn permanent(error: impl fmt::Display) -> Self {
         Self::new(ErrorClass::Permanent, error)
+    }
+
+    /// A failed run, classified the way the error itself says.
+    pub fn from_error(error: impl Classify + fmt::Display) -> Self {
+        Self::new(error.class(), error)
     }
 
     pub fn class(&self) -> ErrorClass {
@@ -139,6 +136,13 @@ impl ServiceStatus {
     pub fn is_failing(&self) -> bool {
         self.last_error.is_some() && matches!(self.state, State::Running | State::Backoff)
     }
+}
+
+/// A component whose figures appear in `/metrics`. `/metrics` builds a new registry for every
+/// scrape and asks each source to register its current values there, so sources keep plain
+/// counters and never depend on the HTTP layer.
+pub trait MetricsSource: Send + Sync {
+    fn register_metrics(&self, registry: &mut Registry);
 }
 
 /// Shutdown did not finish in time; these services were still running.
@@ -364,9 +368,24 @@ impl Supervisor {
             .collect()
     }
 
-    /// Registers `service_restarts` and `service_failing`, per service, with a scrape's
-    /// registry (built anew for each scrape, so the values are the current ones).
-    pub fn register_metrics(&self, registry: &mut Registry) {
+    fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
+        if let Some(entry) = self.lock().get_mut(name) {
+            f(entry);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        // A panic while holding this lock leaves only plain status fields behind: keep going.
+        self.inner
+            .services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl MetricsSource for Supervisor {
+    /// `service_restarts` and `service_failing`, per service.
+    fn register_metrics(&self, registry: &mut Registry) {
         type Labels = Vec<(&'static str, String)>;
         let restarts = Family::<Labels, Counter>::default();
         let failing = Family::<Labels, Gauge>::default();
@@ -386,20 +405,6 @@ impl Supervisor {
             "1 while a background service is failing (/readyz says why)",
             failing,
         );
-    }
-
-    fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
-        if let Some(entry) = self.lock().get_mut(name) {
-            f(entry);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
-        // A panic while holding this lock leaves only plain status fields behind: keep going.
-        self.inner
-            .services
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

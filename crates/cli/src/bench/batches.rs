@@ -35,7 +35,10 @@ use tenantsync_log::{
 };
 use tenantsync_log_embedded::{EmbeddedLog, EmbeddedOptions};
 use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_supervisor::{RestartPolicy, Supervisor};
 use tokio_util::sync::CancellationToken;
+
+use super::SHUTDOWN;
 
 #[derive(Debug, Args)]
 pub struct BatchesArgs {
@@ -265,11 +268,7 @@ impl Bench {
     fn stage(
         &self,
         slow: Option<(Duration, tokio::sync::watch::Receiver<bool>)>,
-    ) -> (
-        Arc<BatcherStage>,
-        CancellationToken,
-        tokio::task::JoinHandle<()>,
-    ) {
+    ) -> (Arc<BatcherStage>, Supervisor) {
         let log: Arc<dyn Log> = match slow {
             None => self.log.clone(),
             Some((delay, gate)) => Arc::new(SlowBatches {
@@ -284,9 +283,9 @@ impl Bench {
             self.datasets.clone(),
             self.config.clone(),
         ));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(stage.clone().run(shutdown.clone()));
-        (stage, shutdown, task)
+        let supervisor = Supervisor::new(RestartPolicy::default());
+        tenantsync_dataset::supervise(&supervisor, self.datasets.clone(), vec![stage.clone()]);
+        (stage, supervisor)
     }
 
     /// `n` state-log messages of Zipf-drawn tenants, stamped now.
@@ -312,7 +311,7 @@ impl Bench {
 
     async fn live(&self) -> anyhow::Result<()> {
         let dataset = self.declare("live").await?;
-        let (_stage, shutdown, task) = self.stage(None);
+        let (_stage, supervisor) = self.stage(None);
         let state_topic = self.datasets.topics().state(&dataset.name);
         let batches_topic = self.datasets.topics().batches(&dataset.name);
 
@@ -390,8 +389,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         stop.cancel();
-        shutdown.cancel();
-        task.await?;
+        supervisor.shutdown(SHUTDOWN).await?;
         let mut small = Histogram::<u64>::new(3)?;
         let mut large = Histogram::<u64>::new(3)?;
         let mut appended = Histogram::<u64>::new(3)?;
@@ -465,7 +463,7 @@ impl Bench {
         let (gate, closed) = tokio::sync::watch::channel(!self.args.read_first);
         let slow = (self.args.emit_delay_ms > 0 || self.args.read_first)
             .then(|| (Duration::from_millis(self.args.emit_delay_ms), closed));
-        let (stage, shutdown, task) = self.stage(slow);
+        let (stage, supervisor) = self.stage(slow);
         if self.args.read_first {
             while stage.stats().read.load(Ordering::Relaxed) < appended {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -481,8 +479,7 @@ impl Bench {
         }
         let elapsed = started.elapsed();
         let cpu = cpu_time() - cpu_before;
-        shutdown.cancel();
-        task.await?;
+        supervisor.shutdown(SHUTDOWN).await?;
         println!(
             "backlog: drained in {:.2} s ({:.0} records/s, appends to the batches log delayed {} ms); batcher CPU {:.2} s = {:.2} us per record",
             elapsed.as_secs_f64(),
