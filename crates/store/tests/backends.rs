@@ -10,7 +10,7 @@ use serde_json::json;
 use tenantsync_core::Change;
 use tenantsync_store::postgres::PostgresStore;
 use tenantsync_store::sqlite::SqliteStore;
-use tenantsync_store::{Dataset, LoggedChange, MasterStore, StoreError};
+use tenantsync_store::{Dataset, LoggedChange, MasterStore, RecordStore, StoreError};
 
 use common::*;
 
