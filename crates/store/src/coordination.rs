@@ -93,9 +93,9 @@ pub trait CoordinationStore: Send + Sync + 'static {
     /// changes nothing and returns false. Of several callers racing with the same `expected`,
     /// exactly one gets true.
     ///
-    /// `offset < expected` is a caller bug: [`StoreError::InvalidArgument`] (not transient), and
+    /// `offset < expected` is a caller bug: [`StoreError::InvalidArgument`] (permanent), and
     /// nothing changes. Batch ids are unique within a dataset: handing out an id that is still
-    /// outstanding fails with the database's unique-key error and changes nothing.
+    /// outstanding fails with the database's unique-key error (permanent) and changes nothing.
     async fn claim_batch(
         &self,
         dataset: &DatasetName,

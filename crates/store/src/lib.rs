@@ -11,7 +11,8 @@
 //!
 //! Two backends, chosen by URL scheme in [`open`]: `sqlite://FILE` (the default, embedded) and
 //! `postgres://...`, each a folder with one module per concern. Both pass the same conformance
-//! suite (`tests/conformance/`). Schemas live in `migrations/` as `.sql` files.
+//! suite (`tests/conformance/`). Schemas live in `migrations/` as `.sql` files. Whether an
+//! error is worth retrying is decided in one place, [`StoreError::class`].
 
 mod access;
 mod apply;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 pub use access::{AccessStore, AuditEntry, StoredToken};
 pub use coordination::{BatchLease, BatcherClaim, CoordinationStore};
 pub use erasure::{Erasure, ErasureStore};
-pub use error::StoreError;
+pub use error::{ErrorClass, StoreError};
 pub use feed::{FeedPosition, FeedRecord, FeedStore, TenantFeed};
 pub use records::{Applied, Dataset, LoggedChange, RecordStore, StoredOutcome};
 pub use subscriptions::{Progress, Subscription, SubscriptionStore, TenantSelection};
@@ -70,6 +71,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn MasterStore>, StoreError> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
     } else {
-        Err(StoreError::InvalidUrl(url.to_owned()))
+        Err(StoreError::InvalidUrl(error::redact(url)))
     }
 }
