@@ -2,10 +2,10 @@
 //! change ever applied.
 //!
 //! The store is split by concern, one trait each with its own contract: [`RecordStore`]
-//! (datasets, applying changes, reading records and outcomes), [`FeedStore`] (a tenant's
-//! records by seq, tombstone purges), [`SubscriptionStore`], [`AccessStore`] (tokens, the audit
-//! log, shared secrets), [`ErasureStore`] and [`CoordinationStore`] (the batcher's claim, the
-//! HTTP batch queue).
+//! (datasets, applying changes, reading records and outcomes), [`RejectedStore`] (changes-log
+//! entries that could not be decoded), [`FeedStore`] (a tenant's records by seq, tombstone
+//! purges), [`SubscriptionStore`], [`AccessStore`] (tokens, the audit log, shared secrets),
+//! [`ErasureStore`] and [`CoordinationStore`] (the batcher's claim, the HTTP batch queue).
 //! [`MasterStore`] is all of them at once; a component that needs one concern takes that trait
 //! (an `Arc<dyn MasterStore>` converts to an `Arc<dyn FeedStore>` and the like).
 //!
@@ -23,6 +23,7 @@ mod feed;
 mod migrations;
 pub mod postgres;
 mod records;
+mod rejected;
 mod rows;
 pub mod sqlite;
 mod subscriptions;
@@ -35,6 +36,7 @@ pub use erasure::{Erasure, ErasureStore};
 pub use error::{ErrorClass, StoreError};
 pub use feed::{FeedPosition, FeedRecord, FeedStore, TenantFeed};
 pub use records::{Applied, Dataset, LoggedChange, RecordStore, StoredOutcome};
+pub use rejected::{RejectedEntry, RejectedPage, RejectedStore};
 pub use subscriptions::{Progress, Subscription, SubscriptionStore, TenantSelection};
 
 /// A log offset, as in `tenantsync-log` (this crate does not depend on the log).
@@ -48,13 +50,20 @@ pub type Offset = u64;
 /// holding an `Arc<dyn MasterStore>` hands each part of itself only the concern it uses
 /// (`let feed: Arc<dyn FeedStore> = store;`).
 pub trait MasterStore:
-    RecordStore + FeedStore + SubscriptionStore + AccessStore + ErasureStore + CoordinationStore
+    RecordStore
+    + RejectedStore
+    + FeedStore
+    + SubscriptionStore
+    + AccessStore
+    + ErasureStore
+    + CoordinationStore
 {
 }
 
 impl<T> MasterStore for T where
     T: ?Sized
         + RecordStore
+        + RejectedStore
         + FeedStore
         + SubscriptionStore
         + AccessStore

@@ -15,6 +15,7 @@ mod coordination;
 mod erasure;
 mod feed;
 mod records;
+mod rejected;
 mod subscriptions;
 
 use std::time::Duration;

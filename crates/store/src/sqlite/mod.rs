@@ -16,6 +16,7 @@ mod coordination;
 mod erasure;
 mod feed;
 mod records;
+mod rejected;
 mod subscriptions;
 
 use std::panic::AssertUnwindSafe;

@@ -1,7 +1,7 @@
 //! The master store's conformance suite, written once and run against every backend.
 //!
 //! One module per concern of the store (records, feed, subscriptions, access, erasure,
-//! coordination; `model` holds the randomised and model-based cases of
+//! coordination, rejected entries; `model` holds the randomised and model-based cases of
 //! records). Each case is a plain async fn over `&dyn MasterStore` (or `Arc<dyn MasterStore>`
 //! when it shares the store between concurrent tasks); the `conformance!` macro instantiates
 //! every case for every backend, each on a fresh store (its own temp dir or PostgreSQL schema),
@@ -18,6 +18,7 @@ mod erasure;
 mod feed;
 mod model;
 mod records;
+mod rejected;
 mod subscriptions;
 
 use tenantsync_core::{Change, Record};
@@ -139,6 +140,11 @@ conformance! {
             shared batcher_claim_racers_one_wins,
             shared batch_claim_racers_one_wins,
             shared batch_retake_racers_take_each_lease_once,
+        ],
+        rejected: [
+            store rejected_entries_are_recorded_once_and_paged_in_order,
+            store rejected_entries_are_bounded_per_dataset,
+            shared rejected_recorders_racing_keep_ids_in_order,
         ],
     }
 }
