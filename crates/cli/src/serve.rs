@@ -13,7 +13,7 @@ use tenantsync_core::Topics;
 use tenantsync_dataset::Datasets;
 use tenantsync_feed::{CursorKey, Hub, retention};
 use tenantsync_processor::{Processor, ProcessorConfig};
-use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_store::{AccessStore, Dataset};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -66,7 +66,7 @@ impl Running {
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 
 /// How requests will be authenticated, and what the operator should know about it.
-async fn auth(settings: &Settings, store: &dyn MasterStore) -> anyhow::Result<Auth> {
+async fn auth(settings: &Settings, store: &dyn AccessStore) -> anyhow::Result<Auth> {
     if settings.insecure_no_auth {
         warn!("--insecure-no-auth: every request has full admin rights without a token");
         eprintln!(

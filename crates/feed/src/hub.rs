@@ -20,7 +20,7 @@ use std::time::Duration;
 use tenantsync_core::{DatasetName, Record, TenantId};
 use tenantsync_dataset::{CommitObserver, Datasets};
 use tenantsync_log::{Log, Partition};
-use tenantsync_store::{Dataset, MasterStore, Offset};
+use tenantsync_store::{Dataset, FeedStore, Offset};
 
 use crate::tenant_feed::TailCache;
 use tokio::sync::watch;
@@ -275,7 +275,7 @@ impl Hub {
     pub async fn run(
         self: Arc<Self>,
         log: Arc<dyn Log>,
-        store: Arc<dyn MasterStore>,
+        store: Arc<dyn FeedStore>,
         datasets: Arc<Datasets>,
         shutdown: CancellationToken,
     ) {
@@ -312,7 +312,7 @@ impl Hub {
     async fn start(
         self: &Arc<Self>,
         log: &Arc<dyn Log>,
-        store: &Arc<dyn MasterStore>,
+        store: &Arc<dyn FeedStore>,
         dataset: &Dataset,
         topic: &str,
         shutdown: &CancellationToken,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tenantsync_dataset::Datasets;
-use tenantsync_store::MasterStore;
+use tenantsync_store::FeedStore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -22,7 +22,7 @@ const PURGE_BATCH: usize = 10_000;
 /// one's hub: its shared tails still hold the purged tombstones, so what they serve stays
 /// complete; positions they do not cover are read from the store, which answers gone.)
 pub async fn run(
-    store: Arc<dyn MasterStore>,
+    store: Arc<dyn FeedStore>,
     hub: Arc<Hub>,
     datasets: Arc<Datasets>,
     retention: Duration,
