@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tenantsync_core::{DatasetName, Topics};
 use tenantsync_log::{Cleanup, Log, TopicSpec};
-use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_store::{Dataset, RecordStore};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -30,7 +30,7 @@ pub enum Declared {
 
 pub struct Datasets {
     log: Arc<dyn Log>,
-    store: Arc<dyn MasterStore>,
+    store: Arc<dyn RecordStore>,
     topics: Topics,
     tombstone_retention: Duration,
     cache: RwLock<HashMap<DatasetName, u32>>,
@@ -41,7 +41,7 @@ pub struct Datasets {
 impl Datasets {
     pub fn new(
         log: Arc<dyn Log>,
-        store: Arc<dyn MasterStore>,
+        store: Arc<dyn RecordStore>,
         topics: Topics,
         tombstone_retention: Duration,
     ) -> Self {
