@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tenantsync_auth::{Minted, Scope};
 use tenantsync_core::{InvalidInput, TokenName};
-use tenantsync_store::{AuditEntry, MasterStore, StoreError, StoredToken};
+use tenantsync_store::{AccessStore, AuditEntry, StoreError, StoredToken};
 
 use crate::auth::Caller;
 use crate::extract;
@@ -22,7 +22,7 @@ use crate::{ApiError, AppState};
 
 /// Appends an admin action to the audit log.
 pub async fn audit(
-    store: &dyn MasterStore,
+    store: &dyn AccessStore,
     actor: &str,
     action: &str,
     target: &str,
@@ -54,7 +54,7 @@ pub enum CreateTokenError {
 /// made, for the admin API and `tenantsync token create` alike. The secret is in the returned
 /// [`Minted`] and nowhere else.
 pub async fn create_token(
-    store: &dyn MasterStore,
+    store: &dyn AccessStore,
     actor: &str,
     name: Option<TokenName>,
     scopes: &[Scope],
@@ -88,7 +88,7 @@ pub async fn create_token(
 
 /// Revokes a token and audits it. Returns whether it existed.
 pub async fn revoke_token(
-    store: &dyn MasterStore,
+    store: &dyn AccessStore,
     actor: &str,
     name: &TokenName,
 ) -> Result<bool, StoreError> {

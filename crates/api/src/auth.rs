@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tenantsync_auth::{Access, Grant, JwtVerifier, Scope, hash_presented, looks_like_jwt};
 use tenantsync_core::{DatasetName, TenantId};
-use tenantsync_store::{MasterStore, Subscription, TenantSelection};
+use tenantsync_store::{AccessStore, Subscription, TenantSelection};
 use tracing::warn;
 
 use crate::{ApiError, AppState};
@@ -78,7 +78,7 @@ impl Auth {
         }
     }
 
-    async fn caller(&self, store: &dyn MasterStore, parts: &Parts) -> Result<Caller, ApiError> {
+    async fn caller(&self, store: &dyn AccessStore, parts: &Parts) -> Result<Caller, ApiError> {
         let (jwt, tokens) = match self {
             Auth::Insecure => {
                 return Ok(Caller(Arc::new(Grant {

@@ -9,7 +9,7 @@
 //!
 //! - **One live lease.** A batch is leased to one worker at a time: a new lease is granted by a
 //!   compare-and-set of the partition's position, and an expired lease is retaken by exactly
-//!   one caller ([`MasterStore::claim_batch`], [`MasterStore::retake_expired_batch`]).
+//!   one caller ([`CoordinationStore::claim_batch`], [`CoordinationStore::retake_expired_batch`]).
 //! - **At least once.** A batch is handed out until it is acknowledged: an expired,
 //!   unacknowledged lease makes it available again (before any new batch), with the same id and
 //!   contents.
@@ -24,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tenantsync_core::Topics;
 use tenantsync_log::{Log, Partition};
-use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_store::{CoordinationStore, Dataset};
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -45,7 +45,7 @@ pub struct Leased {
 /// The queue of every dataset's batches; see the module docs.
 pub struct BatchQueue {
     log: Arc<dyn Log>,
-    store: Arc<dyn MasterStore>,
+    store: Arc<dyn CoordinationStore>,
     topics: Topics,
     /// The batches-log partition to look at first for the next new batch.
     turn: AtomicUsize,
@@ -57,7 +57,7 @@ impl BatchQueue {
     /// [`BatcherStage::emitted`](crate::stage::BatcherStage::emitted)).
     pub fn new(
         log: Arc<dyn Log>,
-        store: Arc<dyn MasterStore>,
+        store: Arc<dyn CoordinationStore>,
         topics: Topics,
         emitted: watch::Receiver<u64>,
     ) -> Self {

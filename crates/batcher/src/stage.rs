@@ -4,7 +4,7 @@
 //!
 //! # Crash safety
 //!
-//! The checkpoint (stored with [`MasterStore::renew_batcher`]) holds, per state-log partition,
+//! The checkpoint (stored with [`CoordinationStore::renew_batcher`]) holds, per state-log partition,
 //! the [`Batcher::safe_offset`] read after the last durable append, and per batches-log
 //! partition the offset from which recovery must read: that of the oldest appended batch that
 //! may cover a state offset at or above the checkpointed ones. After a crash the next claimant
@@ -16,7 +16,7 @@
 //! # One batcher per dataset
 //!
 //! A task batches a dataset only while it holds the dataset's claim in the store
-//! ([`MasterStore::claim_batcher`]), renewed with every checkpoint; a renewal that finds the
+//! ([`CoordinationStore::claim_batcher`]), renewed with every checkpoint; a renewal that finds the
 //! claim taken over stops the task. An instance that stalls longer than the claim's lease and
 //! then appends before its next renewal can still emit batches the new claimant emits again
 //! with other bounds: the records carry their versions, so applying them by version stays
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tenantsync_core::{DatasetName, TenantId};
 use tenantsync_dataset::{Datasets, PerDataset};
 use tenantsync_log::{Log, LogError, Offset, Partition};
-use tenantsync_store::{BatcherClaim, Dataset, MasterStore, StoreError};
+use tenantsync_store::{BatcherClaim, CoordinationStore, Dataset, StoreError};
 use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -116,7 +116,7 @@ struct Checkpoint {
 /// Turns every dataset's state log into batches; see the module docs.
 pub struct BatcherStage {
     log: Arc<dyn Log>,
-    store: Arc<dyn MasterStore>,
+    store: Arc<dyn CoordinationStore>,
     datasets: Arc<Datasets>,
     config: StageConfig,
     stats: StageStats,
@@ -168,7 +168,7 @@ impl PerDataset for BatcherStage {
 impl BatcherStage {
     pub fn new(
         log: Arc<dyn Log>,
-        store: Arc<dyn MasterStore>,
+        store: Arc<dyn CoordinationStore>,
         datasets: Arc<Datasets>,
         config: StageConfig,
     ) -> Self {

@@ -14,7 +14,7 @@ use tenantsync_dataset::Datasets;
 use tenantsync_feed::{CursorKey, Hub, HubTails};
 use tenantsync_processor::{Processor, ProcessorConfig};
 use tenantsync_retention::{Erasures, tombstones};
-use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_store::{AccessStore, Dataset};
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -65,7 +65,7 @@ impl Running {
 const QUOTA_SWEEP: Duration = Duration::from_secs(5);
 
 /// How requests will be authenticated, and what the operator should know about it.
-async fn auth(settings: &Settings, store: &dyn MasterStore) -> anyhow::Result<Auth> {
+async fn auth(settings: &Settings, store: &dyn AccessStore) -> anyhow::Result<Auth> {
     if settings.insecure_no_auth {
         warn!("--insecure-no-auth: every request has full admin rights without a token");
         eprintln!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tenantsync_core::{Change, DatasetName, Topics};
 use tenantsync_log::{Cleanup, Log, LogError, TopicSpec};
-use tenantsync_store::{Dataset, MasterStore};
+use tenantsync_store::{Dataset, RecordStore};
 use tenantsync_supervisor::{ServiceError, Supervisor};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,7 @@ pub enum Declared {
 
 pub struct Datasets {
     log: Arc<dyn Log>,
-    store: Arc<dyn MasterStore>,
+    store: Arc<dyn RecordStore>,
     topics: Topics,
     tombstone_retention: Duration,
     cache: RwLock<HashMap<DatasetName, u32>>,
@@ -67,7 +67,7 @@ pub struct Datasets {
 impl Datasets {
     pub fn new(
         log: Arc<dyn Log>,
-        store: Arc<dyn MasterStore>,
+        store: Arc<dyn RecordStore>,
         topics: Topics,
         tombstone_retention: Duration,
     ) -> Self {

@@ -30,7 +30,7 @@ const MAX_LEN: usize = 1024;
 const TAG_LEN: usize = 16;
 
 /// The key that signs and checks cursors. Every instance sharing a store must use the same one:
-/// the binary keeps it in the store (`MasterStore::secret`) under [`CursorKey::SECRET_NAME`].
+/// the binary keeps it in the store (`AccessStore::secret`) under [`CursorKey::SECRET_NAME`].
 #[derive(Clone)]
 pub struct CursorKey(Hmac<Sha256>);
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tenantsync_core::{DatasetName, Record, TenantId};
 use tenantsync_dataset::{CommitObserver, Datasets, PerDataset};
 use tenantsync_log::{Log, Partition};
-use tenantsync_store::{Dataset, MasterStore, Offset};
+use tenantsync_store::{Dataset, FeedStore, Offset};
 
 use crate::tenant_feed::TailCache;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -276,7 +276,7 @@ impl Hub {
     async fn begin(
         &self,
         log: &dyn Log,
-        store: &dyn MasterStore,
+        store: &dyn FeedStore,
         dataset: &Dataset,
         topic: &str,
     ) -> Result<Vec<Offset>, ServiceError> {
@@ -335,7 +335,7 @@ impl MetricsSource for Hub {
 pub struct HubTails {
     pub hub: Arc<Hub>,
     pub log: Arc<dyn Log>,
-    pub store: Arc<dyn MasterStore>,
+    pub store: Arc<dyn FeedStore>,
     pub datasets: Arc<Datasets>,
 }
 

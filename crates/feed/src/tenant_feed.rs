@@ -2,7 +2,7 @@
 //! with no gap between them.
 //!
 //! The feed is the master store's records of the tenant ordered by seq (see
-//! [`MasterStore::tenant_feed`]). A reader without a position starts a snapshot at seq 0 with
+//! [`FeedStore::tenant_feed`]). A reader without a position starts a snapshot at seq 0 with
 //! `live_from` set to the tenant's end at that moment: records are delivered in seq order, and
 //! tombstones below `live_from` are skipped (the reader never held those records). A record
 //! written during the snapshot moves to a seq at or above `live_from`, so it is delivered (again)
@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tenantsync_core::{DatasetName, TenantId};
-use tenantsync_store::{FeedPosition, FeedRecord, MasterStore, Offset, StoreError};
+use tenantsync_store::{FeedPosition, FeedRecord, FeedStore, Offset, StoreError};
 use tokio::time::Instant;
 
 use crate::Hub;
@@ -80,7 +80,7 @@ impl TailCache {
 
     async fn refresh(
         &mut self,
-        store: &dyn MasterStore,
+        store: &dyn FeedStore,
         hub: &Hub,
         dataset: &DatasetName,
         tenant: &TenantId,
@@ -159,7 +159,7 @@ impl Page {
 /// Reads the page at `position` (`None`: start a snapshot). A live reader is served from the
 /// tenant's shared tail when it covers the position; other reads go to the store.
 pub async fn read_page(
-    store: &dyn MasterStore,
+    store: &dyn FeedStore,
     hub: &Hub,
     dataset: &DatasetName,
     tenant: &TenantId,
@@ -215,7 +215,7 @@ pub async fn read_page(
 /// for the tenant to change and reads again, answering as soon as there is something to
 /// deliver.
 pub async fn read_or_wait(
-    store: &dyn MasterStore,
+    store: &dyn FeedStore,
     hub: &Hub,
     dataset: &DatasetName,
     tenant: &TenantId,

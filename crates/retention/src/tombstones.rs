@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tenantsync_dataset::Datasets;
 use tenantsync_feed::Hub;
-use tenantsync_store::MasterStore;
+use tenantsync_store::FeedStore;
 use tenantsync_supervisor::ServiceError;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -28,7 +28,7 @@ pub fn interval(retention: Duration) -> Duration {
 /// serve stays complete; positions they do not cover are read from the store, which answers
 /// gone.)
 pub async fn run(
-    store: Arc<dyn MasterStore>,
+    store: Arc<dyn FeedStore>,
     hub: Arc<Hub>,
     datasets: Arc<Datasets>,
     retention: Duration,

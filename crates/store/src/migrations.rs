@@ -36,6 +36,7 @@ migrations! {
     3 => "0003_tokens",
     4 => "0004_audit_secrets_erasures",
     5 => "0005_batches",
+    6 => "0006_rejected_entries",
 }
 
 /// The newest version a list knows, to refuse a database migrated by a newer build.

@@ -11,8 +11,8 @@ use tenantsync_core::{
 };
 
 use crate::{
-    AuditEntry, BatchLease, BatcherClaim, Erasure, FeedPosition, Progress, StoreError,
-    StoredOutcome, StoredToken, Subscription, TenantSelection,
+    AuditEntry, BatchLease, BatcherClaim, Erasure, FeedPosition, Progress, RejectedEntry,
+    StoreError, StoredOutcome, StoredToken, Subscription, TenantSelection,
 };
 
 const APPLIED: &str = "applied";
@@ -340,6 +340,28 @@ pub(crate) fn batch_claim_to_row(
         to_i64("expected queue position", expected)?,
         to_i64("batch offset", offset)?,
         to_i64("next queue position", offset.saturating_add(1))?,
+    ))
+}
+
+/// A row of `rejected_entries` (id, partition, offset, reason, at) read back.
+pub(crate) fn rejected_from_row(
+    id: i64,
+    partition: i64,
+    offset: i64,
+    reason: String,
+    at: i64,
+) -> Result<(u64, RejectedEntry), StoreError> {
+    Ok((
+        to_u64("rejected entry id", id)?,
+        RejectedEntry {
+            partition: u32::try_from(partition).map_err(|_| StoreError::Corrupt {
+                what: "rejected entry partition",
+                detail: format!("partition {partition} is not a u32"),
+            })?,
+            offset: to_u64("rejected entry offset", offset)?,
+            reason,
+            at: from_micros("rejected entry at", at)?,
+        },
     ))
 }
 

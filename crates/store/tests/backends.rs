@@ -10,7 +10,7 @@ use serde_json::json;
 use tenantsync_core::Change;
 use tenantsync_store::postgres::PostgresStore;
 use tenantsync_store::sqlite::SqliteStore;
-use tenantsync_store::{Dataset, LoggedChange, MasterStore, StoreError};
+use tenantsync_store::{Dataset, LoggedChange, MasterStore, RecordStore, StoreError};
 
 use common::*;
 
@@ -63,8 +63,8 @@ async fn sqlite_state_survives_reopen() {
         })
         .unwrap();
     // Every migration once: 0001_initial, 0002_feed_and_subscriptions, 0003_tokens,
-    // 0004_audit_secrets_erasures and 0005_batches.
-    assert_eq!(migrations, 5);
+    // 0004_audit_secrets_erasures, 0005_batches and 0006_rejected_entries.
+    assert_eq!(migrations, 6);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -142,7 +142,7 @@ async fn postgres_concurrent_connects_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 5, "each migration applied exactly once");
+    assert_eq!(n, 6, "each migration applied exactly once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
