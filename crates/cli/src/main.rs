@@ -1,13 +1,11 @@
 //! The `tenantsync` binary. Parses the command line, then hands over: configuration lives in
-//! `config`, wiring and running in `serve`, load generation in `bench`, API tokens in `token`.
+//! the library's `config`, wiring and running in its `serve`, API tokens in `token`. Load
+//! generation is the separate `tenantsync-bench` binary, so that none of it ships here.
 
-mod backends;
-mod bench;
-mod config;
-mod serve;
 mod token;
 
 use clap::{Parser, Subcommand};
+use tenantsync::{config, serve};
 
 /// Keeps many independent consumers in sync with multi-tenant data.
 #[derive(Debug, Parser)]
@@ -22,9 +20,6 @@ enum Command {
     /// Run the HTTP API, the processor and the batcher (embedded log and SQLite store unless told
     /// otherwise).
     Serve(Box<config::ServeArgs>),
-    /// Measure throughput and latency; prints figures, changes nothing outside a temp dir.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
     /// Create, list and revoke API tokens (kept in the master store; works while serve runs).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -49,7 +44,6 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(config::Settings::load(*args)?).await,
-            Command::Bench(command) => bench::run(command).await,
             Command::Token(command) => token::run(command).await,
         }
     });
