@@ -1,13 +1,11 @@
 //! The `tenantsync` binary. Parses the command line, then hands over: configuration lives in
-//! `config`, wiring and running in `serve`, load generation in `bench`, API tokens in `token`.
+//! the library's `config`, wiring and running in its `serve`, API tokens in `token`. Load
+//! generation is the separate `tenantsync-bench` binary, so that none of it ships here.
 
-mod backends;
-mod bench;
-mod config;
-mod serve;
 mod token;
 
 use clap::{Parser, Subcommand};
+use tenantsync::{config, serve};
 
 /// Keeps many independent consumers in sync with multi-tenant data.
 #[derive(Debug, Parser)]
@@ -22,42 +20,17 @@ enum Command {
     /// Run the HTTP API, the processor and the batcher (embedded log and SQLite store unless told
     /// otherwise).
     Serve(Box<config::ServeArgs>),
-    /// Measure throughput and latency; prints figures, changes nothing outside a temp dir.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
     /// Create, list and revoke API tokens (kept in the master store; works while serve runs).
     #[command(subcommand)]
     Token(token::TokenCommand),
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    tenantsync::run_main(async {
         match cli.command {
             Command::Serve(args) => serve::run(config::Settings::load(*args)?).await,
-            Command::Bench(command) => bench::run(command).await,
             Command::Token(command) => token::run(command).await,
         }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    })
 }

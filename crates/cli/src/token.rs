@@ -10,8 +10,8 @@ use tenantsync_auth::Scope;
 use tenantsync_core::TokenName;
 use tenantsync_store::MasterStore;
 
-use crate::backends::open_store;
-use crate::config::{ServeArgs, Settings};
+use tenantsync::backends::open_store;
+use tenantsync::config::{ServeArgs, Settings};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {

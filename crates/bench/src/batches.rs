@@ -1,4 +1,4 @@
-//! `tenantsync bench batches`: the batcher stage alone, in process, on the embedded log, with
+//! `tenantsync-bench batches`: the batcher stage alone, in process, on the embedded log, with
 //! tenants of Zipf-distributed volume (the largest writing `--top-share` of all records).
 //!
 //! 1. **Live.** A producer appends records to a dataset's state log at `--rate` records/s

@@ -1,13 +1,16 @@
-//! `tenantsync bench subscribers`: delivery latency from a write to many concurrent change-feed
+//! `tenantsync-bench subscribers`: delivery latency from a write to many concurrent change-feed
 //! subscribers (long-poll or SSE), and the server's memory per idle subscriber connection.
 //!
 //! The server runs as a child process (`tenantsync serve` on a temp dir), so its resident
-//! memory can be read from `/proc` apart from the clients'. Subscribers follow tenants round
+//! memory can be read from `/proc` apart from the clients'. The `tenantsync` binary is the one
+//! next to this binary (the same target dir), unless `--tenantsync` or `TENANTSYNC_BIN` names
+//! another; it is never built from here, so an old one there is measured as it is. Subscribers follow tenants round
 //! robin; the writer sends PUTs open loop at a fixed rate, each carrying its send time, and
 //! every subscriber of the tenant records send -> delivery. Clients and server share the
 //! machine's cores, so the figures include the clients' own scheduling.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +23,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::DATASET;
+use crate::DATASET;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -61,6 +64,33 @@ pub struct SubscribersArgs {
     /// acknowledged it and went away.
     #[arg(long, default_value_t = 0)]
     abandoned_subscriptions: usize,
+    /// The `tenantsync` binary to run as the server [default: the one next to this binary; build
+    /// it with `cargo build -p tenantsync`, adding --release for a release bench].
+    #[arg(long, env = "TENANTSYNC_BIN", value_name = "PATH")]
+    tenantsync: Option<PathBuf>,
+}
+
+/// The `tenantsync` binary the server runs from: `explicit` if given, else the one in this
+/// executable's directory, where cargo puts every binary of the workspace.
+fn tenantsync_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        anyhow::ensure!(
+            path.is_file(),
+            "the tenantsync binary given by --tenantsync or TENANTSYNC_BIN, {}, is not a file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let this = std::env::current_exe().context("cannot find this executable's path")?;
+    let dir = this.parent().unwrap_or(Path::new("."));
+    let path = dir.join(format!("tenantsync{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        path.is_file(),
+        "no tenantsync binary next to this one ({}): build it with `cargo build -p tenantsync` \
+         (with --release for a release bench), or pass --tenantsync PATH or set TENANTSYNC_BIN",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// The server under test, killed on drop.
@@ -68,6 +98,7 @@ struct ServerProcess {
     child: Child,
     base: String,
     dir: tempfile::TempDir,
+    binary: PathBuf,
 }
 
 impl Drop for ServerProcess {
@@ -78,9 +109,9 @@ impl Drop for ServerProcess {
 }
 
 impl ServerProcess {
-    fn start() -> anyhow::Result<Self> {
+    fn start(binary: PathBuf) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("cannot create a temp dir")?;
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(&binary)
             // A short stall timeout, so that stalled clients are cut off within a run.
             .args([
                 "serve",
@@ -89,7 +120,7 @@ impl ServerProcess {
                 "--sse-stall-timeout-secs",
                 "5",
                 "--tenant-write-rate",
-                &super::BENCH_TENANT_WRITE_RATE.to_string(),
+                &crate::BENCH_TENANT_WRITE_RATE.to_string(),
                 "--data-dir",
             ])
             .arg(dir.path())
@@ -97,7 +128,7 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("cannot start tenantsync serve")?;
+            .with_context(|| format!("cannot start {} serve", binary.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
@@ -116,13 +147,14 @@ impl ServerProcess {
             child,
             base: format!("http://{addr}"),
             dir,
+            binary,
         })
     }
 
     /// An admin token made with `tenantsync token create` on the server's data dir (a separate
     /// process: the bench never opens the server's store itself).
     fn admin_token(&self) -> anyhow::Result<String> {
-        let out = Command::new(std::env::current_exe()?)
+        let out = Command::new(&self.binary)
             .args(["token", "create", "--scope", "admin", "--data-dir"])
             .arg(self.dir.path())
             .env("RUST_LOG", "warn")
@@ -190,13 +222,14 @@ pub async fn run(args: SubscribersArgs) -> anyhow::Result<()> {
         args.stalled_sse == 0 || args.big_tenant_records > 0,
         "--stalled-sse needs --big-tenant-records: a stalled client stalls on tenant big's snapshot"
     );
-    crate::serve::raise_fd_limit();
-    let server = ServerProcess::start()?;
+    let binary = tenantsync_binary(args.tenantsync.clone())?;
+    tenantsync::serve::raise_fd_limit();
+    let server = ServerProcess::start(binary)?;
     let base = server.base.clone();
-    let client = super::client_with_token(&server.admin_token()?)?
+    let client = crate::client_with_token(&server.admin_token()?)?
         .pool_max_idle_per_host(args.subscribers + 64)
         .build()?;
-    super::declare_over_http(&client, &base, args.partitions).await?;
+    crate::declare_over_http(&client, &base, args.partitions).await?;
     // Warm the server up (allocator arenas, statement caches) before the baseline.
     for i in 0..200 {
         client

@@ -1,5 +1,8 @@
-//! `tenantsync bench`: measurements, never tests. Each subcommand sets up its own backends (a
-//! temp dir, or an in-process Kafka mock cluster), drives load, and prints figures.
+//! `tenantsync-bench`: measurements, never tests. Each subcommand sets up its own backends (a
+//! temp dir, or an in-process Kafka mock cluster), drives load, and prints figures. It is a
+//! binary of its own so that its clients and histograms never ship in `tenantsync`; it runs
+//! the server through the `tenantsync` library in process, or (`subscribers`) the `tenantsync`
+//! binary as a child process.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -7,22 +10,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde_json::json;
+use tenantsync::backends::{open_log, open_store};
+use tenantsync::config::{FileConfig, ServeArgs, Settings};
+use tenantsync::serve;
 use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Op, TenantId, Topics};
 use tenantsync_dataset::{Datasets, changes};
 use tenantsync_processor::{Processor, ProcessorConfig};
 use tenantsync_store::Dataset;
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
-
-use crate::backends::{open_log, open_store};
-use crate::config::{FileConfig, ServeArgs, Settings};
-use crate::serve;
 
 mod batches;
 mod subscribers;
@@ -31,22 +33,35 @@ const DATASET: &str = "bench";
 /// How long a bench waits for its services to stop.
 const SHUTDOWN: Duration = Duration::from_secs(30);
 
+/// Measures tenantsync's throughput and latency; prints figures, changes nothing outside a
+/// temp dir. Build with --release for figures worth comparing.
+#[derive(Debug, Parser)]
+#[command(name = "tenantsync-bench", version, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
 #[derive(Debug, Subcommand)]
-pub enum BenchCommand {
+enum BenchCommand {
     /// Processor throughput: pre-fill the changes log, then time the processor draining it.
     Processor(ProcessorArgs),
     /// HTTP: single-record PUTs accepted per second, then accept->applied latency at a fixed rate.
     Http(HttpArgs),
     /// Change-feed subscribers: write->delivery latency to many long-poll or SSE subscribers,
-    /// and server memory per idle subscriber.
+    /// and server memory per idle subscriber. Runs the `tenantsync` binary as the server.
     Subscribers(subscribers::SubscribersArgs),
     /// The batcher: fairness across tenants of Zipf-distributed volume, applied -> batch
     /// latency, batch sizes and CPU time per record.
     Batches(batches::BatchesArgs),
 }
 
+fn main() -> std::process::ExitCode {
+    tenantsync::run_main(run(Cli::parse().command))
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogBackend {
+enum LogBackend {
     /// The embedded log in a temp dir.
     Embedded,
     /// An in-process librdkafka mock cluster (3 brokers).
@@ -54,7 +69,7 @@ pub enum LogBackend {
 }
 
 #[derive(Debug, Args)]
-pub struct Common {
+struct Common {
     /// Which log to measure.
     #[arg(long, value_enum, default_value = "embedded")]
     log: LogBackend,
@@ -70,7 +85,7 @@ pub struct Common {
 }
 
 #[derive(Debug, Args)]
-pub struct ProcessorArgs {
+struct ProcessorArgs {
     #[command(flatten)]
     common: Common,
     /// Changes to process.
@@ -82,7 +97,7 @@ pub struct ProcessorArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct HttpArgs {
+struct HttpArgs {
     #[command(flatten)]
     common: Common,
     /// Seconds of each phase.
@@ -146,7 +161,7 @@ impl Env {
     }
 }
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Processor(args) => processor(args).await,
         BenchCommand::Http(args) => http(args).await,
