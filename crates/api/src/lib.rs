@@ -14,6 +14,7 @@ mod health;
 mod metrics;
 pub mod quota;
 mod records;
+mod rejected;
 mod subscriptions;
 mod write;
 
@@ -133,6 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/datasets/{dataset}",
             put(datasets::declare).get(datasets::show),
         )
+        .route("/v1/datasets/{dataset}/rejected", get(rejected::list))
         .route(
             record,
             put(records::put)

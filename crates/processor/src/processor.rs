@@ -3,19 +3,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::Utc;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
+use tenantsync_dataset::{AppliedHub, CommitObserver, Datasets, PerDataset, changes, state};
 use tenantsync_log::{GroupConsumer, Log, LogError, Message, Offset, Partition};
-use tenantsync_store::{Dataset, LoggedChange, MasterStore};
+use tenantsync_store::{Dataset, LoggedChange, MasterStore, RejectedEntry};
+use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::registry::Registry;
-use tenantsync_dataset::{AppliedHub, CommitObserver, Datasets, PerDataset, changes, state};
-use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
-
 use crate::ProcessorError;
+
+/// Rejected changes-log entries kept per dataset for `GET /v1/datasets/{dataset}/rejected`; the
+/// oldest beyond it are dropped and counted.
+pub const REJECTED_KEPT: usize = 10_000;
 
 /// Tuning of the processor. The defaults suit both backends.
 #[derive(Debug, Clone)]
@@ -227,6 +231,7 @@ impl Processor {
         for (partition, entries) in by_partition {
             let next = entries.last().map_or(0, |e| e.offset + 1);
             let mut batch = Vec::with_capacity(entries.len());
+            let mut rejected = Vec::new();
             for entry in &entries {
                 match changes::decode(entry) {
                     Ok(change) => batch.push(LoggedChange {
@@ -234,11 +239,27 @@ impl Processor {
                         change,
                     }),
                     Err(reason) => {
-                        // Not ours to fix and never going to decode: skip it, loudly.
-                        self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                        // Not ours to fix and never going to decode: keep it for an admin to
+                        // see, and go on with the partition.
                         warn!(dataset = %dataset.name, partition, offset = entry.offset, %reason, "skipping undecodable change");
+                        rejected.push(RejectedEntry {
+                            partition,
+                            offset: entry.offset,
+                            reason: reason.to_string(),
+                            at: Utc::now(),
+                        });
                     }
                 }
+            }
+            if !rejected.is_empty() {
+                // Before the position moves past them: recorded at least once, and recording
+                // again after a crash changes nothing.
+                self.store
+                    .record_rejected(&dataset.name, &rejected, REJECTED_KEPT)
+                    .await?;
+                self.stats
+                    .undecodable
+                    .fetch_add(rejected.len() as u64, Ordering::Relaxed);
             }
             let applied = self
                 .store

@@ -1,0 +1,64 @@
+//! `GET /v1/datasets/{dataset}/rejected`: the entries of a dataset's changes log that the
+//! processor skipped because they are not changes (written by another producer, or corrupt),
+//! each with its partition, offset and reason. Needs `admin`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tenantsync_core::{DatasetName, InvalidInput};
+
+use crate::auth::Caller;
+use crate::extract;
+use crate::{ApiError, AppState};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedQuery {
+    /// Entries after this id (the `next` of the previous page).
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    query: Result<Query<RejectedQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let name = DatasetName::new(name)?;
+    let query = extract::query(query)?;
+    let limit = match query.limit {
+        None => DEFAULT_LIMIT,
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(n) => {
+            return Err(
+                InvalidInput::new("limit", format!("must be 1 to {MAX_LIMIT}, got {n}")).into(),
+            );
+        }
+    };
+    let dataset = extract::dataset(&state, &name).await?;
+    let page = state
+        .store
+        .rejected(&dataset.name, query.after, limit)
+        .await?;
+    let next = page.entries.last().map(|(id, _)| *id).or(query.after);
+    Ok(Json(json!({
+        "entries": page.entries.iter().map(|(id, e)| json!({
+            "id": id,
+            "partition": e.partition,
+            "offset": e.offset,
+            "reason": e.reason,
+            "at": e.at,
+        })).collect::<Vec<_>>(),
+        "next": next,
+        "dropped": page.dropped,
+    })))
+}
