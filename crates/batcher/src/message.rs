@@ -24,6 +24,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tenantsync_core::{DatasetName, EntityId, Object, Op, Record, TenantId};
+use tenantsync_dataset::DecodeError;
 use tenantsync_log::{Entry, Message, Partition};
 
 use crate::{Batch, BatchId, SourceRecord};
@@ -87,11 +88,11 @@ pub struct BatchHeaders {
 /// The [`SourceRecord`] the batcher's core buffers for a state-log entry: its value is the
 /// record as a batch will carry it (so [`Limits::max_bytes`](crate::Limits::max_bytes) bounds
 /// the batch's records as encoded), its key empty. `Err` says why the entry is malformed.
-pub fn source_record(entry: &Entry) -> Result<SourceRecord, String> {
-    let record = tenantsync_dataset::state::decode(entry).map_err(|e| e.to_string())?;
+pub fn source_record(entry: &Entry) -> Result<SourceRecord, DecodeError> {
+    let record = tenantsync_dataset::state::decode(entry)?;
     let tenant = record.tenant.clone();
-    let value = serde_json::to_vec(&BatchRecord::from_record(record))
-        .map_err(|e| format!("cannot encode the record: {e}"))?;
+    // Strings, numbers and a JSON map: serialising cannot fail.
+    let value = serde_json::to_vec(&BatchRecord::from_record(record)).expect("a record serialises");
     Ok(SourceRecord {
         partition: entry.partition,
         offset: entry.offset,
@@ -145,32 +146,27 @@ pub fn encode(dataset: &DatasetName, batch: &Batch, partition: Partition) -> Mes
 }
 
 /// Decodes a batches-log entry's value; `Err` says why it is not a batch.
-pub fn decode(entry: &Entry) -> Result<BatchMessage, String> {
-    let value = entry
-        .value
-        .as_deref()
-        .ok_or_else(|| "the entry has no value".to_owned())?;
-    serde_json::from_slice(value).map_err(|e| format!("not a batch: {e}"))
+pub fn decode(entry: &Entry) -> Result<BatchMessage, DecodeError> {
+    let value = entry.value.as_deref().ok_or(DecodeError::NoValue)?;
+    serde_json::from_slice(value).map_err(|e| DecodeError::Json(e.to_string()))
 }
 
 /// Reads a batches-log entry's headers; `Err` names what is missing or malformed.
-pub fn decode_headers(entry: &Entry) -> Result<BatchHeaders, String> {
-    let header = |name: &str| {
-        entry
-            .header(name)
-            .ok_or_else(|| format!("missing header {name}"))
-    };
-    let number = |name: &str| {
+pub fn decode_headers(entry: &Entry) -> Result<BatchHeaders, DecodeError> {
+    let header = |name: &'static str| entry.header(name).ok_or(DecodeError::MissingHeader(name));
+    let number = |name: &'static str| {
         header(name)?
             .parse::<u64>()
-            .map_err(|_| format!("header {name} is not a number"))
+            .map_err(|_| DecodeError::BadHeader(name))
     };
     let partition = u32::try_from(number("source-partition")?)
-        .map_err(|_| "header source-partition is out of range".to_owned())?;
+        .map_err(|_| DecodeError::BadHeader("source-partition"))?;
     Ok(BatchHeaders {
-        id: header("batch-id")?.parse().map_err(|e| format!("{e}"))?,
-        tenant: TenantId::new(header("tenant")?).map_err(|e| e.to_string())?,
-        count: usize::try_from(number("count")?).map_err(|_| "count out of range".to_owned())?,
+        id: header("batch-id")?
+            .parse()
+            .map_err(|_| DecodeError::BadHeader("batch-id"))?,
+        tenant: TenantId::new(header("tenant")?).map_err(|_| DecodeError::BadHeader("tenant"))?,
+        count: usize::try_from(number("count")?).map_err(|_| DecodeError::BadHeader("count"))?,
         source: SourceRange {
             partition,
             first_offset: number("source-first-offset")?,

@@ -31,7 +31,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tenantsync_core::{DatasetName, TenantId};
-use tenantsync_dataset::{Datasets, PerDataset};
+use tenantsync_dataset::{Datasets, DecodeError, PerDataset};
 use tenantsync_log::{Log, LogError, Offset, Partition};
 use tenantsync_store::{BatcherClaim, CoordinationStore, Dataset, StoreError};
 use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
@@ -561,7 +561,7 @@ fn checked_renewal(
 }
 
 /// A state-log entry as the batcher buffers it, or where it is and why it does not decode.
-type Decoded = Result<SourceRecord, (Partition, Offset, String)>;
+type Decoded = Result<SourceRecord, (Partition, Offset, DecodeError)>;
 
 /// What a reader hands the batching loop.
 type Chunk = Result<Vec<Decoded>, LogError>;

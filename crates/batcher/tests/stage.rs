@@ -215,8 +215,9 @@ fn check(case: &Case, written: &Written, all: &[Vec<Entry>]) -> Result<(), TestC
     // Per tenant, its batches (deduplicated by id) in source order.
     let mut per_tenant: BTreeMap<String, BTreeMap<u64, BatchMessage>> = BTreeMap::new();
     for entry in all.iter().flatten() {
-        let batch = message::decode(entry).map_err(TestCaseError::fail)?;
-        let headers = message::decode_headers(entry).map_err(TestCaseError::fail)?;
+        let batch = message::decode(entry).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let headers =
+            message::decode_headers(entry).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&headers.id, &batch.id);
         prop_assert_eq!(headers.count, batch.records.len());
         prop_assert_eq!(batch.count, batch.records.len());
