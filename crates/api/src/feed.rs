@@ -130,16 +130,23 @@ pub async fn changes(
     }
     let page = {
         let _waiting = (!wait.is_zero()).then(|| Gauge::hold(&state.metrics.long_polls));
-        read_or_wait(
-            state.store.as_ref(),
-            &state.hub,
-            &dataset,
-            &tenant,
-            position,
-            limit,
-            wait,
-        )
-        .await?
+        let read = |wait| {
+            read_or_wait(
+                state.store.as_ref(),
+                &state.hub,
+                &dataset,
+                &tenant,
+                position,
+                limit,
+                wait,
+            )
+        };
+        // A long-poll answers with what there is when the server begins to stop, rather than
+        // hold up the shutdown.
+        tokio::select! {
+            page = read(wait) => page?,
+            _ = state.supervisor.stopping() => read(Duration::ZERO).await?,
+        }
     };
     state
         .metrics
@@ -200,6 +207,8 @@ async fn produce(
         was_up_to_date = page.up_to_date;
         let next = tokio::select! {
             _ = tx.closed() => return,
+            // The client reconnects (to another instance) and resumes from its last event id.
+            _ = state.supervisor.stopping() => return,
             next = read_or_wait(state.store.as_ref(), &state.hub, &dataset, &tenant, Some(page.next), limit, config.max_wait) => next,
         };
         page = match next {

@@ -51,12 +51,19 @@ impl Running {
         let deadline = tokio::time::Instant::now() + grace;
         // Cancels the server's graceful shutdown too.
         let services = self.supervisor.shutdown(grace).await;
-        let server = tokio::time::timeout_at(deadline, self.server).await;
+        let mut server = self.server;
+        match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(served) => served
+                .context("the HTTP server task panicked")?
+                .context("the HTTP server failed")?,
+            // A request that outlives the grace (a batch lease waiting for work, a slow client)
+            // is cut off: its client retries, and nothing it was told was accepted is lost.
+            Err(_) => {
+                warn!(?grace, "cutting off requests still in flight");
+                server.abort();
+            }
+        }
         services?;
-        server
-            .map_err(|_| anyhow::anyhow!("in-flight requests still running after {grace:?}"))?
-            .context("the HTTP server task panicked")?
-            .context("the HTTP server failed")?;
         Ok(())
     }
 }

@@ -320,6 +320,11 @@ impl Supervisor {
         self.inner.shutdown.clone()
     }
 
+    /// Returns once shutdown has begun: for work that should end early then (a long-poll).
+    pub async fn stopping(&self) {
+        self.inner.shutdown.cancelled().await
+    }
+
     /// Stops every service and waits until each has returned, at most `grace`.
     pub async fn shutdown(&self, grace: Duration) -> Result<(), ShutdownTimeout> {
         self.inner.shutdown.cancel();
