@@ -31,7 +31,7 @@ pub enum StoreError {
     InvalidArgument(String),
     #[error("sqlite error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres error: {0}")]
+    #[error("postgres error: {}", postgres_reason(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No pooled connection could be had in time (the database is down or overloaded).
     #[error("postgres pool error: {0}")]
@@ -138,6 +138,24 @@ fn sqlstate_class(code: &str) -> ErrorClass {
         }
         _ if code.starts_with("40") || code.starts_with("08") => ErrorClass::Transient,
         _ => ErrorClass::Permanent,
+    }
+}
+
+/// What went wrong, for a person: a `tokio_postgres::Error` says only "db error" for everything
+/// the server refused, so the server's severity, SQLSTATE and message are added (not its DETAIL
+/// or HINT, which can quote row values), and to a failure of the connection its I/O cause.
+fn postgres_reason(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!(
+            "{error}: {} {}: {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        );
+    }
+    match std::error::Error::source(error).and_then(|c| c.downcast_ref::<std::io::Error>()) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
     }
 }
 
