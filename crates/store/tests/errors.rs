@@ -151,6 +151,34 @@ async fn postgres_store_on_an_altered_table_fails_permanently() {
     assert_eq!(error.class(), ErrorClass::Permanent, "{error}");
 }
 
+/// Once a statement of a transaction fails, the server refuses every later pipelined statement
+/// with 25P02 (transaction aborted). The error reported must be the first one: it says what is
+/// wrong, and its class decides whether to retry; 25P02 would call every failure permanent.
+#[tokio::test]
+async fn postgres_store_reports_the_statement_that_failed_not_the_aborted_rest() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&schema.url).await.unwrap();
+    // Prepared and cached before the table changes, as on a running server.
+    let first = at(0, vec![upsert("c0", "acme", "a", serde_json::json!({}))]);
+    store.apply(&ds("items"), 0, &first, 1).await.unwrap();
+    pg_client(&schema.url)
+        .await
+        .batch_execute("ALTER TABLE records RENAME COLUMN seq TO seq_renamed")
+        .await
+        .unwrap();
+    for attempt in 1..=5 {
+        let batch = at(1, vec![upsert("c1", "acme", "b", serde_json::json!({}))]);
+        let error = store.apply(&ds("items"), 0, &batch, 2).await.unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("42703") && message.contains(r#"column "seq""#),
+            "attempt {attempt}: {message}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn postgres_lock_not_available_and_terminated_connections_are_transient() {
     let Some(schema) = PgSchema::create().await else {

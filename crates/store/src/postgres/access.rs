@@ -92,22 +92,27 @@ impl AccessStore for PostgresStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let (lock, append) = tokio::try_join!(
+            biased;
             tx.prepare_cached(LOCK_AUDIT),
             tx.prepare_cached(APPEND_AUDIT),
         )?;
-        let (_, row) = tokio::try_join!(async { tx.execute(&lock, &[]).await }, async {
-            tx.query_one(
-                &append,
-                &[
-                    &rows::to_micros(entry.at),
-                    &entry.actor,
-                    &entry.action,
-                    &entry.target,
-                    &detail,
-                ],
-            )
-            .await
-        },)?;
+        let (_, row) = tokio::try_join!(
+            biased;
+            async { tx.execute(&lock, &[]).await },
+            async {
+                tx.query_one(
+                    &append,
+                    &[
+                        &rows::to_micros(entry.at),
+                        &entry.actor,
+                        &entry.action,
+                        &entry.target,
+                        &detail,
+                    ],
+                )
+                .await
+            },
+        )?;
         let seq: i64 = row.try_get(0)?;
         tx.commit().await?;
         rows::to_u64("audit seq", seq)

@@ -78,6 +78,7 @@ impl ErasureStore for PostgresStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let (insert, lock, restart) = tokio::try_join!(
+            biased;
             tx.prepare_cached(INSERT_ERASURE),
             tx.prepare_cached(LOCK_ERASURE),
             tx.prepare_cached(RESTART_ERASURE),
@@ -138,6 +139,7 @@ impl ErasureStore for PostgresStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let (gate, lock, count_live, finish) = tokio::try_join!(
+            biased;
             tx.prepare_cached(ERASURE_GATE),
             tx.prepare_cached(LOCK_RUNNING_ERASURE),
             tx.prepare_cached(COUNT_LIVE),

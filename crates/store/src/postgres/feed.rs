@@ -86,11 +86,13 @@ impl FeedStore for PostgresStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let client = self.pool.get().await?;
         let (feed, horizon) = tokio::try_join!(
+            biased;
             client.prepare_cached(SELECT_FEED),
             client.prepare_cached(SELECT_HORIZON),
         )?;
         // Pipelined, but the server runs them in order: the horizon's snapshot is the later one.
         let (found, horizon) = tokio::try_join!(
+            biased;
             async {
                 client
                     .query(&feed, &[&ds, &t, &from, &live_from, &limit])

@@ -4,7 +4,11 @@
 //! `search_path` (`?options=-csearch_path%3Dmy_schema`), so several stores can share a database.
 //! Concurrency is the database's: each concern's module says which statement or lock makes its
 //! contract hold when several processes call at once, and pipelines its statements so that a
-//! call costs a handful of round trips whatever its size.
+//! call costs a handful of round trips whatever its size. Pipelined statements are joined with
+//! `tokio::try_join!(biased; ...)`, in the order they are sent: once a statement of a
+//! transaction fails, the server refuses every later one with 25P02 (transaction aborted), and
+//! only the first error says what went wrong and whether a retry may help. Unbiased, `try_join!`
+//! would return whichever failed future it happens to poll first.
 //!
 //! This module holds the pool, migrations and what several concerns share (the erasure gate,
 //! row helpers); each concern's trait is implemented in a module of its own, with its

@@ -187,6 +187,7 @@ impl RecordStore for PostgresStore {
             load_outcomes,
             load_floors,
         ) = tokio::try_join!(
+            biased;
             tx.prepare_cached(INSERT_POSITION),
             tx.prepare_cached(LOCK_POSITION),
             tx.prepare_cached(LOAD_ERASING),
@@ -197,6 +198,7 @@ impl RecordStore for PostgresStore {
         )?;
         let loads = || async {
             tokio::try_join!(
+                biased;
                 async {
                     tx.query(&load_records, &[&ds, &key_tenants, &key_ids])
                         .await
@@ -221,6 +223,7 @@ impl RecordStore for PostgresStore {
         // One round trip: the server runs these in order, so the loads see everything committed
         // by whoever held the position lock before us.
         let (_, position, erasing_rows, (mut record_rows, mut outcome_rows)) = tokio::try_join!(
+            biased;
             async { tx.execute(&insert_position, &[&ds, &part]).await },
             async { tx.query_one(&lock_position, &[&ds, &part]).await },
             async { tx.query(&load_erasing, &[&batch_tenants]).await },
@@ -229,10 +232,11 @@ impl RecordStore for PostgresStore {
         let position = rows::to_u64("position", position.try_get(0)?)?;
         let mut erasing = erasing_of(&erasing_rows)?;
         if !erasing.is_empty() {
-            let (_, again) =
-                tokio::try_join!(async { tx.execute(&erasure_gate, &[]).await }, async {
-                    tx.query(&load_erasing, &[&batch_tenants]).await
-                },)?;
+            let (_, again) = tokio::try_join!(
+                biased;
+                async { tx.execute(&erasure_gate, &[]).await },
+                async { tx.query(&load_erasing, &[&batch_tenants]).await },
+            )?;
             let again = erasing_of(&again)?;
             if again != erasing {
                 // An erasure finished (or started) since the first read: what the loads read
@@ -307,6 +311,7 @@ impl RecordStore for PostgresStore {
         }
         let new_position = rows::to_i64("next offset", plan.position)?;
         let (write_records, write_outcomes, update_position) = tokio::try_join!(
+            biased;
             tx.prepare_cached(WRITE_RECORDS),
             tx.prepare_cached(WRITE_OUTCOMES),
             tx.prepare_cached(UPDATE_POSITION),
@@ -354,7 +359,12 @@ impl RecordStore for PostgresStore {
             tx.execute(&update_position, &[&ds, &part, &new_position])
                 .await
         };
-        tokio::try_join!(write_records, write_outcomes, update_position)?;
+        tokio::try_join!(
+            biased;
+            write_records,
+            write_outcomes,
+            update_position
+        )?;
         tx.commit().await?;
         Ok(plan.applied)
     }

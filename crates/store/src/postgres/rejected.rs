@@ -66,12 +66,14 @@ impl RejectedStore for PostgresStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let (lock, record, drop_oldest) = tokio::try_join!(
+            biased;
             tx.prepare_cached(LOCK_DATASET),
             tx.prepare_cached(RECORD),
             tx.prepare_cached(DROP_OLDEST),
         )?;
         // Pipelined; the server runs them in this order, under the lock.
         tokio::try_join!(
+            biased;
             async { tx.execute(&lock, &[&ds]).await },
             async {
                 tx.execute(&record, &[&ds, &partitions, &offsets, &reasons, &at])

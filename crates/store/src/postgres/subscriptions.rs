@@ -98,11 +98,13 @@ impl SubscriptionStore for PostgresStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let (delete_subscription, delete_progress) = tokio::try_join!(
+            biased;
             tx.prepare_cached(DELETE_SUBSCRIPTION),
             tx.prepare_cached(DELETE_PROGRESS),
         )?;
         // Pipelined; the server runs them in this order, which is what keeps acks out.
         let (deleted, _) = tokio::try_join!(
+            biased;
             async { tx.execute(&delete_subscription, &[&name]).await },
             async { tx.execute(&delete_progress, &[&name]).await },
         )?;
