@@ -208,9 +208,8 @@ pub async fn run(args: BatchesArgs) -> anyhow::Result<()> {
         )
         .await?,
     );
-    let store = tenantsync_store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("store.sqlite3").display()
+    let store = tenantsync_store::open(&tenantsync_core::url::StoreUrl::Sqlite(
+        dir.path().join("store.sqlite3"),
     ))
     .await?;
     let datasets = Arc::new(Datasets::new(

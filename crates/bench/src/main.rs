@@ -177,7 +177,7 @@ const BENCH_TENANT_WRITE_RATE: u32 = 10_000_000;
 /// Creates an admin token in the store at `store_url` (before the server starts, so that it
 /// needs no running API): the benches measure with authentication on, as production runs.
 async fn admin_token(store_url: &str) -> anyhow::Result<String> {
-    let store = open_store(store_url).await?;
+    let store = open_store(&store_url.parse()?).await?;
     let (_, minted) = tenantsync_api::admin::create_token(
         store.as_ref(),
         "bench",
@@ -271,8 +271,8 @@ fn tenant(i: u32) -> TenantId {
 
 async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
     let env = Env::new(&args.common)?;
-    let log = open_log(&env.log_url, &[]).await?;
-    let store = open_store(&env.store_url).await?;
+    let log = open_log(&env.log_url.parse()?, &[]).await?;
+    let store = open_store(&env.store_url.parse()?).await?;
     let datasets = Arc::new(Datasets::new(
         log.clone(),
         store.clone(),

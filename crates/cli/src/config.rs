@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tenantsync_api::WriteQuota;
 use tenantsync_auth::JwtConfig;
 use tenantsync_batcher::Limits;
+use tenantsync_core::url::{LogUrl, StoreUrl};
 use tenantsync_core::{DatasetName, TenantId, Topics};
 use tenantsync_dataset::MAX_PARTITIONS;
 
@@ -42,7 +43,14 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTSYNC_LOG", value_name = "URL")]
     pub log: Option<String>,
     /// The master store: sqlite://FILE or postgres://USER@HOST:PORT/DB [default: sqlite://DATA_DIR/store.sqlite3].
-    #[arg(long, env = "TENANTSYNC_STORE", value_name = "URL")]
+    // The value may hold a password: --help must not show it, and clap's own parse errors
+    // would repeat it, so it is parsed in `Settings::merge`.
+    #[arg(
+        long,
+        env = "TENANTSYNC_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub store: Option<String>,
     /// A librdkafka property for every Kafka client, as KEY=VALUE (repeatable), e.g.
     /// --kafka-option security.protocol=ssl.
@@ -233,8 +241,9 @@ pub struct DatasetSection {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub log: String,
-    pub store: String,
+    pub log: LogUrl,
+    /// Shown without its password, wherever it is shown.
+    pub store: StoreUrl,
     pub kafka_options: Vec<(String, String)>,
     pub topic_prefix: String,
     pub max_body_bytes: usize,
@@ -292,14 +301,14 @@ impl Settings {
         let listen = listen_text.parse().map_err(|_| {
             anyhow::anyhow!("invalid listen: {listen_text:?} is not an address like 127.0.0.1:7070")
         })?;
-        let log = args
-            .log
-            .or(file.log)
-            .unwrap_or_else(|| format!("embedded://{}", data_dir.display()));
-        let store = args
-            .store
-            .or(file.store)
-            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("store.sqlite3").display()));
+        let log = match args.log.or(file.log) {
+            Some(url) => url.parse().context("invalid log")?,
+            None => LogUrl::Embedded(data_dir.clone()),
+        };
+        let store = match args.store.or(file.store) {
+            Some(url) => url.parse().context("invalid store")?,
+            None => StoreUrl::Sqlite(data_dir.join("store.sqlite3")),
+        };
         let batch_limits = BatchLimitsSection {
             max_records: args.batch_max_records.or(file.batches.max_records),
             max_bytes: args.batch_max_bytes.or(file.batches.max_bytes),
@@ -395,40 +404,18 @@ impl Settings {
     }
 
     /// The flag that points `tenantsync token` at this store: none for the default one.
+    /// A store with a password shows `***` in its place.
     pub fn store_flag_hint(&self) -> String {
-        let default = format!(
-            "sqlite://{}",
-            PathBuf::from(DEFAULT_DATA_DIR)
-                .join("store.sqlite3")
-                .display()
-        );
+        let default = StoreUrl::Sqlite(PathBuf::from(DEFAULT_DATA_DIR).join("store.sqlite3"));
         if self.store == default {
             String::new()
         } else {
-            format!(" --store '{}'", crate::backends::redact(&self.store))
+            format!(" --store '{}'", self.store)
         }
     }
 
     /// Checks every field without I/O; the error names the field.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !(self.log.starts_with("embedded://") || self.log.starts_with("kafka://")) {
-            bail!(
-                "invalid log: {:?} must be embedded://DIR or kafka://HOST:PORT[,HOST:PORT...]",
-                self.log
-            );
-        }
-        if self.log == "embedded://" || self.log == "kafka://" {
-            bail!("invalid log: {:?} names no directory or broker", self.log);
-        }
-        if !(self.store.starts_with("sqlite://")
-            || self.store.starts_with("postgres://")
-            || self.store.starts_with("postgresql://"))
-        {
-            bail!(
-                "invalid store: {:?} must be sqlite://FILE or postgres://USER@HOST:PORT/DB",
-                self.store
-            );
-        }
         let prefix_ok = !self.topic_prefix.is_empty()
             && self.topic_prefix.len() <= 100
             && self
@@ -499,8 +486,11 @@ mod tests {
     fn defaults_point_everything_at_the_data_dir() {
         let s = Settings::merge(args(&[]), FileConfig::default()).unwrap();
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(s.log, "embedded://./tenantsync-data");
-        assert_eq!(s.store, "sqlite://./tenantsync-data/store.sqlite3");
+        assert_eq!(s.log.to_string(), "embedded://./tenantsync-data");
+        assert_eq!(
+            s.store.to_string(),
+            "sqlite://./tenantsync-data/store.sqlite3"
+        );
         assert_eq!(s.topic_prefix, "tenantsync");
     }
 
@@ -525,7 +515,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.listen.to_string(), "0.0.0.0:1");
-        assert_eq!(s.log, "kafka://broker:9092");
+        assert_eq!(s.log.to_string(), "kafka://broker:9092");
         assert_eq!(
             s.kafka_options,
             vec![

@@ -19,13 +19,13 @@ use tenantsync_supervisor::{RestartPolicy, Supervisor};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::backends::{open_log, open_store, redact};
+use crate::backends::{open_log, open_store};
 use crate::config::Settings;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     raise_fd_limit();
     let running = start(&settings).await?;
-    info!(log = %redact(&settings.log), store = %redact(&settings.store), "tenantsync started");
+    info!(log = %settings.log, store = %settings.store, "tenantsync started");
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("tenantsync listening on http://{}", running.addr);
     wait_for_signal().await;

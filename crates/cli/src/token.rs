@@ -33,7 +33,13 @@ pub struct StoreArgs {
     #[arg(long, env = "TENANTSYNC_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// The master store: sqlite://FILE or postgres://USER@HOST:PORT/DB [default: sqlite://DATA_DIR/store.sqlite3].
-    #[arg(long, env = "TENANTSYNC_STORE", value_name = "URL")]
+    // May hold a password, so --help must not show it.
+    #[arg(
+        long,
+        env = "TENANTSYNC_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     store: Option<String>,
 }
 

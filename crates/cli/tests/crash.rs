@@ -334,7 +334,9 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
     let total = submitted.load(Ordering::SeqCst);
     eprintln!("crash test: {total} changes submitted through {kills} kills");
 
-    let store = tenantsync_store::open(&store_url).await.unwrap();
+    let store = tenantsync_store::open(&store_url.parse().unwrap())
+        .await
+        .unwrap();
     let dataset = DatasetName::new(DATASET).unwrap();
     let mut stored: BTreeMap<String, Record> = BTreeMap::new();
     for t in &tenants {

@@ -311,9 +311,8 @@ async fn an_erasure_killed_midway_finishes_and_leaves_nothing_of_the_tenant() {
 
     // The store itself holds no row of the victim, not even a tombstone.
     server.kill();
-    let store = tenantsync_store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("store.sqlite3").display()
+    let store = tenantsync_store::open(&tenantsync_core::url::StoreUrl::Sqlite(
+        dir.path().join("store.sqlite3"),
     ))
     .await
     .unwrap();

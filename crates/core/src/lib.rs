@@ -1,5 +1,6 @@
 //! The tenantsync domain model: dataset names, tenant and entity ids, record keys, changes,
-//! records, topic names and the tenant partitioner.
+//! records, topic names, the tenant partitioner, and backend URLs (parsed once, shown without
+//! passwords).
 //!
 //! This crate does no I/O. Every other crate speaks in these types, so validation happens once,
 //! at the edge, and a value of one of these types is valid by construction.
@@ -10,6 +11,7 @@ mod ids;
 mod partitioner;
 mod record;
 mod topics;
+pub mod url;
 
 pub use change::{Change, ChangeId, Op, merge_patch};
 pub use error::{Classify, ErrorClass, InvalidInput};

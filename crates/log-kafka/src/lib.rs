@@ -39,7 +39,7 @@ use tenantsync_log::{
     CompactionStats, Entry, GroupConsumer, Log, LogError, Message, Offset, Partition, TopicSpec,
 };
 
-pub use config::{DEFAULT_CLIENT_ID, KafkaConfig, RESERVED_KEYS, URL_SCHEME};
+pub use config::{DEFAULT_CLIENT_ID, KafkaConfig, RESERVED_KEYS};
 
 use crate::config::ClientRole;
 use crate::context::LogContext;

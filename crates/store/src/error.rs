@@ -2,19 +2,20 @@
 //!
 //! [`StoreError::class`] reads the database's own diagnosis: the SQLSTATE of a PostgreSQL error,
 //! the extended result code of a SQLite one. Nothing else in the workspace may decide that a
-//! store error is transient. No error built here carries a URL with its password: URLs go
-//! through [`redact`] first.
+//! store error is transient. No error built here carries a URL with its password: URLs appear
+//! only as `tenantsync_core::url` types, which never show one.
 
 use rusqlite::ffi;
+use tenantsync_core::url::UrlError;
 use thiserror::Error;
 
 /// Everything that can go wrong with a master store.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The URL, with any password taken out.
-    #[error("invalid store URL {0:?}: expected sqlite://FILE or postgres://USER@HOST:PORT/DB")]
-    InvalidUrl(String),
+    /// Shows no password: see [`tenantsync_core::url`].
+    #[error("invalid store URL: {0}")]
+    InvalidUrl(UrlError),
     #[error("dataset {dataset} is declared with {existing} partitions, not {requested}")]
     DatasetMismatch {
         dataset: String,
@@ -171,6 +172,12 @@ fn io_class(error: &std::io::Error) -> ErrorClass {
     }
 }
 
+impl From<UrlError> for StoreError {
+    fn from(error: UrlError) -> Self {
+        StoreError::InvalidUrl(error)
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
         match error {
@@ -178,22 +185,6 @@ impl From<deadpool_postgres::PoolError> for StoreError {
             other => StoreError::Pool(other.to_string()),
         }
     }
-}
-
-/// Hides the password of a URL that is about to appear in an error message or a log line:
-/// the userinfo's password becomes `***`, and a URL with a `password=` parameter is not shown
-/// at all.
-pub(crate) fn redact(url: &str) -> String {
-    if url.contains("password=") {
-        return "<url with a password parameter>".to_owned();
-    }
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host)) = rest.rsplit_once('@')
-        && let Some((user, _password)) = userinfo.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
-    }
-    url.to_owned()
 }
 
 impl tenantsync_core::Classify for StoreError {
@@ -204,20 +195,9 @@ impl tenantsync_core::Classify for StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tenantsync_core::url::StoreUrl;
 
-    #[test]
-    fn passwords_never_reach_error_messages() {
-        assert_eq!(
-            redact("postgres://me:secret@db:5432/x"),
-            "postgres://me:***@db:5432/x"
-        );
-        assert_eq!(redact("postgres://me@db/x"), "postgres://me@db/x");
-        assert!(!redact("postgres://db/x?password=secret").contains("secret"));
-        // An @ inside the password must not leave part of it behind.
-        assert!(!redact("postgres://me:se@cret@db/x").contains("cret"));
-        assert!(!redact("mysql://me:secret@db/x").contains("secret"));
-    }
+    use super::*;
 
     #[test]
     fn sqlstates_are_classified_by_class_and_code() {
@@ -287,7 +267,7 @@ mod tests {
     #[test]
     fn the_store_own_errors_are_permanent_and_pools_transient() {
         let permanent = [
-            StoreError::InvalidUrl("x://".into()),
+            StoreError::from("x://".parse::<StoreUrl>().unwrap_err()),
             StoreError::DatasetMismatch {
                 dataset: "d".into(),
                 existing: 1,

@@ -9,7 +9,7 @@
 //! [`MasterStore`] is all of them at once; a component that needs one concern takes that trait
 //! (an `Arc<dyn MasterStore>` converts to an `Arc<dyn FeedStore>` and the like).
 //!
-//! Two backends, chosen by URL scheme in [`open`]: `sqlite://FILE` (the default, embedded) and
+//! Two backends, chosen by [`StoreUrl`] in [`open`]: `sqlite://FILE` (the default, embedded) and
 //! `postgres://...`, each a folder with one module per concern. Both pass the same conformance
 //! suite (`tests/conformance/`). Schemas live in `migrations/` as `.sql` files. Whether an
 //! error is worth retrying is decided in one place, [`StoreError::class`].
@@ -29,6 +29,8 @@ pub mod sqlite;
 mod subscriptions;
 
 use std::sync::Arc;
+
+use tenantsync_core::url::StoreUrl;
 
 pub use access::{AccessStore, AuditEntry, StoredToken};
 pub use coordination::{BatchLease, BatcherClaim, CoordinationStore};
@@ -72,14 +74,10 @@ impl<T> MasterStore for T where
 {
 }
 
-/// Opens a store from its URL: `sqlite://FILE` or `postgres://...` (any libpq-style URL),
-/// creating or migrating its schema.
-pub async fn open(url: &str) -> Result<Arc<dyn MasterStore>, StoreError> {
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
-    } else {
-        Err(StoreError::InvalidUrl(error::redact(url)))
-    }
+/// Opens the store at `url`, creating or migrating its schema.
+pub async fn open(url: &StoreUrl) -> Result<Arc<dyn MasterStore>, StoreError> {
+    Ok(match url {
+        StoreUrl::Sqlite(file) => Arc::new(sqlite::SqliteStore::open(file).await?),
+        StoreUrl::Postgres(url) => Arc::new(postgres::PostgresStore::connect_url(url).await?),
+    })
 }

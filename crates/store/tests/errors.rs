@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use tenantsync_core::url::StoreUrl;
 use tenantsync_store::postgres::PostgresStore;
 use tenantsync_store::sqlite::SqliteStore;
 use tenantsync_store::{CoordinationStore, ErrorClass, RecordStore, StoreError};
@@ -244,7 +245,7 @@ async fn unreachable_postgres_is_transient_and_hides_the_password() {
         "mysql://root:S3cret-pw@127.0.0.1/test",
         "postgres://root:S3cret-pw@127.0.0.1:notaport/test",
     ] {
-        let error = tenantsync_store::open(url).await.err().expect("refused");
+        let error = StoreError::from(url.parse::<StoreUrl>().expect_err("refused"));
         assert!(matches!(error, StoreError::InvalidUrl(_)), "{error:?}");
         assert_eq!(error.class(), ErrorClass::Permanent);
         for shown in [error.to_string(), format!("{error:?}")] {

@@ -24,9 +24,8 @@ pub async fn fixture(partitions: u32) -> Fixture {
         compaction_interval: None,
     };
     let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path(), options).await.unwrap());
-    let store = tenantsync_store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("store.sqlite3").display()
+    let store = tenantsync_store::open(&tenantsync_core::url::StoreUrl::Sqlite(
+        dir.path().join("store.sqlite3"),
     ))
     .await
     .unwrap();

@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tenantsync_core::Record;
+use tenantsync_core::url::{PostgresUrl, UrlError};
 use tokio_postgres::{NoTls, Row};
 use tracing::info;
 
 use crate::StoreError;
-use crate::error::redact;
 use crate::migrations::{self, Migration};
 use crate::rows::RecordRow;
 
@@ -68,12 +68,19 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to the database at `url` (any libpq-style URL; `options=-csearch_path%3DS`
+    /// Connects to the database at `url` (a `postgres://` URL; `options=-csearch_path%3DS`
     /// selects the schema) and applies missing migrations. TLS is not supported yet.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_url(&url.parse()?).await
+    }
+
+    /// [`PostgresStore::connect`] to a parsed URL.
+    pub async fn connect_url(url: &PostgresUrl) -> Result<Self, StoreError> {
+        // The driver's configuration errors name the option, never its value.
         let mut config: tokio_postgres::Config = url
+            .connection_string()
             .parse()
-            .map_err(|_| StoreError::InvalidUrl(redact(url)))?;
+            .map_err(|e: tokio_postgres::Error| UrlError::refused_by_driver(&e))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
