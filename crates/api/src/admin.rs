@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -16,8 +14,8 @@ use tenantsync_auth::{Minted, Scope};
 use tenantsync_core::{InvalidInput, TokenName};
 use tenantsync_store::{AccessStore, AuditEntry, StoreError, StoredToken};
 
-use crate::auth::Caller;
-use crate::extract;
+use crate::auth::{Admin, Caller};
+use crate::extract::{ApiBody, ApiQuery};
 use crate::{ApiError, AppState};
 
 /// Appends an admin action to the audit log.
@@ -113,11 +111,9 @@ struct NewToken {
 /// `POST /v1/tokens` with `{"name", "scopes"}`: `201` with the token, shown only this once.
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    Admin(caller): Admin,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    caller.require_admin()?;
-    let body = extract::body(body, state.config.max_body_bytes)?;
     let new: NewToken = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadBody(format!(
             "expected {{\"name\": \"ingest\", \"scopes\": [\"write:*:acme\"]}}: {e}"
@@ -193,11 +189,9 @@ const AUDIT_MAX_LIMIT: usize = 1_000;
 /// `GET /v1/audit?after=&limit=`: admin actions, oldest first.
 pub async fn audit_log(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    query: Result<Query<AuditQuery>, QueryRejection>,
+    _: Admin,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
-    let query = extract::query(query)?;
     let limit = match query.limit {
         None => AUDIT_DEFAULT_LIMIT,
         Some(n) if (1..=AUDIT_MAX_LIMIT).contains(&n) => n,

@@ -6,7 +6,8 @@
 //! when configured, a JWT from the team's identity provider. Handlers then ask the [`Caller`]
 //! for the scope their request needs and answer 403 without it, before they look at anything
 //! the request names: a caller learns nothing about datasets, tenants or records it may not
-//! see, not even whether they exist.
+//! see, not even whether they exist. Where a handler also takes a query or a body, the check is
+//! an extractor ([`Admin`], `extract::Allowed`) placed before them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -162,6 +163,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<Caller>()
             .cloned()
             .ok_or_else(|| ApiError::Unauthenticated("no credentials were checked".to_owned()))
+    }
+}
+
+/// The caller, once it is known to have the `admin` scope (403 otherwise).
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_admin()?;
+        Ok(Admin(caller))
     }
 }
 

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -16,7 +15,7 @@ use tenantsync_batcher::BatchId;
 use tenantsync_core::{DatasetName, InvalidInput};
 
 use crate::auth::Caller;
-use crate::extract;
+use crate::extract::{self, AccessCheck, Allowed, ApiQuery, PathParams};
 use crate::{ApiError, AppState};
 
 /// Lease length when the request names none.
@@ -48,16 +47,29 @@ fn authorize(caller: &Caller, dataset: &str) -> Result<DatasetName, ApiError> {
     }
 }
 
+/// [`authorize`]d to lease the batches of the dataset the path names; the dataset is not looked
+/// up yet.
+pub enum BatchWorker {}
+
+impl AccessCheck for BatchWorker {
+    type Granted = DatasetName;
+
+    async fn check(
+        _: &AppState,
+        caller: Caller,
+        path: &PathParams,
+    ) -> Result<DatasetName, ApiError> {
+        authorize(&caller, path.get("dataset"))
+    }
+}
+
 /// `POST /v1/datasets/{dataset}/batches/lease?wait=S&lease=S`: `200` with the batch and
 /// `lease_expires_at`, or `204` when none is ready within `wait`.
 pub async fn lease(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(dataset): Path<String>,
-    query: Result<Query<LeaseQuery>, QueryRejection>,
+    Allowed(name): Allowed<BatchWorker>,
+    ApiQuery(query): ApiQuery<LeaseQuery>,
 ) -> Result<Response, ApiError> {
-    let name = authorize(&caller, &dataset)?;
-    let query = extract::query(query)?;
     let wait = extract::seconds(
         "wait",
         query.wait,

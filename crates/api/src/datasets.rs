@@ -3,8 +3,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,8 +13,8 @@ use tenantsync_dataset::{Declared, MAX_PARTITIONS};
 use tenantsync_processor::ProcessorConfig;
 use tenantsync_store::Dataset;
 
-use crate::auth::Caller;
-use crate::extract;
+use crate::auth::{Admin, Caller};
+use crate::extract::{self, ApiBody};
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -33,13 +31,11 @@ fn dataset_json(d: &Dataset) -> serde_json::Value {
 /// with the same partition count, 409 when it exists with another. Needs `admin`.
 pub async fn declare(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _: Admin,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    caller.require_admin()?;
     let name = DatasetName::new(name)?;
-    let body = extract::body(body, state.config.max_body_bytes)?;
     // Through an object first: serde would also accept the sequence form `[8]` for a struct.
     let object = serde_json::Value::Object(extract::json_object(&body)?);
     let DeclareBody { partitions } = serde_json::from_value(object).map_err(|e| {

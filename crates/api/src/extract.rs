@@ -1,12 +1,23 @@
 //! Turning raw request parts into validated domain values, with errors that name the field.
+//!
+//! The extractors [`ApiQuery`] and [`ApiBody`] reject with an [`ApiError`], so a malformed query
+//! or body renders as problem+json like every other error; handlers never see axum's own
+//! rejections. Extractors run in the order of a handler's arguments: a handler puts the one
+//! that checks the caller's scope ([`Allowed`], [`Admin`](crate::auth::Admin)) before them, so
+//! that a caller without the scope gets 403 whatever else is wrong with its request.
 
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::Query;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tenantsync_auth::Access;
 use tenantsync_core::{ChangeId, DatasetName, EntityId, InvalidInput, Object, TenantId};
 use tenantsync_store::Dataset;
@@ -47,10 +58,48 @@ pub fn seconds(
     }
 }
 
-pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    query
-        .map(|Query(t)| t)
-        .map_err(|e| InvalidInput::new("query", e.body_text()).into())
+/// The query string, deserialized; 400 naming `query` when it does not fit `T`.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| ApiQuery(t))
+            .map_err(|e| InvalidInput::new("query", e.body_text()).into())
+    }
+}
+
+/// The request body, at most [`ApiConfig::max_body_bytes`](crate::ApiConfig) long: a longer
+/// one, announced or streamed, gets 413. The one place request bodies are read.
+#[derive(Debug)]
+pub struct ApiBody(pub Bytes);
+
+impl FromRequest<Arc<AppState>> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let limit = state.config.max_body_bytes;
+        let request =
+            request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)));
+        Bytes::from_request(request, state)
+            .await
+            .map(ApiBody)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::BadBody(rejection.body_text())
+                }
+            })
+    }
 }
 
 /// The dataset, which must be declared.
@@ -77,6 +126,108 @@ pub async fn authorized(
     Ok((self::dataset(state, &name).await?, tenant))
 }
 
+/// A check of the caller's access to what the path names, run by the extractor [`Allowed`].
+pub trait AccessCheck {
+    /// What the check hands to the handler once it passed.
+    type Granted: Send;
+
+    fn check(
+        state: &AppState,
+        caller: Caller,
+        path: &PathParams,
+    ) -> impl Future<Output = Result<Self::Granted, ApiError>> + Send;
+}
+
+/// What the check `C` grants. A malformed path gets axum's own answer, as from a `Path`
+/// argument; a failed check its [`ApiError`].
+#[derive(Debug)]
+pub struct Allowed<C: AccessCheck>(pub C::Granted);
+
+impl<C: AccessCheck> FromRequestParts<Arc<AppState>> for Allowed<C> {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        let caller = Caller::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        C::check(state, caller, &PathParams(params))
+            .await
+            .map(Allowed)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+/// The path's parameters by name.
+pub struct PathParams(HashMap<String, String>);
+
+impl PathParams {
+    /// The parameter, or "" when the route has none of that name (which no name accepts).
+    pub fn get(&self, name: &str) -> &str {
+        self.0.get(name).map_or("", String::as_str)
+    }
+}
+
+/// The caller, and the declared dataset and tenant the path's `{dataset}` and `{tenant}` name.
+#[derive(Debug)]
+pub struct Tenant {
+    pub caller: Caller,
+    pub dataset: Dataset,
+    pub tenant: TenantId,
+}
+
+/// Which [`Access`] a [`TenantAccess`] checks: [`Read`] or [`Write`].
+pub trait AccessKind {
+    const ACCESS: Access;
+}
+
+#[derive(Debug)]
+pub enum Read {}
+
+impl AccessKind for Read {
+    const ACCESS: Access = Access::Read;
+}
+
+#[derive(Debug)]
+pub enum Write {}
+
+impl AccessKind for Write {
+    const ACCESS: Access = Access::Write;
+}
+
+/// [`authorized`] for `A` on the tenant the path's `{dataset}` and `{tenant}` name.
+#[derive(Debug)]
+pub struct TenantAccess<A>(PhantomData<A>);
+
+impl<A: AccessKind> AccessCheck for TenantAccess<A> {
+    type Granted = Tenant;
+
+    async fn check(
+        state: &AppState,
+        caller: Caller,
+        path: &PathParams,
+    ) -> Result<Tenant, ApiError> {
+        let (dataset, tenant) = authorized(
+            state,
+            &caller,
+            A::ACCESS,
+            path.get("dataset"),
+            path.get("tenant"),
+        )
+        .await?;
+        Ok(Tenant {
+            caller,
+            dataset,
+            tenant,
+        })
+    }
+}
+
 /// An `Idempotency-Key` a writer sent: ids with the reserved prefix are tenantsync's own.
 pub fn writer_change_id(field: &'static str, key: &str) -> Result<ChangeId, InvalidInput> {
     let id = ChangeId::new(key).map_err(|e| InvalidInput::new(field, e.reason))?;
@@ -94,17 +245,6 @@ pub fn writer_change_id(field: &'static str, key: &str) -> Result<ChangeId, Inva
 
 pub fn tenant_and_id(tenant: &str, id: &str) -> Result<(TenantId, EntityId), ApiError> {
     Ok((TenantId::new(tenant)?, EntityId::new(id)?))
-}
-
-/// A request body, with the body-limit rejection turned into 413.
-pub fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge { limit }
-        } else {
-            ApiError::BadBody(rejection.body_text())
-        }
-    })
 }
 
 /// A body that must be one JSON object.

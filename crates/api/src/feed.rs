@@ -7,22 +7,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tenantsync_auth::Access;
 use tenantsync_core::{DatasetName, InvalidInput, TenantId};
 use tenantsync_feed::{CursorKey, FeedCursor, FeedError, Page, read_or_wait, read_page};
 use tenantsync_store::{FeedPosition, FeedRecord};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::Caller;
-use crate::extract;
+use crate::extract::{self, Allowed, ApiQuery, Read, Tenant, TenantAccess};
 use crate::metrics::Gauge;
 use crate::{ApiError, AppState};
 
@@ -87,15 +84,13 @@ fn wants_event_stream(headers: &HeaderMap) -> bool {
 
 pub async fn changes(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((dataset, tenant)): Path<(String, String)>,
-    query: Result<Query<FeedQuery>, QueryRejection>,
+    Allowed(Tenant {
+        dataset, tenant, ..
+    }): Allowed<TenantAccess<Read>>,
+    ApiQuery(query): ApiQuery<FeedQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (dataset, tenant) =
-        extract::authorized(&state, &caller, Access::Read, &dataset, &tenant).await?;
     let dataset = dataset.name;
-    let query = extract::query(query)?;
     let limit = query.limit(&state)?;
     let sse = wants_event_stream(&headers);
     // An SSE client resuming after a disconnect sends the last event id it saw.

@@ -180,7 +180,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    // Bodies are read only through `extract::ApiBody`, which applies `max_body_bytes`; axum's
+    // default limit (2 MiB) would cap a larger configured one.
     open.merge(authenticated)
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -5,43 +5,21 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::json;
 use tenantsync_auth::Access;
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Op, Record, TenantId};
+use tenantsync_core::{ChangeId, DatasetName, EntityId, Op, TenantId};
 
 use crate::auth::Caller;
-use crate::extract::{self, Wait, WriteQuery};
+use crate::extract::{
+    self, Allowed, ApiBody, ApiQuery, Tenant, TenantAccess, Wait, Write, WriteQuery,
+};
 use crate::write;
 use crate::{ApiError, AppState};
 
 type RecordPath = Path<(String, String, String)>;
-
-pub fn record_json(record: &Record) -> Value {
-    json!({
-        "tenant": record.tenant,
-        "id": record.id,
-        "version": record.version,
-        "data": record.data,
-        "updated_at": record.updated_at,
-    })
-}
-
-/// A record as a write's `?wait=applied` reply shows it: with its `data` only when the caller
-/// may also read the tenant. A patch or a later change leaves data in the record the writer did
-/// not send, and a write-only token must not read it back that way.
-pub fn written_json(caller: &Caller, dataset: &DatasetName, record: &Record) -> Value {
-    let mut json = record_json(record);
-    if !caller.allows(Access::Read, dataset, &record.tenant) {
-        json.as_object_mut()
-            .expect("a record is a JSON object")
-            .remove("data");
-    }
-    json
-}
 
 fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("a number is a valid header value")
@@ -50,16 +28,17 @@ fn etag(version: u64) -> HeaderValue {
 /// The common path of PUT, PATCH and DELETE.
 async fn write_one(
     state: Arc<AppState>,
-    caller: Caller,
-    (dataset, tenant, id): (String, String, String),
-    query: Result<Query<WriteQuery>, QueryRejection>,
+    Tenant {
+        caller,
+        dataset,
+        tenant,
+    }: Tenant,
+    id: String,
+    query: WriteQuery,
     headers: HeaderMap,
     op: Op,
     body: Option<Bytes>,
 ) -> Result<Response, ApiError> {
-    let (dataset, tenant) =
-        extract::authorized(&state, &caller, Access::Write, &dataset, &tenant).await?;
-    let query = extract::query(query)?;
     let id = EntityId::new(id)?;
     let pre = extract::preconditions(&headers)?;
     let data = body.map(|b| extract::json_object(&b)).transpose()?;
@@ -85,7 +64,7 @@ async fn write_one(
     };
     let applied = write::wait_applied(&state, &dataset, &change, waiter, write::KEY_HEADER).await?;
     let record = write::applied_reply(&change, &applied, write::KEY_HEADER)?;
-    let mut response = Json(written_json(&caller, &dataset.name, &record)).into_response();
+    let mut response = Json(write::written_json(&caller, &dataset.name, &record)).into_response();
     response
         .headers_mut()
         .insert(header::ETAG, etag(record.version));
@@ -94,36 +73,34 @@ async fn write_one(
 
 pub async fn put(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(path): RecordPath,
-    query: Result<Query<WriteQuery>, QueryRejection>,
+    Allowed(tenant): Allowed<TenantAccess<Write>>,
+    Path((_, _, id)): RecordPath,
+    ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let body = extract::body(body, state.config.max_body_bytes)?;
-    write_one(state, caller, path, query, headers, Op::Upsert, Some(body)).await
+    write_one(state, tenant, id, query, headers, Op::Upsert, Some(body)).await
 }
 
 pub async fn patch(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(path): RecordPath,
-    query: Result<Query<WriteQuery>, QueryRejection>,
+    Allowed(tenant): Allowed<TenantAccess<Write>>,
+    Path((_, _, id)): RecordPath,
+    ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let body = extract::body(body, state.config.max_body_bytes)?;
-    write_one(state, caller, path, query, headers, Op::Patch, Some(body)).await
+    write_one(state, tenant, id, query, headers, Op::Patch, Some(body)).await
 }
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(path): RecordPath,
-    query: Result<Query<WriteQuery>, QueryRejection>,
+    Allowed(tenant): Allowed<TenantAccess<Write>>,
+    Path((_, _, id)): RecordPath,
+    ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    write_one(state, caller, path, query, headers, Op::Delete, None).await
+    write_one(state, tenant, id, query, headers, Op::Delete, None).await
 }
 
 pub async fn get(
@@ -136,7 +113,7 @@ pub async fn get(
     let id = EntityId::new(id)?;
     match state.store.get(&dataset.name, &tenant, &id).await? {
         Some(record) if !record.is_deleted() => {
-            let mut response = Json(record_json(&record)).into_response();
+            let mut response = Json(write::record_json(&record)).into_response();
             response
                 .headers_mut()
                 .insert(header::ETAG, etag(record.version));

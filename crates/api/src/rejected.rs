@@ -5,14 +5,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tenantsync_core::{DatasetName, InvalidInput};
 
-use crate::auth::Caller;
-use crate::extract;
+use crate::auth::Admin;
+use crate::extract::{self, ApiQuery};
 use crate::{ApiError, AppState};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -28,13 +27,11 @@ pub struct RejectedQuery {
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _: Admin,
     Path(name): Path<String>,
-    query: Result<Query<RejectedQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<RejectedQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
     let name = DatasetName::new(name)?;
-    let query = extract::query(query)?;
     let limit = match query.limit {
         None => DEFAULT_LIMIT,
         Some(n) if (1..=MAX_LIMIT).contains(&n) => n,

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -19,7 +17,7 @@ use tenantsync_store::{Subscription, TenantSelection};
 
 use crate::admin::audit;
 use crate::auth::Caller;
-use crate::extract;
+use crate::extract::{self, AccessCheck, Allowed, ApiBody, ApiQuery, PathParams};
 use crate::feed::{FeedQuery, change_json};
 use crate::metrics::Gauge;
 use crate::{ApiError, AppState};
@@ -66,6 +64,21 @@ async fn find(state: &AppState, caller: &Caller, name: &str) -> Result<Subscript
     Ok(subscription)
 }
 
+/// The subscription the path's `{name}` names, as [`find`] finds it.
+pub enum ReadSubscription {}
+
+impl AccessCheck for ReadSubscription {
+    type Granted = Subscription;
+
+    async fn check(
+        state: &AppState,
+        caller: Caller,
+        path: &PathParams,
+    ) -> Result<Subscription, ApiError> {
+        find(state, &caller, path.get("name")).await
+    }
+}
+
 /// `PUT /v1/subscriptions/{name}`: creates or updates a subscription. The caller must be
 /// allowed to read every dataset and tenant it covers, and, when it exists, everything it
 /// covered before.
@@ -73,10 +86,9 @@ pub async fn put(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let name = SubscriptionName::new(name)?;
-    let body = extract::body(body, state.config.max_body_bytes)?;
     let spec: Spec = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadBody(format!(
             "expected {{\"datasets\": [\"inventory\"], \"tenants\": [\"acme\"] or \"*\"}}: {e}"
@@ -215,12 +227,9 @@ pub async fn delete(
 /// `204 No Content` when nothing is pending after `?wait=`.
 pub async fn changes(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(name): Path<String>,
-    query: Result<Query<FeedQuery>, QueryRejection>,
+    Allowed(subscription): Allowed<ReadSubscription>,
+    ApiQuery(query): ApiQuery<FeedQuery>,
 ) -> Result<Response, ApiError> {
-    let subscription = find(&state, &caller, &name).await?;
-    let query = extract::query(query)?;
     let (limit, wait) = (query.limit(&state)?, query.wait(&state)?);
     if let Some(cursor) = &query.cursor {
         subscriptions::ack(
@@ -268,12 +277,9 @@ struct Ack {
 /// `POST .../ack` with `{"cursor": "..."}`: records that the batch was processed.
 pub async fn ack(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    Allowed(subscription): Allowed<ReadSubscription>,
+    ApiBody(body): ApiBody,
 ) -> Result<StatusCode, ApiError> {
-    let subscription = find(&state, &caller, &name).await?;
-    let body = extract::body(body, state.config.max_body_bytes)?;
     let ack: Ack = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadBody(format!(
             "expected {{\"cursor\": \"<a batch's cursor>\"}}: {e}"

@@ -5,14 +5,15 @@
 //! whose id already belongs to another record (`key_reused`). This module reports that refusal
 //! as 422, early when the store already shows the key taken, and never lets such a change pass
 //! as a duplicate of the other record's change.
+//!
+//! It also renders records for replies (`record_json`, `written_json`). `records` builds its
+//! handlers on this module, never the other way round.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
@@ -27,7 +28,7 @@ use tenantsync_store::{Dataset, StoredOutcome};
 use tokio::time::Instant;
 
 use crate::auth::Caller;
-use crate::extract::{self, Wait, WriteQuery};
+use crate::extract::{self, AccessCheck, Allowed, ApiBody, ApiQuery, PathParams, Wait, WriteQuery};
 use crate::quota::QuotaError;
 use crate::{ApiError, AppState};
 
@@ -79,6 +80,30 @@ pub async fn check_key(
         Some(refused) => Err(refused),
         None => Ok(()),
     }
+}
+
+/// A record as the API shows it.
+pub fn record_json(record: &Record) -> Value {
+    json!({
+        "tenant": record.tenant,
+        "id": record.id,
+        "version": record.version,
+        "data": record.data,
+        "updated_at": record.updated_at,
+    })
+}
+
+/// A record as a write's `?wait=applied` reply shows it: with its `data` only when the caller
+/// may also read the tenant. A patch or a later change leaves data in the record the writer did
+/// not send, and a write-only token must not read it back that way.
+pub fn written_json(caller: &Caller, dataset: &DatasetName, record: &Record) -> Value {
+    let mut json = record_json(record);
+    if !caller.allows(Access::Read, dataset, &record.tenant) {
+        json.as_object_mut()
+            .expect("a record is a JSON object")
+            .remove("data");
+    }
+    json
 }
 
 /// A change id for writers that sent no `Idempotency-Key`: unique and time-ordered.
@@ -340,21 +365,10 @@ fn parse_line(line: &[u8]) -> Result<(Change, bool), ApiError> {
 /// `Retry-After`.
 pub async fn bulk(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(dataset): Path<String>,
-    query: Result<Query<WriteQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    Allowed((caller, dataset)): Allowed<BulkWrite>,
+    ApiQuery(query): ApiQuery<WriteQuery>,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let name = DatasetName::new(dataset)?;
-    if !caller.sees_dataset(&name) {
-        return Err(ApiError::Forbidden(format!(
-            "this token may not write to dataset {name}"
-        )));
-    }
-    let query = extract::query(query)?;
-    let dataset = extract::dataset(&state, &name).await?;
-    let body = extract::body(body, state.config.max_body_bytes)?;
-
     // Each non-blank line with its number and the tenant it names, read once.
     let lines: Vec<(usize, &[u8], Option<TenantId>)> = body
         .split(|&b| b == b'\n')
@@ -440,7 +454,7 @@ pub async fn bulk(
                 match reply {
                     Ok(record) => json!({
                         "line": line, "status": 200,
-                        "change_id": change.change_id, "record": crate::records::written_json(&caller, &dataset.name, &record),
+                        "change_id": change.change_id, "record": written_json(&caller, &dataset.name, &record),
                     }),
                     Err(error) => {
                         let mut v = line_error(line, error);
@@ -454,6 +468,30 @@ pub async fn bulk(
         results.push(value);
     }
     Ok(Json(json!({ "results": results })).into_response())
+}
+
+/// The caller and the dataset the path's `{dataset}` names, for a bulk write: 403 unless a
+/// scope of the caller names the dataset (each line's tenant is checked on its own), then 404
+/// unless it is declared.
+pub enum BulkWrite {}
+
+impl AccessCheck for BulkWrite {
+    type Granted = (Caller, Dataset);
+
+    async fn check(
+        state: &AppState,
+        caller: Caller,
+        path: &PathParams,
+    ) -> Result<(Caller, Dataset), ApiError> {
+        let name = DatasetName::new(path.get("dataset"))?;
+        if !caller.sees_dataset(&name) {
+            return Err(ApiError::Forbidden(format!(
+                "this token may not write to dataset {name}"
+            )));
+        }
+        let dataset = extract::dataset(state, &name).await?;
+        Ok((caller, dataset))
+    }
 }
 
 /// The tenant a bulk line names, read without parsing the rest of it; `None` when the line

@@ -1087,6 +1087,24 @@ async fn bodies_over_the_limit_get_413() {
     assert_eq!(body["results"].as_array().unwrap().len(), 10);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_above_axums_default_is_the_limit() {
+    // axum refuses bodies over 2 MiB unless told otherwise: the configured limit rules.
+    let api = Api::start(&["--max-body-bytes", "4000000"]).await;
+    api.declare("large", 1).await;
+    let three_mib = json!({"pad": "x".repeat(3 << 20)});
+    let (body, _) = api.put_applied("large", "acme", "a", three_mib).await;
+    assert_eq!(body["version"], 1);
+    let r = api
+        .client
+        .put(api.record("large", "acme", "b"))
+        .json(&json!({"pad": "x".repeat(4_000_000)}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 413, "PUT over a limit above 2 MiB").await;
+}
+
 /// Sends a hand-written HTTP/1.1 request (one the client library would not send) and returns
 /// the whole reply, read until the server closes the connection.
 async fn raw_http(server: &Server, request: &str) -> String {
