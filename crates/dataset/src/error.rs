@@ -1,3 +1,4 @@
+use tenantsync_core::{Classify, ErrorClass};
 use tenantsync_log::LogError;
 use tenantsync_store::StoreError;
 use thiserror::Error;
@@ -18,13 +19,12 @@ pub enum DatasetError {
     },
 }
 
-impl DatasetError {
-    /// Whether retrying later may succeed.
-    pub fn is_transient(&self) -> bool {
+impl Classify for DatasetError {
+    fn class(&self) -> ErrorClass {
         match self {
-            DatasetError::Log(e) => e.is_transient(),
-            DatasetError::Store(e) => e.is_transient(),
-            DatasetError::InvalidPartitions { .. } => false,
+            DatasetError::Log(e) => e.class(),
+            DatasetError::Store(e) => e.class(),
+            DatasetError::InvalidPartitions { .. } => ErrorClass::Permanent,
         }
     }
 }
@@ -50,10 +50,4 @@ pub enum DecodeError {
     MissingHeader(&'static str),
     #[error("tombstone header {0} is invalid")]
     BadHeader(&'static str),
-}
-
-impl tenantsync_core::Classify for DatasetError {
-    fn class(&self) -> tenantsync_core::ErrorClass {
-        tenantsync_core::ErrorClass::transient_if(self.is_transient())
-    }
 }

@@ -17,18 +17,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
 use tenantsync_core::{DatasetName, Record, TenantId};
 use tenantsync_dataset::{CommitObserver, Datasets, PerDataset};
 use tenantsync_log::{Log, Partition};
 use tenantsync_store::{Dataset, FeedStore, Offset};
 
-use crate::tenant_feed::TailCache;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::registry::Registry;
 use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+use crate::tenant_feed::TailCache;
 
 /// How long one read of the state log waits for new entries before asking again.
 const TAIL_WAIT: Duration = Duration::from_secs(10);
@@ -175,8 +176,8 @@ impl Hub {
 
     /// Forgets what no one needs: signals and tails of tenants nobody waits on, and entries of
     /// tenants without records (a read or wait for any tenant id creates one, so without this
-    /// the hub would grow with every id ever asked for). [`sweeper`](Hub::sweeper) calls it every few
-    /// seconds; it is safe at any moment.
+    /// the hub would grow with every id ever asked for). [`sweeper`](Hub::sweeper) calls it
+    /// every few seconds; it is safe at any moment.
     pub fn sweep(&self) {
         for ds in self.lock().datasets.values_mut() {
             ds.tenants.retain(|_, t| {
@@ -373,9 +374,7 @@ impl HubTails {
             }
         };
         let tails = from.into_iter().enumerate().map(|(partition, from)| {
-            tail(
-                &self.hub,
-                self.log.as_ref(),
+            self.tail(
                 &dataset.name,
                 &topic,
                 partition as Partition,
@@ -386,6 +385,41 @@ impl HubTails {
         });
         futures::future::try_join_all(tails).await.map(drop)
     }
+
+    /// Reads one partition of a state log from `from` on, notifying the hub of every state and
+    /// keeping its position in `positions`, until `stop` or a failed read.
+    async fn tail(
+        &self,
+        dataset: &DatasetName,
+        topic: &str,
+        partition: Partition,
+        mut from: Offset,
+        positions: &Mutex<Option<Vec<Offset>>>,
+        stop: &CancellationToken,
+    ) -> Result<(), ServiceError> {
+        loop {
+            let entries = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                read = self.log.read(topic, partition, from, TAIL_BATCH, TAIL_WAIT) => {
+                    read.map_err(ServiceError::from_error)?
+                }
+            };
+            let Some(last) = entries.last() else { continue };
+            from = last.offset + 1;
+            // Keys are `tenant:id`; a key that does not parse wakes nobody.
+            let tenants: Vec<TenantId> = entries
+                .iter()
+                .filter_map(|entry| {
+                    let key = std::str::from_utf8(&entry.key).ok()?;
+                    TenantId::new(key.split_once(':')?.0).ok()
+                })
+                .collect();
+            self.hub.notify(dataset, &tenants);
+            if let Some(positions) = positions.lock().expect("tail positions lock").as_mut() {
+                positions[partition as usize] = from;
+            }
+        }
+    }
 }
 
 /// The processor of this instance tells the hub of each batch as soon as it is committed, ahead
@@ -393,42 +427,5 @@ impl HubTails {
 impl CommitObserver for Hub {
     fn committed(&self, dataset: &DatasetName, states: &[Record]) {
         self.changed(dataset, states.iter().map(|r| &r.tenant));
-    }
-}
-
-/// Reads one partition of a state log from `from` on, notifying the hub of every state and
-/// keeping its position in `positions`, until `stop` or a failed read.
-#[allow(clippy::too_many_arguments)]
-async fn tail(
-    hub: &Hub,
-    log: &dyn Log,
-    dataset: &DatasetName,
-    topic: &str,
-    partition: Partition,
-    mut from: Offset,
-    positions: &Mutex<Option<Vec<Offset>>>,
-    stop: &CancellationToken,
-) -> Result<(), ServiceError> {
-    loop {
-        let entries = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            read = log.read(topic, partition, from, TAIL_BATCH, TAIL_WAIT) => {
-                read.map_err(ServiceError::from_error)?
-            }
-        };
-        let Some(last) = entries.last() else { continue };
-        from = last.offset + 1;
-        // Keys are `tenant:id`; a key that does not parse wakes nobody.
-        let tenants: Vec<TenantId> = entries
-            .iter()
-            .filter_map(|entry| {
-                let key = std::str::from_utf8(&entry.key).ok()?;
-                TenantId::new(key.split_once(':')?.0).ok()
-            })
-            .collect();
-        hub.notify(dataset, &tenants);
-        if let Some(positions) = positions.lock().expect("tail positions lock").as_mut() {
-            positions[partition as usize] = from;
-        }
     }
 }

@@ -1,3 +1,4 @@
+use tenantsync_core::{Classify, ErrorClass};
 use tenantsync_log::LogError;
 use tenantsync_store::StoreError;
 use thiserror::Error;
@@ -11,17 +12,11 @@ pub enum ProcessorError {
     Store(#[from] StoreError),
 }
 
-impl ProcessorError {
-    pub fn is_transient(&self) -> bool {
+impl Classify for ProcessorError {
+    fn class(&self) -> ErrorClass {
         match self {
-            ProcessorError::Log(e) => e.is_transient(),
-            ProcessorError::Store(e) => e.is_transient(),
+            ProcessorError::Log(e) => e.class(),
+            ProcessorError::Store(e) => e.class(),
         }
-    }
-}
-
-impl tenantsync_core::Classify for ProcessorError {
-    fn class(&self) -> tenantsync_core::ErrorClass {
-        tenantsync_core::ErrorClass::transient_if(self.is_transient())
     }
 }

@@ -11,4 +11,4 @@ mod error;
 mod processor;
 
 pub use error::ProcessorError;
-pub use processor::{Processor, ProcessorConfig, ProcessorStats, REJECTED_KEPT};
+pub use processor::{Processor, ProcessorConfig, ProcessorStats};

@@ -19,7 +19,7 @@ use crate::ProcessorError;
 
 /// Rejected changes-log entries kept per dataset for `GET /v1/datasets/{dataset}/rejected`; the
 /// oldest beyond it are dropped and counted.
-pub const REJECTED_KEPT: usize = 10_000;
+const REJECTED_KEPT: usize = 10_000;
 
 /// Tuning of the processor. The defaults suit both backends.
 #[derive(Debug, Clone)]

@@ -38,7 +38,7 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a waiting step looks in the store for deletes another instance applied.
 const RECHECK: Duration = Duration::from_millis(250);
 /// The actor of what the server does on its own, in the audit log.
-pub const ERASURE_ACTOR: &str = "tenantsync";
+const ERASURE_ACTOR: &str = "tenantsync";
 
 /// The erasures this instance knows of, and the service that runs them.
 pub struct Erasures {

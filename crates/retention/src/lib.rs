@@ -9,4 +9,4 @@
 mod erasure;
 pub mod tombstones;
 
-pub use erasure::{ERASURE_ACTOR, Erasures};
+pub use erasure::Erasures;
