@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::json;
 use tenantsync_core::DatasetName;
 use tenantsync_dataset::{Declared, MAX_PARTITIONS};
-use tenantsync_processor::ProcessorConfig;
 use tenantsync_store::Dataset;
 
 use crate::auth::{Admin, Caller};
@@ -74,7 +73,7 @@ pub async fn show(
         let applied = state.store.position(&dataset.name, p).await?;
         let committed = state
             .log
-            .committed(ProcessorConfig::GROUP, &topic, p)
+            .committed(&state.datasets.topics().processor_group(), &topic, p)
             .await?
             .unwrap_or(0);
         partitions.push(json!({

@@ -18,7 +18,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde_json::json;
 use tenantsync::backends::{open_log, open_store};
-use tenantsync::config::{FileConfig, ServeArgs, Settings};
+use tenantsync::config::{FileConfig, KafkaSettings, ServeArgs, Settings};
 use tenantsync::serve;
 use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Op, TenantId, Topics};
 use tenantsync_dataset::{Datasets, changes};
@@ -66,6 +66,8 @@ enum LogBackend {
     Embedded,
     /// An in-process librdkafka mock cluster (3 brokers).
     KafkaMock,
+    /// A real Kafka cluster at --kafka-servers (topics get a prefix of their own per run).
+    Kafka,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +75,12 @@ struct Common {
     /// Which log to measure.
     #[arg(long, value_enum, default_value = "embedded")]
     log: LogBackend,
+    /// Bootstrap servers of the cluster for --log kafka, e.g. the last line of `dev/kafka up`.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    kafka_servers: Option<String>,
+    /// Replication factor of the topics created for --log kafka.
+    #[arg(long, default_value_t = 3)]
+    kafka_replication_factor: u16,
     /// Master store URL [default: SQLite in the temp dir].
     #[arg(long)]
     store: Option<String>,
@@ -122,6 +130,8 @@ struct HttpArgs {
 struct Env {
     dir: tempfile::TempDir,
     log_url: String,
+    kafka: KafkaSettings,
+    topics: Topics,
     store_url: String,
     _cluster: Option<MockCluster<'static, DefaultProducerContext>>,
 }
@@ -133,8 +143,20 @@ impl Env {
             .store
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("store.sqlite3").display()));
+        let mut topics = Topics::default();
         let (log_url, cluster) = match common.log {
             LogBackend::Embedded => (format!("embedded://{}", dir.path().display()), None),
+            LogBackend::Kafka => {
+                let servers = common
+                    .kafka_servers
+                    .clone()
+                    .context("--log kafka needs --kafka-servers")?;
+                let run = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis();
+                topics = Topics::new(format!("bench-{run}"));
+                (format!("kafka://{servers}"), None)
+            }
             LogBackend::KafkaMock => {
                 let cluster = MockCluster::new(3).context("cannot start the mock cluster")?;
                 let topics = Topics::default();
@@ -155,6 +177,15 @@ impl Env {
         Ok(Env {
             dir,
             log_url,
+            kafka: KafkaSettings {
+                options: Vec::new(),
+                replication_factor: match common.log {
+                    LogBackend::Kafka => common.kafka_replication_factor,
+                    _ => 3,
+                },
+                instance_name: None,
+            },
+            topics: topics.clone(),
             store_url,
             _cluster: cluster,
         })
@@ -271,12 +302,12 @@ fn tenant(i: u32) -> TenantId {
 
 async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
     let env = Env::new(&args.common)?;
-    let log = open_log(&env.log_url.parse()?, &[]).await?;
+    let log = open_log(&env.log_url.parse()?, &env.kafka).await?;
     let store = open_store(&env.store_url.parse()?).await?;
     let datasets = Arc::new(Datasets::new(
         log.clone(),
         store.clone(),
-        Topics::default(),
+        env.topics.clone(),
         Duration::from_secs(3600),
     ));
     let dataset = Dataset {
@@ -287,7 +318,7 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
 
     eprintln!("filling the changes log with {} changes...", args.changes);
     let mut rng = StdRng::seed_from_u64(1);
-    let topic = Topics::default().changes(&dataset.name);
+    let topic = env.topics.changes(&dataset.name);
     let fill = Instant::now();
     let mut written = 0;
     while written < args.changes {
@@ -371,6 +402,8 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
             data_dir: Some(env.dir.path().to_owned()),
             listen: Some("127.0.0.1:0".into()),
             log: Some(env.log_url.clone()),
+            topic_prefix: Some(env.topics.prefix().to_owned()),
+            kafka_replication_factor: Some(env.kafka.replication_factor),
             store: Some(env.store_url.clone()),
             tenant_write_rate: args.tenant_write_rate,
             ..ServeArgs::default()

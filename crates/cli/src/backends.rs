@@ -10,11 +10,10 @@ use tenantsync_log_embedded::{EmbeddedLog, EmbeddedOptions};
 use tenantsync_log_kafka::{KafkaConfig, KafkaLog};
 use tenantsync_store::MasterStore;
 
+use crate::config::KafkaSettings;
+
 /// Opens the embedded log (creating its directory) or connects to Kafka.
-pub async fn open_log(
-    url: &LogUrl,
-    kafka_options: &[(String, String)],
-) -> anyhow::Result<Arc<dyn Log>> {
+pub async fn open_log(url: &LogUrl, kafka: &KafkaSettings) -> anyhow::Result<Arc<dyn Log>> {
     match url {
         LogUrl::Embedded(dir) => {
             std::fs::create_dir_all(dir)
@@ -26,9 +25,10 @@ pub async fn open_log(
         }
         LogUrl::Kafka(servers) => {
             let config = KafkaConfig {
-                bootstrap_servers: servers.clone(),
-                options: kafka_options.to_vec(),
-                client_id: "tenantsync".to_owned(),
+                options: kafka.options.clone(),
+                instance_name: kafka.instance_name.clone(),
+                replication_factor: Some(kafka.replication_factor),
+                ..KafkaConfig::new(servers.clone())
             };
             let log = KafkaLog::connect(config)
                 .await

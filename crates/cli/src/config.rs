@@ -56,6 +56,16 @@ pub struct ServeArgs {
     /// --kafka-option security.protocol=ssl.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
+    /// Replication factor of the topics created on Kafka [default: 3]; their min.insync.replicas
+    /// is one less (at least 1, at most 2). Start-up fails on a cluster with fewer brokers.
+    #[arg(long, env = "TENANTSYNC_KAFKA_REPLICATION_FACTOR", value_name = "N")]
+    pub kafka_replication_factor: Option<u16>,
+    /// This instance's name: unique among the instances sharing a log and a store, and the same
+    /// after a restart [default: HOST/LISTEN_ADDRESS]. On Kafka it makes the instance a static
+    /// member of the processors' group, so a restarted instance takes its partitions back at
+    /// once (within the session timeout) instead of after a rebalance.
+    #[arg(long, env = "TENANTSYNC_INSTANCE_NAME", value_name = "NAME")]
+    pub instance_name: Option<String>,
     /// Prefix of topic names: PREFIX.DATASET.changes and PREFIX.DATASET.state [default: tenantsync].
     #[arg(long, env = "TENANTSYNC_TOPIC_PREFIX", value_name = "PREFIX")]
     pub topic_prefix: Option<String>,
@@ -125,6 +135,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    pub instance_name: Option<String>,
     pub listen: Option<String>,
     pub log: Option<String>,
     pub store: Option<String>,
@@ -161,7 +172,20 @@ pub struct KafkaSection {
     /// librdkafka properties passed through to every client.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    pub replication_factor: Option<u16>,
 }
+
+/// How this instance uses a Kafka log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    pub options: Vec<(String, String)>,
+    pub replication_factor: u16,
+    /// The instance name; `None` until `serve` knows its listen address (the default).
+    pub instance_name: Option<String>,
+}
+
+/// Replication factor of created topics unless configured.
+pub const DEFAULT_REPLICATION_FACTOR: u16 = 3;
 
 /// `[quotas.tenants.<tenant>]`: a tenant's own write quota.
 #[derive(Debug, Default, Deserialize)]
@@ -244,7 +268,7 @@ pub struct Settings {
     pub log: LogUrl,
     /// Shown without its password, wherever it is shown.
     pub store: StoreUrl,
-    pub kafka_options: Vec<(String, String)>,
+    pub kafka: KafkaSettings,
     pub topic_prefix: String,
     pub max_body_bytes: usize,
     pub apply_timeout: Duration,
@@ -322,7 +346,14 @@ impl Settings {
             listen,
             log,
             store,
-            kafka_options: kafka.into_iter().collect(),
+            kafka: KafkaSettings {
+                options: kafka.into_iter().collect(),
+                replication_factor: args
+                    .kafka_replication_factor
+                    .or(file.kafka.replication_factor)
+                    .unwrap_or(DEFAULT_REPLICATION_FACTOR),
+                instance_name: args.instance_name.or(file.instance_name),
+            },
             topic_prefix: args
                 .topic_prefix
                 .or(file.topic_prefix)
@@ -431,6 +462,14 @@ impl Settings {
         if self.max_body_bytes == 0 {
             bail!("invalid max_body_bytes: must be at least 1");
         }
+        if self.kafka.replication_factor == 0 {
+            bail!("invalid kafka replication_factor: must be at least 1");
+        }
+        if let Some(name) = &self.kafka.instance_name
+            && (name.trim().is_empty() || name.len() > 200)
+        {
+            bail!("invalid instance_name: {name:?} must be 1 to 200 characters");
+        }
         if self.apply_timeout.is_zero() {
             bail!("invalid apply_timeout_secs: must be at least 1");
         }
@@ -517,7 +556,7 @@ mod tests {
         assert_eq!(s.listen.to_string(), "0.0.0.0:1");
         assert_eq!(s.log.to_string(), "kafka://broker:9092");
         assert_eq!(
-            s.kafka_options,
+            s.kafka.options,
             vec![
                 ("client.rack".to_owned(), "b".to_owned()),
                 ("security.protocol".to_owned(), "ssl".to_owned())

@@ -96,7 +96,17 @@ async fn auth(settings: &Settings, store: &dyn AccessStore) -> anyhow::Result<Au
 
 /// Opens the backends, declares the configured datasets and starts the processor and the API.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
-    let log = open_log(&settings.log, &settings.kafka_options).await?;
+    // Bound first: the default instance name is the address actually listened on.
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let mut kafka = settings.kafka.clone();
+    let instance = kafka
+        .instance_name
+        .get_or_insert_with(|| default_instance_name(addr))
+        .clone();
+    let log = open_log(&settings.log, &kafka).await?;
     let store = open_store(&settings.store).await?;
     let auth = auth(settings, store.as_ref()).await?;
     // Shared by every instance on this store, so that cursors work on all of them.
@@ -120,6 +130,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot declare dataset {} from the config file", d.name))?;
     }
+    // Topics of datasets declared earlier (through the API, maybe by another instance) are
+    // checked now too: a topic that is wrong is a start-up error, not a failing service.
+    for dataset in datasets.all().await? {
+        datasets
+            .ensure_topics(&dataset)
+            .await
+            .with_context(|| format!("the topics of dataset {} are not usable", dataset.name))?;
+    }
     let hub = Hub::new();
     let processor = Arc::new(
         Processor::new(
@@ -133,10 +151,6 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         )
         .with_observer(hub.clone()),
     );
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let addr = listener.local_addr()?;
     let batcher = Arc::new(BatcherStage::new(
         log.clone(),
         store.clone(),
@@ -144,7 +158,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         StageConfig {
             limits: settings.batch_limits,
             dataset_limits: settings.dataset_batch_limits.clone(),
-            owner: instance_name(addr),
+            owner: instance.clone(),
             ..StageConfig::default()
         },
     ));
@@ -262,7 +276,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
 
 /// This instance's name in the store's batcher claims: unique per host and port, and the same
 /// when the instance restarts, so that it takes its claims back at once.
-fn instance_name(addr: SocketAddr) -> String {
+fn default_instance_name(addr: SocketAddr) -> String {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

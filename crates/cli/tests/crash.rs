@@ -177,9 +177,8 @@ impl Backend {
             ),
             Backend::Kafka(kafka) => Arc::new(
                 tenantsync_log_kafka::KafkaLog::connect(tenantsync_log_kafka::KafkaConfig {
-                    bootstrap_servers: kafka.servers.clone(),
-                    options: vec![],
                     client_id: "crash-test".into(),
+                    ..tenantsync_log_kafka::KafkaConfig::new(kafka.servers.clone())
                 })
                 .await
                 .unwrap(),

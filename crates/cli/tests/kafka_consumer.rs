@@ -23,7 +23,7 @@ async fn a_plain_consumer_group_rebuilds_the_master_store() {
     let kafka = MockKafka::new(1, DATASET, PARTITIONS);
     let state_topic = &kafka.state_topic;
     let dir = tempfile::tempdir().unwrap();
-    let server = common::Server::start(dir.path(), &["--log", &kafka.log_url()]).await;
+    let server = common::Server::start(dir.path(), &kafka.server_args()).await;
     common::declare(&server, DATASET, PARTITIONS).await;
 
     // Creates, updates, patches and deletes over several tenants, some keys deleted and written
@@ -163,18 +163,9 @@ async fn a_plain_consumer_group_rebuilds_the_master_store() {
 async fn batches_reach_a_kafka_consumer_group() {
     let kafka = MockKafka::new(1, DATASET, PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
-    let server = common::Server::start(
-        dir.path(),
-        &[
-            "--log",
-            &kafka.log_url(),
-            "--batch-max-records",
-            "25",
-            "--batch-max-wait-ms",
-            "100",
-        ],
-    )
-    .await;
+    let mut args = kafka.server_args();
+    args.extend(["--batch-max-records", "25", "--batch-max-wait-ms", "100"].map(String::from));
+    let server = common::Server::start(dir.path(), &args).await;
     common::declare(&server, DATASET, PARTITIONS).await;
 
     // Five tenants, one much busier; every key written twice, some deleted.

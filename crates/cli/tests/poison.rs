@@ -19,7 +19,7 @@ const PARTITIONS: u32 = 4;
 async fn undecodable_changes_are_recorded_and_skipped() {
     let kafka = MockKafka::new(1, DATASET, PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
-    let server = common::Server::start(dir.path(), &["--log", &kafka.log_url()]).await;
+    let server = common::Server::start(dir.path(), &kafka.server_args()).await;
     common::declare(&server, DATASET, PARTITIONS).await;
     let client = common::http_client();
     let record = |id: &str| {

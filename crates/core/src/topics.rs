@@ -13,6 +13,10 @@ impl Topics {
         }
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn changes(&self, dataset: &crate::DatasetName) -> String {
         format!("{}.{dataset}.changes", self.prefix)
     }
@@ -23,6 +27,12 @@ impl Topics {
 
     pub fn batches(&self, dataset: &crate::DatasetName) -> String {
         format!("{}.{dataset}.batches", self.prefix)
+    }
+
+    /// The processors' consumer group, `{prefix}-processor`: every instance sharing a log and a
+    /// store is a member; deployments with other prefixes on the same cluster are not.
+    pub fn processor_group(&self) -> String {
+        format!("{}-processor", self.prefix)
     }
 }
 

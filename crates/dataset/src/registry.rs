@@ -108,9 +108,7 @@ impl Datasets {
             .into());
         }
         // Topics first: a dataset visible in the store always has its topics.
-        for spec in self.topic_specs(dataset) {
-            self.log.ensure_topic(&spec).await?;
-        }
+        self.ensure_topics(dataset).await?;
         self.store.declare_dataset(dataset).await?;
         self.remember(dataset);
         Ok(if existing.is_some() {
@@ -118,6 +116,15 @@ impl Datasets {
         } else {
             Declared::Created
         })
+    }
+
+    /// Creates the dataset's topics, or checks that the existing ones fit (partition count,
+    /// cleanup policy).
+    pub async fn ensure_topics(&self, dataset: &Dataset) -> Result<(), LogError> {
+        for spec in self.topic_specs(dataset) {
+            self.log.ensure_topic(&spec).await?;
+        }
+        Ok(())
     }
 
     fn topic_specs(&self, dataset: &Dataset) -> [TopicSpec; 3] {

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tenantsync_log::{Entry, GroupConsumer, LogError, Offset, Partition};
+use tenantsync_log::{Entry, GroupConsumer, LogError, Message, Offset, Partition, Publisher};
 use tokio::sync::watch;
 
-use crate::writer::Command;
+use crate::writer::{Command, GroupCommit};
 use crate::{Shared, TopicHandle, deadline_after};
 
 /// Groups by (group, topic name).
@@ -316,5 +316,98 @@ impl GroupConsumer for Member {
             .filter(|p| m.owner[*p] == Some(self.id))
             .map(|p| p as Partition)
             .collect()
+    }
+
+    fn publisher(&self) -> Box<dyn Publisher> {
+        Box::new(MemberPublisher {
+            shared: self.shared.clone(),
+            input: self.topic.clone(),
+            group: self.group.clone(),
+            state: self.state.clone(),
+            id: self.id,
+            bound: self.owned.iter().map(|(p, o)| (*p, o.epoch)).collect(),
+        })
+    }
+}
+
+/// A member's publisher: the entries and the offsets go to the writer as one command, so they
+/// commit in one SQLite transaction.
+struct MemberPublisher {
+    shared: Arc<Shared>,
+    input: Arc<TopicHandle>,
+    group: String,
+    state: Arc<GroupState>,
+    id: u64,
+    /// The epoch at which the member owned each partition when the publisher was made.
+    bound: BTreeMap<Partition, u64>,
+}
+
+#[async_trait]
+impl Publisher for MemberPublisher {
+    async fn publish(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+        offsets: Vec<(Partition, Offset)>,
+    ) -> Result<(), LogError> {
+        let output = self.shared.topic(topic)?;
+        for m in &messages {
+            output.check_partition(m.partition)?;
+        }
+        for (p, _) in &offsets {
+            self.input.check_partition(*p)?;
+        }
+        // As in `commit`: the queue slot first, so that the ownership check, the in-memory
+        // offsets and the queued write happen under one lock, in the order the group accepted.
+        let permit = self
+            .shared
+            .writer
+            .reserve()
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let previous: Vec<(Partition, Option<Offset>)> = {
+            let mut m = self.state.lock();
+            for (p, _) in &offsets {
+                let i = *p as usize;
+                let owned = m.owner[i] == Some(self.id) && Some(&m.epoch[i]) == self.bound.get(p);
+                if !owned {
+                    return Err(LogError::NotOwner {
+                        topic: self.input.name.clone(),
+                        partition: *p,
+                    });
+                }
+            }
+            let previous = offsets
+                .iter()
+                .map(|(p, _)| (*p, m.committed[*p as usize]))
+                .collect();
+            for (p, o) in &offsets {
+                m.committed[*p as usize] = Some(*o);
+            }
+            permit.send(Command::Append {
+                topic: output,
+                messages,
+                commit: (!offsets.is_empty()).then(|| GroupCommit {
+                    group: self.group.clone(),
+                    topic_id: self.input.id,
+                    offsets: offsets.clone(),
+                }),
+                reply: tx,
+            });
+            previous
+        };
+        let result = rx.await.map_err(|_| LogError::Closed).and_then(|r| r);
+        if result.is_err() {
+            // Nothing was written: the group's offsets are what they were, unless a later
+            // commit moved them meanwhile.
+            let mut m = self.state.lock();
+            for ((p, was), (_, set)) in previous.iter().zip(&offsets) {
+                if m.committed[*p as usize] == Some(*set) {
+                    m.committed[*p as usize] = *was;
+                }
+            }
+        }
+        result.map(|_| ())
     }
 }

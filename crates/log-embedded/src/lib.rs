@@ -460,6 +460,7 @@ impl Log for EmbeddedLog {
             .call(|reply| Command::Append {
                 topic: handle,
                 messages,
+                commit: None,
                 reply,
             })
             .await

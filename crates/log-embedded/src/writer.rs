@@ -31,10 +31,12 @@ pub(crate) enum Command {
         spec: TopicSpec,
         reply: Reply<()>,
     },
-    /// Partitions were checked by the caller.
+    /// Partitions were checked by the caller. With `commit`, the group's offsets are written in
+    /// the same transaction as the entries (a member's publish).
     Append {
         topic: Arc<TopicHandle>,
         messages: Vec<Message>,
+        commit: Option<GroupCommit>,
         reply: Reply<Vec<Offset>>,
     },
     Commit {
@@ -53,6 +55,13 @@ pub(crate) enum Command {
     },
     /// Stop after what was queued before it.
     Shutdown,
+}
+
+/// A group's committed offsets for one topic.
+pub(crate) struct GroupCommit {
+    pub(crate) group: String,
+    pub(crate) topic_id: i64,
+    pub(crate) offsets: Vec<(Partition, Offset)>,
 }
 
 impl Command {
@@ -245,8 +254,16 @@ impl Writer {
                 Command::Append {
                     topic,
                     messages,
+                    commit: group_commit,
                     reply,
-                } => match append(&tx, &mut self.next, &topic, &messages, now_ms) {
+                } => match append(&tx, &mut self.next, &topic, &messages, now_ms).and_then(
+                    |offsets| {
+                        if let Some(c) = &group_commit {
+                            commit(&tx, &c.group, c.topic_id, &c.offsets)?;
+                        }
+                        Ok(offsets)
+                    },
+                ) {
                     Ok(offsets) => {
                         let touched = &mut effects
                             .appended

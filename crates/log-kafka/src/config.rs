@@ -27,7 +27,7 @@ pub const RESERVED_KEYS: &[(&str, &str)] = &[
     ("group.id", "set per consumer group by tenantsync"),
     (
         "group.instance.id",
-        "static membership would make this process's group members collide",
+        "set per group member from the instance name (static membership)",
     ),
     (
         "enable.idempotence",
@@ -38,7 +38,14 @@ pub const RESERVED_KEYS: &[(&str, &str)] = &[
         "always all: an append is acknowledged by every in-sync replica",
     ),
     ("request.required.acks", "alias of acks, always all"),
-    ("transactional.id", "tenantsync does not use transactions"),
+    (
+        "transactional.id",
+        "set per group member from the instance name (transactional publishing)",
+    ),
+    (
+        "partition.assignment.strategy",
+        "eager assignment: a publish is fenced by the generation of its assignment",
+    ),
     (
         "enable.auto.commit",
         "always false: offsets are committed after the work is durable",
@@ -73,6 +80,16 @@ pub struct KafkaConfig {
     pub options: Vec<(String, String)>,
     /// `client.id` of every client, shown in broker logs and quotas.
     pub client_id: String,
+    /// A name unique to this process among those sharing the cluster and stable across its
+    /// restarts. Group members then use static membership (`group.instance.id`), so a restarted
+    /// instance takes its partitions back at once, and their transactional producers get stable
+    /// ids, so a restarted instance aborts what its previous run left open. `None`: dynamic
+    /// membership and random transactional ids.
+    pub instance_name: Option<String>,
+    /// Replication factor of the topics this backend creates (`min.insync.replicas` is one less,
+    /// between 1 and 2); `None`: the broker's `default.replication.factor`. When set,
+    /// [`KafkaLog::connect`](crate::KafkaLog::connect) fails on a cluster with fewer brokers.
+    pub replication_factor: Option<u16>,
 }
 
 impl KafkaConfig {
@@ -82,7 +99,38 @@ impl KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
             options: Vec::new(),
             client_id: DEFAULT_CLIENT_ID.to_string(),
+            instance_name: None,
+            replication_factor: None,
         }
+    }
+
+    /// Sets [`replication_factor`](Self::replication_factor).
+    pub fn with_replication_factor(mut self, factor: u16) -> Self {
+        self.replication_factor = Some(factor);
+        self
+    }
+
+    /// Sets [`instance_name`](Self::instance_name).
+    pub fn with_instance_name(mut self, name: impl Into<String>) -> Self {
+        self.instance_name = Some(name.into());
+        self
+    }
+
+    /// The `group.instance.id` of this instance's member of a group on `topic`: Kafka allows
+    /// only ASCII letters, digits, `.`, `_` and `-`, so other characters become `_`.
+    pub(crate) fn member_instance_id(&self, topic: &str) -> Option<String> {
+        let name = self.instance_name.as_deref()?.trim();
+        let id: String = format!("{name}.{topic}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Some(id.chars().take(249).collect())
     }
 
     /// Adds a pass-through librdkafka property.
@@ -98,6 +146,20 @@ impl KafkaConfig {
         self.validate_servers()?;
         if self.client_id.trim().is_empty() {
             return Err(LogError::Config("kafka client_id must not be empty".into()));
+        }
+        if self.replication_factor == Some(0) {
+            return Err(LogError::Config(
+                "the kafka replication factor must be at least 1".into(),
+            ));
+        }
+        if self
+            .instance_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(LogError::Config(
+                "the instance name must not be empty".into(),
+            ));
         }
         let mut seen: Vec<String> = Vec::with_capacity(self.options.len());
         for (key, _) in &self.options {
@@ -160,8 +222,8 @@ impl KafkaConfig {
     pub(crate) fn client_config(&self, role: ClientRole) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set_log_level(log_level());
-        match role {
-            ClientRole::Producer => {
+        match &role {
+            ClientRole::Producer | ClientRole::Transactional { .. } => {
                 // Many sends in flight (the idempotent producer keeps order with up to 5), and a
                 // short linger so that concurrent appends share requests.
                 // An append to an unreachable partition fails after 30 s (librdkafka's default
@@ -170,6 +232,14 @@ impl KafkaConfig {
                     .set("max.in.flight.requests.per.connection", "5")
                     .set("linger.ms", "2")
                     .set("message.timeout.ms", "30000");
+                if matches!(role, ClientRole::Transactional { .. }) {
+                    // A process frozen inside a transaction holds up the readers of its
+                    // partitions (and the group's next owner) until the cluster aborts it.
+                    // librdkafka needs message.timeout.ms <= transaction.timeout.ms.
+                    config
+                        .set("transaction.timeout.ms", "10000")
+                        .set("message.timeout.ms", "10000");
+                }
             }
             ClientRole::Admin => {}
             ClientRole::Reader | ClientRole::Group { .. } | ClientRole::OffsetLookup { .. } => {
@@ -192,6 +262,12 @@ impl KafkaConfig {
             ClientRole::Producer => {
                 config.set("enable.idempotence", "true").set("acks", "all");
             }
+            ClientRole::Transactional { id } => {
+                config
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .set("transactional.id", id);
+            }
             ClientRole::Admin => {}
             ClientRole::Reader => {
                 set_consumer_properties(&mut config);
@@ -199,7 +275,16 @@ impl KafkaConfig {
                 // reader never subscribes or commits, so it never joins this group.
                 config.set("group.id", format!("{}-reader", self.client_id.trim()));
             }
-            ClientRole::Group { group } | ClientRole::OffsetLookup { group } => {
+            ClientRole::Group { group, instance } => {
+                set_consumer_properties(&mut config);
+                config
+                    .set("group.id", group)
+                    .set("partition.assignment.strategy", "range,roundrobin");
+                if let Some(instance) = instance {
+                    config.set("group.instance.id", instance);
+                }
+            }
+            ClientRole::OffsetLookup { group } => {
                 set_consumer_properties(&mut config);
                 config.set("group.id", group);
             }
@@ -224,9 +309,14 @@ pub(crate) enum ClientRole {
     Admin,
     /// A pooled random-access reader: no group, partitions assigned by hand.
     Reader,
-    /// A member of a consumer group.
+    /// A member of a consumer group, static when it has an instance id.
     Group {
         group: String,
+        instance: Option<String>,
+    },
+    /// The transactional producer of a group member.
+    Transactional {
+        id: String,
     },
     /// A client that only looks up a group's committed offsets, never joining it.
     OffsetLookup {
@@ -350,7 +440,10 @@ mod tests {
         assert_eq!(producer.get("linger.ms"), Some("7"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         assert_eq!(producer.get("acks"), Some("all"));
-        let group = config.client_config(ClientRole::Group { group: "g".into() });
+        let group = config.client_config(ClientRole::Group {
+            group: "g".into(),
+            instance: None,
+        });
         assert_eq!(group.get("group.id"), Some("g"));
         assert_eq!(group.get("enable.auto.commit"), Some("false"));
         assert_eq!(group.get("auto.offset.reset"), Some("earliest"));

@@ -25,17 +25,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
-use tenantsync_log::{Entry, GroupConsumer, LogError, Offset, Partition};
+use tenantsync_log::{Entry, GroupConsumer, LogError, Offset, Partition, Publisher};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
 use crate::context::{client_error, log_line};
 use crate::error::{backend, lost_ownership, not_owner};
+use crate::publish::{Binding, KafkaPublisher, Transactions};
 use crate::{run_blocking, to_entry};
 
 /// Entries a member buffers ahead of its caller by default. Above this it stops fetching until
@@ -62,6 +65,8 @@ struct State {
     assignments: u64,
     /// Fetched entries with the assignment number of their partition at fetch time.
     buffer: VecDeque<(u64, Entry)>,
+    /// The group metadata (generation) of the latest assignment, for transactional publishing.
+    metadata: Option<Arc<ConsumerGroupMetadata>>,
     /// A non-transient error from the consumer, reported by the next poll.
     failure: Option<LogError>,
     /// The polling thread has ended.
@@ -74,8 +79,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn assign(&self, partitions: &[Partition]) {
+    fn assign(&self, partitions: &[Partition], metadata: Option<ConsumerGroupMetadata>) {
         let mut state = self.lock();
+        state.metadata = metadata.map(Arc::new);
         state.assignments += 1;
         let number = state.assignments;
         for &partition in partitions {
@@ -131,7 +137,7 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(list) => {
                 let partitions = self.partitions(list);
@@ -141,7 +147,8 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(list) => {
                 let partitions = self.partitions(list);
                 info!(topic = %self.topic, group = %self.group, ?partitions, "partitions assigned");
-                self.shared.assign(&partitions);
+                // The generation is already the new one when the assignment is handed out.
+                self.shared.assign(&partitions, consumer.group_metadata());
             }
             Rebalance::Error(error) => {
                 warn!(%error, topic = %self.topic, group = %self.group, "rebalance failed");
@@ -157,12 +164,16 @@ pub(crate) struct KafkaGroupConsumer {
     group: String,
     shared: Arc<Shared>,
     consumer: Arc<BaseConsumer<GroupContext>>,
+    transactions: Arc<Transactions>,
+    /// The assignment the last poll's entries were fetched under, and its group metadata.
+    polled_under: (BTreeMap<Partition, u64>, Option<Arc<ConsumerGroupMetadata>>),
 }
 
 impl KafkaGroupConsumer {
     /// Subscribes a new member and starts its polling thread.
     pub(crate) fn start(
         config: &ClientConfig,
+        transactions: Transactions,
         group: &str,
         topic: &str,
         buffer: usize,
@@ -203,6 +214,8 @@ impl KafkaGroupConsumer {
             group: group.to_string(),
             shared,
             consumer,
+            transactions: Arc::new(transactions),
+            polled_under: (BTreeMap::new(), None),
         })
     }
 }
@@ -301,6 +314,8 @@ impl GroupConsumer for KafkaGroupConsumer {
                 if state.buffer.len() <= self.low_water {
                     self.shared.drained.notify_one();
                 }
+                // Every entry returned was fetched under the current assignment.
+                self.polled_under = (state.owned.clone(), state.metadata.clone());
                 if !entries.is_empty() || max == 0 {
                     return Ok(entries);
                 }
@@ -362,6 +377,25 @@ impl GroupConsumer for KafkaGroupConsumer {
 
     fn assignment(&self) -> Vec<Partition> {
         self.shared.lock().owned.keys().copied().collect()
+    }
+
+    fn publisher(&self) -> Box<dyn Publisher> {
+        let shared = self.shared.clone();
+        let consumer = self.consumer.clone();
+        Box::new(KafkaPublisher {
+            transactions: self.transactions.clone(),
+            binding: Binding {
+                topic: self.topic.clone(),
+                owned: self.polled_under.0.clone(),
+                metadata: self.polled_under.1.clone(),
+            },
+            current: Box::new(move || shared.lock().owned.clone()),
+            plain_commit: Box::new(move |offsets| {
+                if let Err(error) = consumer.commit(offsets, CommitMode::Async) {
+                    debug!(%error, "queueing a commit after a transaction failed");
+                }
+            }),
+        })
     }
 }
 

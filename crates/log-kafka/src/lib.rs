@@ -2,14 +2,21 @@
 //!
 //! - **Topics** are created through the admin API with the spec's partition count and
 //!   `cleanup.policy` (`compact` with `delete.retention.ms` = tombstone retention, or
-//!   `delete`); an existing topic is accepted when its partition count matches (see `topics`).
+//!   `delete`), the configured replication factor and `min.insync.replicas`; an existing topic
+//!   must have the spec's partition count and cleanup policy (see `topics`).
 //! - **Appends** go through one shared idempotent producer (`enable.idempotence=true`,
 //!   `acks=all`, up to 5 requests in flight per broker, 2 ms linger). Every message of a call
 //!   is queued before any is awaited; the idempotent producer keeps them in order per
 //!   partition and never duplicates them on its own retries.
 //! - **Reads** use a pool of group-less consumers assigned to one partition each (`reader`).
 //! - **Consumer groups** are librdkafka consumer groups with manual, synchronous commits
-//!   (`group`). A committed offset is the next offset to read, as in the [`Log`] contract.
+//!   (`group`). A committed offset is the next offset to read, as in the [`Log`] contract. With
+//!   an instance name, members are static (`group.instance.id`), so a restarted instance gets
+//!   its partitions back without a rebalance.
+//! - **Publishing** from a group member is transactional (`publish`): its messages and its
+//!   offsets commit together, fenced by the group generation (KIP-447). Every client reads with
+//!   `isolation.level=read_committed`, and `read` steps over the offsets that transaction
+//!   markers and aborted entries take.
 //! - **Compaction** is the broker's job: [`Log::compact`] does nothing.
 //!
 //! Configuration is [`KafkaConfig`]: typed settings plus pass-through librdkafka properties,
@@ -21,6 +28,7 @@ mod config;
 mod context;
 mod error;
 mod group;
+mod publish;
 mod reader;
 mod topics;
 
@@ -33,7 +41,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
 use tenantsync_log::{
     CompactionStats, Entry, GroupConsumer, Log, LogError, Message, Offset, Partition, TopicSpec,
@@ -45,6 +53,7 @@ use crate::config::ClientRole;
 use crate::context::LogContext;
 use crate::error::backend;
 use crate::group::KafkaGroupConsumer;
+use crate::publish::Transactions;
 use crate::reader::ReaderPool;
 use crate::topics::Topics;
 
@@ -54,6 +63,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long entries known to exist (below the end offset) may take to reach a reader.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long each fetch waits while a reader below the end offset looks for its next entry.
+const GAP_PROBE: Duration = Duration::from_millis(100);
 /// Pause before retrying to queue a message when librdkafka's producer queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -93,7 +104,7 @@ impl KafkaLog {
             .create_with_context(LogContext)
             .map_err(|error| backend("creating the kafka admin client", error))?;
         let log = KafkaLog {
-            topics: Topics::new(producer.clone(), admin),
+            topics: Topics::new(producer.clone(), admin, config.replication_factor),
             readers: ReaderPool::new(config.client_config(ClientRole::Reader)),
             producer,
             config,
@@ -101,6 +112,7 @@ impl KafkaLog {
             offset_lookups: std::sync::Mutex::new(HashMap::new()),
         };
         log.topics.check(CHECK_TIMEOUT).await?;
+        log.topics.check_brokers().await?;
         Ok(log)
     }
 
@@ -176,51 +188,10 @@ impl Log for KafkaLog {
             }
         }
         // Queue every message first (in input order, which the idempotent producer keeps per
-        // partition), then await all deliveries together.
-        let mut deliveries = Vec::with_capacity(messages.len());
-        let mut queue_error = None;
-        for message in &messages {
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-                .partition(message.partition as i32)
-                .key(&message.key[..]);
-            if let Some(value) = &message.value {
-                record = record.payload(&value[..]);
-            }
-            if !message.headers.is_empty() {
-                let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-                for (key, value) in &message.headers {
-                    headers = headers.insert(Header {
-                        key,
-                        value: Some(value),
-                    });
-                }
-                record = record.headers(headers);
-            }
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                    }
-                    Err((error, _)) => {
-                        queue_error = Some(backend(
-                            format!("appending to topic {topic} partition {}", message.partition),
-                            error,
-                        ));
-                        break;
-                    }
-                }
-            }
-            if queue_error.is_some() {
-                break;
-            }
-        }
-        // Even when queuing failed, what was queued is awaited: when this returns, nothing of
-        // the call is still in flight, so a retry cannot race with it.
+        // partition), then await all deliveries together. Even when queuing failed, what was
+        // queued is awaited: when this returns, nothing of the call is still in flight, so a
+        // retry cannot race with it.
+        let (deliveries, queue_error) = queue_messages(&self.producer, topic, &messages).await;
         let results = futures::future::join_all(deliveries).await;
         if let Some(error) = queue_error {
             return Err(error);
@@ -271,24 +242,34 @@ impl Log for KafkaLog {
         }
         // Nothing within the wait. If entries exist at or after `from` (a fresh reader has not
         // fetched yet, or the fetch is slow), they are due now whatever the wait was: a reader
-        // must not mistake "not fetched yet" for "the end".
+        // must not mistake "not fetched yet" for "the end". Offsets that hold no readable entry
+        // (transaction markers, aborted entries) move the reader on without delivering anything,
+        // so the reader's own position, not `from`, says whether it reached the end.
         let (low, high) = self.watermarks(topic, partition).await?;
-        let from_i64 = i64::try_from(from).unwrap_or(i64::MAX);
-        if from_i64 >= high || low >= high {
-            return Ok(Vec::new());
+        let deadline = Instant::now() + FETCH_TIMEOUT;
+        loop {
+            let at = lease.reader().next().map_or(from, |next| next.max(from));
+            let at_i64 = i64::try_from(at).unwrap_or(i64::MAX);
+            if at_i64 >= high || low >= high {
+                return Ok(Vec::new());
+            }
+            if Instant::now() >= deadline {
+                return Err(LogError::backend(
+                    format!("reading topic {topic} partition {partition} from offset {from}"),
+                    true,
+                    format!(
+                        "entries below end offset {high} did not arrive within {FETCH_TIMEOUT:?}"
+                    ),
+                ));
+            }
+            let entries = lease
+                .reader()
+                .fetch(at, max, (Instant::now() + GAP_PROBE).min(deadline))
+                .await?;
+            if !entries.is_empty() {
+                return Ok(entries);
+            }
         }
-        let entries = lease
-            .reader()
-            .fetch(from, max, Instant::now() + FETCH_TIMEOUT)
-            .await?;
-        if entries.is_empty() {
-            return Err(LogError::backend(
-                format!("reading topic {topic} partition {partition} from offset {from}"),
-                true,
-                format!("entries below end offset {high} did not arrive within {FETCH_TIMEOUT:?}"),
-            ));
-        }
-        Ok(entries)
     }
 
     async fn end_offset(&self, topic: &str, partition: Partition) -> Result<Offset, LogError> {
@@ -304,10 +285,23 @@ impl Log for KafkaLog {
             )));
         }
         self.topics.partition_count(topic).await?;
+        let instance = self.config.member_instance_id(topic);
+        let transactional_id = format!(
+            "{group}.{}",
+            instance.clone().unwrap_or_else(|| unique_suffix(topic))
+        );
         let config = self.config.client_config(ClientRole::Group {
             group: group.to_string(),
+            instance,
         });
-        let member = KafkaGroupConsumer::start(&config, group, topic, self.group_buffer)?;
+        let transactions = Transactions::new(
+            self.config.client_config(ClientRole::Transactional {
+                id: transactional_id.clone(),
+            }),
+            transactional_id,
+        );
+        let member =
+            KafkaGroupConsumer::start(&config, transactions, group, topic, self.group_buffer)?;
         Ok(Box::new(member))
     }
 
@@ -350,6 +344,63 @@ impl Log for KafkaLog {
     async fn check(&self) -> Result<(), LogError> {
         self.topics.check(CHECK_TIMEOUT).await
     }
+}
+
+/// `{topic}.{pid}.{time}.{n}`: a transactional id no other live producer has, for members of
+/// an unnamed instance.
+fn unique_suffix(topic: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{topic}.{}.{nanos:x}.{n}", std::process::id())
+}
+
+/// Queues `messages` on `producer` in order, waiting while its queue is full. Returns the
+/// deliveries of what was queued and, if queuing stopped early, why.
+pub(crate) async fn queue_messages(
+    producer: &FutureProducer<LogContext>,
+    topic: &str,
+    messages: &[Message],
+) -> (Vec<DeliveryFuture>, Option<LogError>) {
+    let mut deliveries = Vec::with_capacity(messages.len());
+    for message in messages {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .partition(message.partition as i32)
+            .key(&message.key[..]);
+        if let Some(value) = &message.value {
+            record = record.payload(&value[..]);
+        }
+        if !message.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+            for (key, value) in &message.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            record = record.headers(headers);
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((error, _)) => {
+                    let context =
+                        format!("appending to topic {topic} partition {}", message.partition);
+                    return (deliveries, Some(backend(context, error)));
+                }
+            }
+        }
+    }
+    (deliveries, None)
 }
 
 /// Runs a blocking librdkafka call on the blocking pool.

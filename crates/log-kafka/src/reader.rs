@@ -219,8 +219,22 @@ impl Reader {
                 entries.push(to_entry(&message, self.partition, offset));
             }
         }
+        // The consumer's position also moves past what it reads but never delivers: the markers
+        // of transactions and the entries of aborted ones.
+        if let Ok(positions) = self.consumer.position()
+            && let Some(element) = positions.find_partition(&self.topic, self.partition as i32)
+            && let KafkaOffset::Offset(position) = element.offset()
+            && let Ok(position) = Offset::try_from(position)
+        {
+            next = next.max(position);
+        }
         self.next = Some(next);
         Ok(entries)
+    }
+
+    /// Where the next read of this reader goes on without repositioning, if known.
+    pub(crate) fn next(&self) -> Option<Offset> {
+        self.next
     }
 
     fn context(&self) -> String {

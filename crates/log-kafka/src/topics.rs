@@ -1,16 +1,19 @@
 //! Topic creation and partition-count lookups.
 //!
-//! `ensure` creates a topic through the admin API with its partition count and cleanup policy,
-//! then trusts only the cluster's metadata: "already exists", a refused or unsupported admin
-//! request (the librdkafka mock cluster has no CreateTopics; an account may lack the ACL) are
-//! fine when the metadata then shows the topic with the right partition count. Every client
-//! runs with `allow.auto.create.topics=false`, so a metadata lookup never creates a topic with
-//! the broker's default partition count. Partition counts are cached: they are looked up before
-//! every append and read to turn a bad topic or partition into a clear error. This module never
-//! changes an existing topic.
+//! `ensure` creates a topic through the admin API with its partition count, cleanup policy,
+//! replication factor and `min.insync.replicas`, then trusts only the cluster's metadata:
+//! "already exists", a refused or unsupported admin request (the librdkafka mock cluster has no
+//! CreateTopics; an account may lack the ACL) are fine when the metadata then shows the topic
+//! with the right partition count. An existing topic's `cleanup.policy` is checked with
+//! DescribeConfigs: a state log that is not compacted, or a changes log that is, is an error
+//! that names the topic and the fix. Every client runs with `allow.auto.create.topics=false`,
+//! so a metadata lookup never creates a topic with the broker's default partition count.
+//! Partition counts are cached: they are looked up before every append and read to turn a bad
+//! topic or partition into a clear error. This module never changes an existing topic.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -28,13 +31,20 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an admin request may take, and how long a topic the cluster reported created may
 /// take to show up in metadata.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long DescribeConfigs may take before the check is skipped with a warning.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between metadata lookups while waiting for a created topic to appear.
 const VISIBLE_POLL: Duration = Duration::from_millis(100);
 
 pub(crate) struct Topics {
     /// The shared producer; its client answers metadata requests.
     producer: FutureProducer<LogContext>,
-    admin: Arc<AdminClient<LogContext>>,
+    admin: AdminClient<LogContext>,
+    /// Replication factor of created topics; `None`: the broker's default.
+    replication_factor: Option<u16>,
+    /// Set once DescribeConfigs failed or went unanswered (the mock cluster never answers; an
+    /// account may lack the ACL): later checks are skipped rather than waited on.
+    describe_unanswered: AtomicBool,
     partitions: Mutex<HashMap<String, u32>>,
 }
 
@@ -49,12 +59,41 @@ impl Topics {
     pub(crate) fn new(
         producer: FutureProducer<LogContext>,
         admin: AdminClient<LogContext>,
+        replication_factor: Option<u16>,
     ) -> Self {
         Topics {
             producer,
-            admin: Arc::new(admin),
+            admin,
+            replication_factor,
+            describe_unanswered: AtomicBool::new(false),
             partitions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Fails when the cluster has fewer brokers than the replication factor asks for: topics
+    /// could not be created, and the operator should hear it at start-up.
+    pub(crate) async fn check_brokers(&self) -> Result<(), LogError> {
+        let Some(wanted) = self.replication_factor else {
+            return Ok(());
+        };
+        let producer = self.producer.clone();
+        let brokers = run_blocking("counting the kafka cluster's brokers", move || {
+            use rdkafka::producer::Producer;
+            producer
+                .client()
+                .fetch_metadata(None, METADATA_TIMEOUT)
+                .map(|metadata| metadata.brokers().len())
+                .map_err(|error| backend("fetching kafka cluster metadata", error))
+        })
+        .await?;
+        if brokers < usize::from(wanted) {
+            return Err(LogError::Config(format!(
+                "topics are created with replication factor {wanted}, but the kafka cluster has \
+                 {brokers} broker(s): lower the replication factor to at most {brokers}, or add \
+                 brokers"
+            )));
+        }
+        Ok(())
     }
 
     /// Creates the topic or checks the existing one's partition count.
@@ -115,7 +154,7 @@ impl Topics {
             });
         }
         if !matches!(creation, Some(Creation::Created)) {
-            self.spawn_cleanup_check(spec);
+            self.check_cleanup(spec).await?;
         }
         Ok(())
     }
@@ -187,12 +226,19 @@ impl Topics {
 
     async fn create(&self, spec: &TopicSpec) -> Creation {
         let retention_ms;
+        let min_insync;
         let mut new_topic = NewTopic::new(
             &spec.name,
             spec.partitions as i32,
-            // The broker's default.replication.factor.
-            TopicReplication::Fixed(-1),
+            // -1: the broker's default.replication.factor.
+            TopicReplication::Fixed(self.replication_factor.map_or(-1, i32::from)),
         );
+        if let Some(factor) = self.replication_factor {
+            // With acks=all, an append is acknowledged once this many replicas have it: two of
+            // three, so that one broker may be down and none acknowledged is lost with another.
+            min_insync = factor.saturating_sub(1).clamp(1, 2).to_string();
+            new_topic = new_topic.set("min.insync.replicas", &min_insync);
+        }
         match spec.cleanup {
             Cleanup::Delete => new_topic = new_topic.set("cleanup.policy", "delete"),
             Cleanup::Compact {
@@ -291,45 +337,61 @@ impl Topics {
         Ok(count)
     }
 
-    /// An existing topic's cleanup policy is the operator's; a different one than the spec asks
-    /// for is worth a warning (a state log that is not compacted loses old records to
-    /// retention). Best effort and in the background, so that `ensure` does not wait on a
-    /// cluster that answers DescribeConfigs slowly or never (the mock).
-    fn spawn_cleanup_check(&self, spec: &TopicSpec) {
-        let admin = self.admin.clone();
-        let spec = spec.clone();
-        tokio::spawn(async move { warn_on_cleanup_mismatch(&admin, &spec).await });
-    }
-}
-
-async fn warn_on_cleanup_mismatch(admin: &AdminClient<LogContext>, spec: &TopicSpec) {
-    let wanted = match spec.cleanup {
-        Cleanup::Delete => "delete",
-        Cleanup::Compact { .. } => "compact",
-    };
-    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
-    let resource = ResourceSpecifier::Topic(&spec.name);
-    let results = match admin.describe_configs([&resource], &options).await {
-        Ok(results) => results,
-        Err(error) => {
-            debug!(%error, topic = %spec.name, "could not describe topic configuration");
-            return;
+    /// An existing topic's cleanup policy must be what the spec asks for: a state log that is
+    /// not compacted loses old records to retention, and a compacted changes log loses changes.
+    /// A cluster that cannot describe configurations (the mock cluster never answers) gets a
+    /// warning, not an error.
+    async fn check_cleanup(&self, spec: &TopicSpec) -> Result<(), LogError> {
+        let wanted = match spec.cleanup {
+            Cleanup::Delete => "delete",
+            Cleanup::Compact { .. } => "compact",
+        };
+        if self.describe_unanswered.load(Ordering::Relaxed) {
+            debug!(topic = %spec.name, "cleanup.policy not checked: the cluster does not describe configurations");
+            return Ok(());
         }
-    };
-    let Some(Ok(resource)) = results.into_iter().next() else {
-        debug!(topic = %spec.name, "no topic configuration described");
-        return;
-    };
-    let actual = resource
-        .get("cleanup.policy")
-        .and_then(|entry| entry.value.clone())
-        .unwrap_or_default();
-    if !actual.split(',').any(|policy| policy.trim() == wanted) {
-        warn!(
-            topic = %spec.name,
-            actual = %actual,
-            wanted,
-            "existing topic has a different cleanup.policy; it is left unchanged"
-        );
+        let options = AdminOptions::new().request_timeout(Some(DESCRIBE_TIMEOUT));
+        let resource = ResourceSpecifier::Topic(&spec.name);
+        let described = match tokio::time::timeout(
+            DESCRIBE_TIMEOUT,
+            self.admin.describe_configs([&resource], &options),
+        )
+        .await
+        {
+            Ok(Ok(results)) => results.into_iter().next(),
+            Ok(Err(error)) => {
+                self.describe_unanswered.store(true, Ordering::Relaxed);
+                warn!(%error, topic = %spec.name, "could not describe the topic's configuration; cleanup policies are not checked");
+                return Ok(());
+            }
+            Err(_) => {
+                self.describe_unanswered.store(true, Ordering::Relaxed);
+                warn!(topic = %spec.name, "the cluster did not describe the topic's configuration; cleanup policies are not checked");
+                return Ok(());
+            }
+        };
+        let Some(Ok(resource)) = described else {
+            warn!(topic = %spec.name, "no configuration described; the topic's cleanup.policy is not checked");
+            return Ok(());
+        };
+        let actual = resource
+            .get("cleanup.policy")
+            .and_then(|entry| entry.value.clone())
+            .unwrap_or_default();
+        let policies: Vec<&str> = actual.split(',').map(str::trim).collect();
+        let fits = match spec.cleanup {
+            Cleanup::Compact { .. } => policies.contains(&"compact"),
+            // Compaction would drop changes; `delete` alone (or retention) is the operator's.
+            Cleanup::Delete => !policies.contains(&"compact"),
+        };
+        if fits {
+            return Ok(());
+        }
+        Err(LogError::Config(format!(
+            "existing topic {} has cleanup.policy={actual} but tenantsync needs {wanted}: change it \
+             (kafka-configs.sh --alter --entity-type topics --entity-name {} --add-config \
+             cleanup.policy={wanted}), or use another topic prefix",
+            spec.name, spec.name
+        )))
     }
 }

@@ -17,7 +17,10 @@ pub enum LogError {
         partition: Partition,
         partitions: u32,
     },
-    #[error("topic {topic} has {actual} partitions but {expected} are configured")]
+    #[error(
+        "topic {topic} has {actual} partitions but {expected} are configured (an existing topic \
+         is never changed: delete it, or use another topic prefix)"
+    )]
     TopicMismatch {
         topic: String,
         expected: u32,

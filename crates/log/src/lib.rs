@@ -23,7 +23,8 @@ pub use error::LogError;
 
 /// Position of an entry within one partition. The first entry of a partition has offset 0;
 /// offsets grow by one per appended entry. Compaction removes entries but never reuses or
-/// renumbers offsets, so a reader may see gaps.
+/// renumbers offsets, so a reader may see gaps; on Kafka, a transaction's commit or abort marker
+/// and an aborted transaction's entries take offsets that no reader sees, which are gaps too.
 pub type Offset = u64;
 
 /// A partition number, `0..partitions`.
@@ -99,7 +100,8 @@ pub struct CompactionStats {
 ///   any subset of that call's messages may have been written, each whole; a retry may then
 ///   write some twice. Readers must tolerate duplicates. Nothing else is ever duplicated.
 /// - **Offsets.** See [`Offset`]. [`end_offset`](Log::end_offset) is one past the last durable
-///   entry; an entry below it is readable unless compaction removed it.
+///   entry; an entry below it is readable unless compaction removed it or it is not a readable
+///   entry at all (Kafka: the markers of a transaction and the entries of an aborted one).
 /// - **Consumer positions.** A group's committed offset for a partition is the offset of the
 ///   next entry it wants: everything below it is done. Commits are durable once
 ///   [`GroupConsumer::commit`] returns; a crash before that leaves the previous commit, so the
@@ -173,4 +175,39 @@ pub trait GroupConsumer: Send {
 
     /// The partitions this member owns right now.
     fn assignment(&self) -> Vec<Partition>;
+
+    /// A [`Publisher`] for the work done on the entries the last [`poll`](Self::poll) returned,
+    /// bound to the ownership under which they were read. Call it after the poll whose work it
+    /// will publish and before the next one.
+    fn publisher(&self) -> Box<dyn Publisher>;
+}
+
+/// Publishes the output of one polled batch and commits the positions the batch covers, as one
+/// step, so that a member that lost its partitions cannot publish stale output. Obtained from
+/// [`GroupConsumer::publisher`].
+///
+/// # Contract
+///
+/// - **Atomic.** When [`publish`](Publisher::publish) returns `Ok`, every message is durable and
+///   readable (as after [`Log::append`]) and every `(partition, next)` is the group's committed
+///   offset. When it fails, no reader ever reads any of the messages and the committed offsets
+///   are unchanged. (Kafka: one transaction, and readers read committed entries only, so an
+///   aborted transaction leaves a gap of offsets nobody reads.)
+/// - **Fenced.** If a partition in `offsets` was taken from the member since the poll the
+///   publisher is bound to (even if it came back since), the call fails with
+///   [`LogError::NotOwner`] and publishes nothing. On Kafka this holds across processes: a
+///   member frozen past its session timeout, whose partitions the group gave to another
+///   process, is refused by the group coordinator when it resumes.
+/// - **Ordered.** Publishes of one member take effect in the order they are called; a call
+///   waits for the member's previous one to finish.
+/// - `messages` or `offsets` may be empty.
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Appends `messages` to `topic` and commits `offsets` for the member's group, atomically.
+    async fn publish(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+        offsets: Vec<(Partition, Offset)>,
+    ) -> Result<(), LogError>;
 }

@@ -7,7 +7,7 @@ use chrono::Utc;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 use tenantsync_dataset::{AppliedHub, CommitObserver, Datasets, PerDataset, changes, state};
-use tenantsync_log::{GroupConsumer, Log, LogError, Message, Offset, Partition};
+use tenantsync_log::{Log, LogError, Message, Offset, Partition, Publisher};
 use tenantsync_store::{Dataset, LoggedChange, MasterStore, RejectedEntry};
 use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
 use tokio::task::JoinHandle;
@@ -28,14 +28,9 @@ pub struct ProcessorConfig {
     pub max_batch: usize,
     /// How long one poll of the changes log waits for new entries.
     pub poll_wait: Duration,
-    /// How often consumed positions are committed to the log. The master store holds the exact
-    /// position, so committing less often only means re-publishing a little more after a crash.
-    pub commit_interval: Duration,
 }
 
 impl ProcessorConfig {
-    /// Consumer group of the processors: every instance sharing a log and store is a member.
-    pub const GROUP: &'static str = "tenantsync-processor";
     pub const DEFAULT_MAX_BATCH: usize = 2_000;
 }
 
@@ -44,7 +39,6 @@ impl Default for ProcessorConfig {
         Self {
             max_batch: Self::DEFAULT_MAX_BATCH,
             poll_wait: Duration::from_millis(500),
-            commit_interval: Duration::from_millis(250),
         }
     }
 }
@@ -170,48 +164,45 @@ impl Processor {
         let topics = self.datasets.topics();
         let mut consumer = self
             .log
-            .consume(ProcessorConfig::GROUP, &topics.changes(&dataset.name))
+            .consume(&topics.processor_group(), &topics.changes(&dataset.name))
             .await?;
         let state_topic = topics.state(&dataset.name);
-        let mut uncommitted = BTreeMap::new();
-        let mut last_commit = Instant::now();
         // Applying batch N+1 overlaps publishing batch N. Publishes stay in order (N+1's starts
-        // after N's is durable) and a batch's offsets are committed only after its publish.
+        // after N's finished), and each publishes its states and commits its offsets as one
+        // step, bound to the assignment its entries were polled under: a processor that lost
+        // the partitions meanwhile publishes nothing.
         let mut publishing: Option<Publish> = None;
         loop {
             let entries = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     if let Some(publish) = publishing.take() {
-                        uncommitted.extend(publish.finish().await?);
+                        publish.finish().await?;
                     }
-                    commit(consumer.as_mut(), &mut uncommitted).await;
                     return Ok(());
                 }
                 entries = consumer.poll(self.config.max_batch, self.config.poll_wait) => entries?,
             };
-            let idle = entries.is_empty();
-            if !idle {
-                let (count, started) = (entries.len(), Instant::now());
-                let (messages, offsets) = self.apply(dataset, entries).await?;
-                let applied = started.elapsed();
+            if entries.is_empty() {
                 if let Some(publish) = publishing.take() {
-                    uncommitted.extend(publish.finish().await?);
+                    publish.finish().await?;
                 }
-                debug!(dataset = %dataset.name, count, ?applied, waited_for_publish = ?(started.elapsed() - applied), "batch applied");
-                publishing = Some(Publish::start(
-                    self.log.clone(),
-                    state_topic.clone(),
-                    messages,
-                    offsets,
-                ));
-            } else if let Some(publish) = publishing.take() {
-                uncommitted.extend(publish.finish().await?);
+                continue;
             }
-            if idle || last_commit.elapsed() >= self.config.commit_interval {
-                commit(consumer.as_mut(), &mut uncommitted).await;
-                last_commit = Instant::now();
+            let publisher = consumer.publisher();
+            let (count, started) = (entries.len(), Instant::now());
+            let (messages, offsets) = self.apply(dataset, entries).await?;
+            let applied = started.elapsed();
+            if let Some(publish) = publishing.take() {
+                publish.finish().await?;
             }
+            debug!(dataset = %dataset.name, count, ?applied, waited_for_publish = ?(started.elapsed() - applied), "batch applied");
+            publishing = Some(Publish::start(
+                publisher,
+                state_topic.clone(),
+                messages,
+                offsets,
+            ));
         }
     }
 
@@ -300,54 +291,34 @@ impl Processor {
     }
 }
 
-/// A batch's states on their way to the state log, and the offsets they cover.
+/// A batch's states on their way to the state log, with the offsets they cover.
 struct Publish {
     task: JoinHandle<Result<(), LogError>>,
-    offsets: Vec<(Partition, Offset)>,
 }
 
 impl Publish {
     fn start(
-        log: Arc<dyn Log>,
+        publisher: Box<dyn Publisher>,
         topic: String,
         messages: Vec<Message>,
         offsets: Vec<(Partition, Offset)>,
     ) -> Self {
-        let task = tokio::spawn(async move {
-            if !messages.is_empty() {
-                log.append(&topic, messages).await?;
-            }
-            Ok(())
-        });
-        Self { task, offsets }
+        let task = tokio::spawn(async move { publisher.publish(&topic, messages, offsets).await });
+        Self { task }
     }
 
-    /// Waits until the states are durable; returns the offsets now safe to commit.
-    async fn finish(self) -> Result<Vec<(Partition, Offset)>, ProcessorError> {
+    /// Waits until the states are durable and the offsets committed. A batch of partitions that
+    /// moved to another processor is not an error: its new owner re-reads it from the last
+    /// commit and publishes it (the store's applies are idempotent).
+    async fn finish(self) -> Result<(), ProcessorError> {
         match self.task.await {
-            Ok(result) => result?,
-            Err(join) => return Err(LogError::backend("publishing states", true, join).into()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(LogError::NotOwner { topic, partition })) => {
+                debug!(%topic, partition, "partition moved to another processor; its batch was not published");
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error.into()),
+            Err(join) => Err(LogError::backend("publishing states", true, join).into()),
         }
-        Ok(self.offsets)
-    }
-}
-
-/// Commits what is pending. A failed commit is not an error of the processor: the master store
-/// holds the exact position, and a later commit (or the next owner) covers it.
-async fn commit(consumer: &mut dyn GroupConsumer, uncommitted: &mut BTreeMap<Partition, Offset>) {
-    if uncommitted.is_empty() {
-        return;
-    }
-    let offsets: Vec<_> = uncommitted.iter().map(|(&p, &o)| (p, o)).collect();
-    match consumer.commit(&offsets).await {
-        Ok(()) => uncommitted.clear(),
-        Err(LogError::NotOwner { partition, .. }) => {
-            debug!(
-                partition,
-                "partition moved to another processor; dropping its commit"
-            );
-            uncommitted.clear();
-        }
-        Err(error) => warn!(%error, "committing consumed positions failed; will retry"),
     }
 }

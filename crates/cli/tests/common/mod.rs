@@ -394,6 +394,7 @@ pub async fn submit(
 /// process, so it outlives every server process.
 pub struct MockKafka {
     _cluster: MockCluster<'static, DefaultProducerContext>,
+    brokers: i32,
     /// The bootstrap servers, for any Kafka client.
     pub servers: String,
     pub state_topic: String,
@@ -418,6 +419,7 @@ impl MockKafka {
         MockKafka {
             servers: cluster.bootstrap_servers(),
             _cluster: cluster,
+            brokers,
             state_topic,
         }
     }
@@ -427,20 +429,31 @@ impl MockKafka {
         format!("kafka://{}", self.servers)
     }
 
+    /// The server arguments for a log on this cluster (topics replicated on every broker).
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "--log".to_owned(),
+            self.log_url(),
+            "--kafka-replication-factor".to_owned(),
+            self.brokers.to_string(),
+        ]
+    }
+
     /// The server arguments for a log on this cluster, when the server is to be SIGKILLed: a
     /// killed member of the processor's group holds its partitions until its session times out,
     /// so sessions are kept short.
     pub fn killable_server_args(&self) -> Vec<String> {
-        [
-            "--log",
-            &self.log_url(),
-            "--kafka-option",
-            "session.timeout.ms=6000",
-            "--kafka-option",
-            "heartbeat.interval.ms=500",
-        ]
-        .map(String::from)
-        .to_vec()
+        let mut args = self.server_args();
+        args.extend(
+            [
+                "--kafka-option",
+                "session.timeout.ms=6000",
+                "--kafka-option",
+                "heartbeat.interval.ms=500",
+            ]
+            .map(String::from),
+        );
+        args
     }
 }
 

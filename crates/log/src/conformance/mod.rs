@@ -42,9 +42,25 @@ const POLL_WAIT: Duration = Duration::from_millis(200);
 /// that returns a fresh log for each case. Each test runs on its own multi-thread runtime with
 /// two workers (what `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` would build;
 /// built here so the backend's test crate needs no tokio macros).
+///
+/// `log_conformance_suite!(make, without_transactional_offsets)` leaves out the one case that
+/// reads back offsets committed by a [`Publisher`](crate::Publisher): for librdkafka's mock
+/// cluster, which accepts transactional offset commits but does not store them. Real backends
+/// run the whole suite.
 #[macro_export]
 macro_rules! log_conformance_suite {
     ($make:path) => {
+        $crate::__log_conformance_base!($make; publish_commits_offsets);
+    };
+    ($make:path, without_transactional_offsets) => {
+        $crate::__log_conformance_base!($make;);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_conformance_base {
+    ($make:path; $($extra:ident),*) => {
         $crate::__log_conformance_cases!(
             $make;
             ensure_topic_is_idempotent,
@@ -67,6 +83,9 @@ macro_rules! log_conformance_suite {
             two_members_share_partitions,
             member_sees_entries_appended_while_polling,
             compaction_keeps_last_value_and_order,
+            publish_appends_and_reads_on_past_it,
+            publisher_fenced_after_losing_a_partition,
+            $($extra),*
         );
     };
 }
@@ -292,8 +311,10 @@ async fn commit_delivered(member: &mut dyn GroupConsumer, entries: &[Entry]) {
 
 mod compaction;
 mod groups;
+mod publish;
 mod reads;
 
 pub use compaction::*;
 pub use groups::*;
+pub use publish::*;
 pub use reads::*;
