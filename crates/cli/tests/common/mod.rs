@@ -510,11 +510,15 @@ impl KafkaTarget {
         }
     }
 
-    /// The server arguments for a log on this cluster.
+    /// The server arguments for a log on this cluster. On a real cluster, with the short
+    /// sessions of [`KafkaTarget::killable_server_args`]: every test's server is SIGKILLed when
+    /// the test drops it, and its processor stays a member of the processors' group until its
+    /// session times out, holding up the rebalances of later tests in that group.
     pub fn server_args(&self) -> Vec<String> {
         let mut args = vec!["--log".to_owned(), format!("kafka://{}", self.servers())];
         if let KafkaTarget::Real { prefix, .. } = self {
             args.extend(["--topic-prefix".to_owned(), prefix.clone()]);
+            args.extend(short_sessions());
         }
         args
     }
@@ -524,17 +528,22 @@ impl KafkaTarget {
     /// kept short (6 s is the shortest a broker accepts by default).
     pub fn killable_server_args(&self) -> Vec<String> {
         let mut args = self.server_args();
-        args.extend(
-            [
-                "--kafka-option",
-                "session.timeout.ms=6000",
-                "--kafka-option",
-                "heartbeat.interval.ms=500",
-            ]
-            .map(String::from),
-        );
+        if let KafkaTarget::Mock(_) = self {
+            args.extend(short_sessions());
+        }
         args
     }
+}
+
+fn short_sessions() -> Vec<String> {
+    [
+        "--kafka-option",
+        "session.timeout.ms=6000",
+        "--kafka-option",
+        "heartbeat.interval.ms=500",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// A consumer in a group of its own, as a team outside tenantsync would read a state topic:
