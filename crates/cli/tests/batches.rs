@@ -2,7 +2,8 @@
 //! batches of a dataset's state, a lease is never live twice, a worker that dies holding a
 //! batch only delays it (its lease expires and the same batch comes back, unchanged), an
 //! acknowledged batch never comes back, and records the batcher holds in memory survive a
-//! SIGKILL of the server.
+//! SIGKILL of the server. The workers' test also runs with the Kafka backend on a real cluster
+//! when `TENANTSYNC_TEST_KAFKA` names one.
 //!
 //! Every written record's id starts with its tenant (`{tenant}.k{n}`) and every upsert carries
 //! its tenant in its data, so a batch that mixes tenants shows, deletes included.
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::Server;
+use common::{KafkaTarget, Server};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
@@ -390,17 +391,31 @@ async fn worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_workers_share_batches_without_overlapping_leases() {
+    share_batches(Vec::new(), Duration::from_secs(30)).await;
+}
+
+/// The same with the Kafka backend on a real cluster, when `TENANTSYNC_TEST_KAFKA` names one:
+/// the batches log is a Kafka topic and the batcher a consumer of the state topic. A replicated
+/// cluster acknowledges more slowly, hence the longer deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_workers_share_batches_on_a_real_kafka_cluster() {
+    if let Some(kafka) = KafkaTarget::real("batches") {
+        share_batches(kafka.server_args(), Duration::from_secs(90)).await;
+    }
+}
+
+/// Workers lease and acknowledge batches from a server started with `log_args` (nothing: the
+/// embedded log), until every record's last state was handed out, within `within`.
+async fn share_batches(log_args: Vec<String>, within: Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        dir.path(),
-        &[
-            "--batch-max-records",
-            &MAX_RECORDS.to_string(),
-            "--batch-max-wait-ms",
-            "50",
-        ],
-    )
-    .await;
+    let mut args = log_args;
+    args.extend([
+        "--batch-max-records".to_owned(),
+        MAX_RECORDS.to_string(),
+        "--batch-max-wait-ms".to_owned(),
+        "50".to_owned(),
+    ]);
+    let server = Server::start(dir.path(), &args).await;
     common::declare(&server, DATASET, PARTITIONS).await;
     let client = common::http_client();
 
@@ -453,7 +468,7 @@ async fn http_workers_share_batches_without_overlapping_leases() {
 
     // Done once every drop happened, every batch handed out was acknowledged, the acknowledged
     // batches carry every record's last state, and after all that a lease found nothing.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + within;
     let mut settled_since: Option<DateTime<Utc>> = None;
     loop {
         {
@@ -476,7 +491,7 @@ async fn http_workers_share_batches_without_overlapping_leases() {
             }
             assert!(
                 Instant::now() < deadline,
-                "not done after 30 s: {} deliveries, {} acked, {} drops left, {} records missing, e.g. {:?}",
+                "not done after {within:?}: {} deliveries, {} acked, {} drops left, {} records missing, e.g. {:?}",
                 book.deliveries.len(),
                 acked.len(),
                 drops_left.load(Ordering::SeqCst),

@@ -25,6 +25,8 @@
 //! The reference is the master store read through the API: every key the test ever wrote,
 //! read with `GET .../records/{id}` once the processor has caught up (deleted = absent).
 //!
+//! The same test runs against a real Kafka cluster when `TENANTSYNC_TEST_KAFKA` names one.
+//!
 //! `TENANTSYNC_CONVERGENCE_KILLS` sets the number of kills (default 4),
 //! `TENANTSYNC_CONVERGENCE_CHANGES` the minimum number of changes (default 3000) and
 //! `TENANTSYNC_CONVERGENCE_SEED` the seed of the workload and the kill points (printed).
@@ -36,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{MockKafka, Server, WorkChange, env_or, send_retryable};
+use common::{KafkaTarget, Server, WorkChange, env_or, send_retryable};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rand::rngs::StdRng;
@@ -844,6 +846,18 @@ fn differences(copy: &BTreeMap<Key, Held>, reference: &BTreeMap<Key, Held>) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_subscriber_copy_converges_to_the_master_store_through_sigkills() {
+    run(KafkaTarget::mock(1, DATASET, PARTITIONS)).await;
+}
+
+/// The same on a real cluster, when `TENANTSYNC_TEST_KAFKA` names one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_subscriber_copy_converges_on_a_real_kafka_cluster() {
+    if let Some(kafka) = KafkaTarget::real("convergence") {
+        run(kafka).await;
+    }
+}
+
+async fn run(kafka: KafkaTarget) {
     let started = Instant::now();
     let kills = env_or("TENANTSYNC_CONVERGENCE_KILLS", 4).max(1) as usize;
     let min_changes = env_or("TENANTSYNC_CONVERGENCE_CHANGES", 3000) as usize;
@@ -852,7 +866,6 @@ async fn every_subscriber_copy_converges_to_the_master_store_through_sigkills() 
         "convergence: seed {seed} (TENANTSYNC_CONVERGENCE_SEED), {kills} kills, >= {min_changes} changes"
     );
 
-    let kafka = MockKafka::new(1, DATASET, PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
     let mut args = kafka.killable_server_args();
     args.extend(["--sse-heartbeat-secs", "1"].map(String::from));
@@ -892,9 +905,9 @@ async fn every_subscriber_copy_converges_to_the_master_store_through_sigkills() 
     let kafka_ends: Arc<OnceLock<Vec<i64>>> = Arc::default();
     let kafka_client = |name: &str, restart_after| {
         kafka_group(
-            kafka.servers.clone(),
-            format!("convergence-{name}"),
-            kafka.state_topic.clone(),
+            kafka.servers().to_owned(),
+            kafka.group(&format!("convergence-{name}")),
+            kafka.state_topic(DATASET),
             copy(name),
             kafka_ends.clone(),
             restart_after,
@@ -1009,7 +1022,7 @@ async fn every_subscriber_copy_converges_to_the_master_store_through_sigkills() 
     }
     common::wait_caught_up(&server, DATASET).await;
     let ends = {
-        let (servers, topic) = (kafka.servers.clone(), kafka.state_topic.clone());
+        let (servers, topic) = (kafka.servers().to_owned(), kafka.state_topic(DATASET));
         tokio::task::spawn_blocking(move || common::topic_ends(&servers, &topic, PARTITIONS))
             .await
             .unwrap()

@@ -6,6 +6,10 @@
 //! The Kafka runs include one with two processes in one consumer group sharing the master store,
 //! killed in turn, so partitions move between them.
 //!
+//! The Kafka runs go against librdkafka's in-process mock cluster and, when
+//! `TENANTSYNC_TEST_KAFKA` names one, against a real cluster too (with fewer kills and changes by
+//! default).
+//!
 //! `TENANTSYNC_CRASH_KILLS` sets the number of kills (default 20; a multi-process run splits them
 //! between its processes), `TENANTSYNC_CRASH_CHANGES` the minimum number of changes (default
 //! 20000), `TENANTSYNC_CRASH_SEED` the workload's seed.
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{MockKafka, Server, WorkChange, env_or};
+use common::{KafkaTarget, Server, WorkChange, env_or};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
@@ -31,6 +35,9 @@ const TENANTS: usize = 24;
 const IDS_PER_TENANT: usize = 40;
 const WORKERS: usize = 8;
 const LINES_PER_REQUEST: usize = 40;
+/// Kills and changes of a run on a real cluster, unless the variables below say otherwise.
+const REAL_KILLS: u64 = 10;
+const REAL_CHANGES: u64 = 10_000;
 
 /// A key's state in the model: its version, and its data (`None` once deleted).
 type ModelRecord = (u64, Option<Map<String, Value>>);
@@ -157,7 +164,7 @@ enum Backend {
     /// The embedded log can be opened by one process at a time: the test opens it after the
     /// server's last kill.
     Embedded,
-    Kafka(MockKafka),
+    Kafka(KafkaTarget),
 }
 
 impl Backend {
@@ -165,6 +172,22 @@ impl Backend {
         match self {
             Backend::Embedded => vec![],
             Backend::Kafka(kafka) => kafka.killable_server_args(),
+        }
+    }
+
+    fn topics(&self) -> Topics {
+        match self {
+            Backend::Embedded => Topics::default(),
+            Backend::Kafka(kafka) => kafka.topics(),
+        }
+    }
+
+    /// The default number of kills and of changes: fewer on a real cluster, where a restarted
+    /// member waits out the killed one's session before it owns partitions again.
+    fn default_workload(&self) -> (u64, u64) {
+        match self {
+            Backend::Kafka(kafka) if kafka.is_real() => (REAL_KILLS, REAL_CHANGES),
+            _ => (20, 20_000),
         }
     }
 
@@ -178,7 +201,7 @@ impl Backend {
             Backend::Kafka(kafka) => Arc::new(
                 tenantsync_log_kafka::KafkaLog::connect(tenantsync_log_kafka::KafkaConfig {
                     client_id: "crash-test".into(),
-                    ..tenantsync_log_kafka::KafkaConfig::new(kafka.servers.clone())
+                    ..tenantsync_log_kafka::KafkaConfig::new(kafka.servers())
                 })
                 .await
                 .unwrap(),
@@ -191,8 +214,9 @@ impl Backend {
 /// SIGKILLing one of them at a time.
 async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
     // Several instances split the kills between them, keeping CI's run time in bounds.
-    let kills = env_or("TENANTSYNC_CRASH_KILLS", 20) as usize / instances;
-    let min_changes = env_or("TENANTSYNC_CRASH_CHANGES", 20_000) as usize;
+    let (default_kills, default_changes) = backend.default_workload();
+    let kills = env_or("TENANTSYNC_CRASH_KILLS", default_kills) as usize / instances;
+    let min_changes = env_or("TENANTSYNC_CRASH_CHANGES", default_changes) as usize;
     let seed = env_or("TENANTSYNC_CRASH_SEED", rand::random());
     eprintln!(
         "crash test: seed {seed} (TENANTSYNC_CRASH_SEED), {instances} instance(s), {kills} kills, \
@@ -368,7 +392,7 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
 
     // 2. The state log's last value per key == master store; 3. versions never went down.
     let log = backend.open_log(&data_dir.join("instance-0")).await;
-    let topic = Topics::default().state(&dataset);
+    let topic = backend.topics().state(&dataset);
     let mut last: BTreeMap<String, Record> = BTreeMap::new();
     for p in 0..PARTITIONS {
         let end = log.end_offset(&topic, p).await.unwrap();
@@ -420,7 +444,7 @@ async fn embedded_backend_survives_sigkill() {
 }
 
 fn kafka_backend() -> Backend {
-    Backend::Kafka(MockKafka::new(3, DATASET, PARTITIONS))
+    Backend::Kafka(KafkaTarget::mock(3, DATASET, PARTITIONS))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -435,4 +459,23 @@ async fn kafka_backend_survives_sigkill() {
 async fn kafka_processes_share_partitions_through_sigkills() {
     let dir = tempfile::tempdir().unwrap();
     run(kafka_backend(), dir.path(), 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_kafka_backend_survives_sigkill() {
+    let Some(kafka) = KafkaTarget::real("crash") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    run(Backend::Kafka(kafka), dir.path(), 1).await;
+}
+
+/// [`kafka_processes_share_partitions_through_sigkills`] on a real cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_kafka_processes_share_partitions_through_sigkills() {
+    let Some(kafka) = KafkaTarget::real("crash-shared") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    run(Backend::Kafka(kafka), dir.path(), 2).await;
 }

@@ -1,14 +1,15 @@
 //! A team outside tenantsync consumes a dataset's state topic with a plain Kafka client in its
 //! own consumer group, as the README describes, and rebuilds an identical copy of the master
 //! store: live records by key, tombstones removing them. Likewise its batches topic, batch by
-//! batch.
+//! batch. Both run on librdkafka's in-process mock cluster and, when `TENANTSYNC_TEST_KAFKA`
+//! names one, on a real cluster.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::MockKafka;
+use common::KafkaTarget;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Headers;
@@ -20,8 +21,18 @@ const PARTITIONS: u32 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_consumer_group_rebuilds_the_master_store() {
-    let kafka = MockKafka::new(1, DATASET, PARTITIONS);
-    let state_topic = &kafka.state_topic;
+    rebuild_the_master_store(KafkaTarget::mock(1, DATASET, PARTITIONS)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_consumer_group_rebuilds_the_master_store_from_a_real_cluster() {
+    if let Some(kafka) = KafkaTarget::real("kafka-consumer-state") {
+        rebuild_the_master_store(kafka).await;
+    }
+}
+
+async fn rebuild_the_master_store(kafka: KafkaTarget) {
+    let state_topic = &kafka.state_topic(DATASET);
     let dir = tempfile::tempdir().unwrap();
     let server = common::Server::start(dir.path(), &kafka.server_args()).await;
     common::declare(&server, DATASET, PARTITIONS).await;
@@ -90,11 +101,12 @@ async fn a_plain_consumer_group_rebuilds_the_master_store() {
     );
 
     // The outside team's consumer: any Kafka client, its own group, from the beginning.
-    let consumer: BaseConsumer = common::kafka_group_config(&kafka.servers, "analytics-team")
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer =
+        common::kafka_group_config(kafka.servers(), &kafka.group("analytics-team"))
+            .create()
+            .unwrap();
     consumer.subscribe(&[state_topic]).unwrap();
-    let ends = common::topic_ends(&kafka.servers, state_topic, PARTITIONS);
+    let ends = common::topic_ends(kafka.servers(), state_topic, PARTITIONS);
     let mut next = vec![0i64; PARTITIONS as usize];
     let mut copy: BTreeMap<String, Value> = BTreeMap::new();
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();
@@ -161,7 +173,17 @@ async fn a_plain_consumer_group_rebuilds_the_master_store() {
 /// the batches carry every record's last state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_reach_a_kafka_consumer_group() {
-    let kafka = MockKafka::new(1, DATASET, PARTITIONS);
+    batches_reach_a_consumer_group(KafkaTarget::mock(1, DATASET, PARTITIONS)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_reach_a_kafka_consumer_group_on_a_real_cluster() {
+    if let Some(kafka) = KafkaTarget::real("kafka-consumer-batches") {
+        batches_reach_a_consumer_group(kafka).await;
+    }
+}
+
+async fn batches_reach_a_consumer_group(kafka: KafkaTarget) {
     let dir = tempfile::tempdir().unwrap();
     let mut args = kafka.server_args();
     args.extend(["--batch-max-records", "25", "--batch-max-wait-ms", "100"].map(String::from));
@@ -213,10 +235,11 @@ async fn batches_reach_a_kafka_consumer_group() {
     }
     assert_eq!(expected.len(), 140);
 
-    let topic = format!("tenantsync.{DATASET}.batches");
-    let consumer: StreamConsumer = common::kafka_group_config(&kafka.servers, "batch-team")
-        .create()
-        .unwrap();
+    let topic = kafka.batches_topic(DATASET);
+    let consumer: StreamConsumer =
+        common::kafka_group_config(kafka.servers(), &kafka.group("batch-team"))
+            .create()
+            .unwrap();
     consumer.subscribe(&[&topic]).unwrap();
     let mut carried: BTreeMap<(String, String, u64), bool> = BTreeMap::new();
     let mut batches = BTreeSet::new();

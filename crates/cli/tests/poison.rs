@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::MockKafka;
+use common::KafkaTarget;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
 use tenantsync_core::{TenantId, partition_for_tenant};
@@ -17,7 +17,7 @@ const PARTITIONS: u32 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_changes_are_recorded_and_skipped() {
-    let kafka = MockKafka::new(1, DATASET, PARTITIONS);
+    let kafka = KafkaTarget::mock(1, DATASET, PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
     let server = common::Server::start(dir.path(), &kafka.server_args()).await;
     common::declare(&server, DATASET, PARTITIONS).await;
@@ -39,7 +39,7 @@ async fn undecodable_changes_are_recorded_and_skipped() {
     // Three kinds of garbage on acme's partition: not JSON, JSON that is no change, no value.
     let partition = partition_for_tenant(&TenantId::new("acme").unwrap(), PARTITIONS) as i32;
     let topic = format!("tenantsync.{DATASET}.changes");
-    let producer: BaseProducer = common::kafka_group_config(&kafka.servers, "poison-writer")
+    let producer: BaseProducer = common::kafka_group_config(kafka.servers(), "poison-writer")
         .create()
         .unwrap();
     for value in [

@@ -428,33 +428,131 @@ impl MockKafka {
     pub fn log_url(&self) -> String {
         format!("kafka://{}", self.servers)
     }
+}
 
-    /// The server arguments for a log on this cluster (topics replicated on every broker).
-    pub fn server_args(&self) -> Vec<String> {
-        vec![
-            "--log".to_owned(),
-            self.log_url(),
-            "--kafka-replication-factor".to_owned(),
-            self.brokers.to_string(),
-        ]
+/// The variable naming a real Kafka cluster (its bootstrap list) for the real-broker variants
+/// of the tests; `dev/kafka up` prints one.
+pub const REAL_KAFKA_VAR: &str = "TENANTSYNC_TEST_KAFKA";
+
+/// The Kafka a test runs against: the in-process mock cluster, or the real cluster
+/// [`REAL_KAFKA_VAR`] names, where the server creates its topics itself under a topic prefix
+/// of the test's own.
+pub enum KafkaTarget {
+    Mock(MockKafka),
+    Real { servers: String, prefix: String },
+}
+
+impl KafkaTarget {
+    /// A mock cluster with the dataset's topics (see [`MockKafka::new`]).
+    pub fn mock(brokers: i32, dataset: &str, partitions: u32) -> KafkaTarget {
+        KafkaTarget::Mock(MockKafka::new(brokers, dataset, partitions))
     }
 
-    /// The server arguments for a log on this cluster, when the server is to be SIGKILLed: a
-    /// killed member of the processor's group holds its partitions until its session times out,
-    /// so sessions are kept short.
-    pub fn killable_server_args(&self) -> Vec<String> {
-        let mut args = self.server_args();
-        args.extend(
-            [
-                "--kafka-option",
-                "session.timeout.ms=6000",
-                "--kafka-option",
-                "heartbeat.interval.ms=500",
-            ]
-            .map(String::from),
+    /// The real cluster, with a topic prefix unique to `test` and to this run, so that tests
+    /// sharing the cluster, and reruns against it, never meet each other's topics or groups.
+    /// `None`, after a skip notice, when [`REAL_KAFKA_VAR`] is unset.
+    pub fn real(test: &str) -> Option<KafkaTarget> {
+        let servers = std::env::var(REAL_KAFKA_VAR).unwrap_or_default();
+        if servers.trim().is_empty() {
+            eprintln!(
+                "skipping {test} on a real Kafka cluster: {REAL_KAFKA_VAR} is not set \
+                 (TENANTSYNC_TEST_KAFKA=$(dev/kafka up --brokers 3 | tail -n1))"
+            );
+            return None;
+        }
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let prefix = format!(
+            "test-{}-{}-{millis:x}",
+            test.replace('_', "-"),
+            std::process::id()
         );
+        Some(KafkaTarget::Real {
+            servers: servers.trim().to_owned(),
+            prefix,
+        })
+    }
+
+    pub fn is_real(&self) -> bool {
+        matches!(self, KafkaTarget::Real { .. })
+    }
+
+    /// The bootstrap servers, for any Kafka client.
+    pub fn servers(&self) -> &str {
+        match self {
+            KafkaTarget::Mock(mock) => &mock.servers,
+            KafkaTarget::Real { servers, .. } => servers,
+        }
+    }
+
+    /// The names of the server's topics.
+    pub fn topics(&self) -> Topics {
+        match self {
+            KafkaTarget::Mock(_) => Topics::default(),
+            KafkaTarget::Real { prefix, .. } => Topics::new(prefix.as_str()),
+        }
+    }
+
+    pub fn state_topic(&self, dataset: &str) -> String {
+        self.topics().state(&DatasetName::new(dataset).unwrap())
+    }
+
+    pub fn batches_topic(&self, dataset: &str) -> String {
+        self.topics().batches(&DatasetName::new(dataset).unwrap())
+    }
+
+    /// A consumer group name for a client of the test's own: on a real cluster, under the
+    /// test's prefix, so a rerun starts a new group instead of resuming an old one.
+    pub fn group(&self, name: &str) -> String {
+        match self {
+            KafkaTarget::Mock(_) => name.to_owned(),
+            KafkaTarget::Real { prefix, .. } => format!("{prefix}.{name}"),
+        }
+    }
+
+    /// The server arguments for a log on this cluster. On a real cluster, with the short
+    /// sessions of [`KafkaTarget::killable_server_args`]: every test's server is SIGKILLed when
+    /// the test drops it, and its processor stays a member of the processors' group until its
+    /// session times out, holding up the rebalances of later tests in that group.
+    pub fn server_args(&self) -> Vec<String> {
+        let mut args = vec!["--log".to_owned(), format!("kafka://{}", self.servers())];
+        if let KafkaTarget::Mock(mock) = self {
+            // Topics on the mock are on every broker; the server checks the count at start-up.
+            args.extend([
+                "--kafka-replication-factor".to_owned(),
+                mock.brokers.to_string(),
+            ]);
+        }
+        if let KafkaTarget::Real { prefix, .. } = self {
+            args.extend(["--topic-prefix".to_owned(), prefix.clone()]);
+            args.extend(short_sessions());
+        }
         args
     }
+
+    /// [`KafkaTarget::server_args`] for a server that is to be SIGKILLed: a killed member of
+    /// the processor's group holds its partitions until its session times out, so sessions are
+    /// kept short (6 s is the shortest a broker accepts by default).
+    pub fn killable_server_args(&self) -> Vec<String> {
+        let mut args = self.server_args();
+        if let KafkaTarget::Mock(_) = self {
+            args.extend(short_sessions());
+        }
+        args
+    }
+}
+
+fn short_sessions() -> Vec<String> {
+    [
+        "--kafka-option",
+        "session.timeout.ms=6000",
+        "--kafka-option",
+        "heartbeat.interval.ms=500",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// A consumer in a group of its own, as a team outside tenantsync would read a state topic:

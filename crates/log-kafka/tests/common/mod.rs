@@ -85,11 +85,8 @@ impl MockHost {
             .map_err(|_| "mock cluster thread is gone".to_string())?
     }
 
-    /// Group settings that make rebalances on the mock take seconds, not most of a minute.
     pub fn config(&self) -> KafkaConfig {
-        KafkaConfig::new(&self.bootstrap_servers)
-            .with_option("session.timeout.ms", "6000")
-            .with_option("heartbeat.interval.ms", "500")
+        short_sessions(KafkaConfig::new(&self.bootstrap_servers))
     }
 
     pub async fn connect(&self) -> KafkaLog {
@@ -97,6 +94,35 @@ impl MockHost {
             .await
             .expect("connecting to the mock cluster")
     }
+}
+
+/// The variable naming a real Kafka cluster (its bootstrap list) for the real-broker tests.
+pub const REAL_KAFKA_VAR: &str = "TENANTSYNC_TEST_KAFKA";
+
+/// The client config for the real cluster [`REAL_KAFKA_VAR`] names, with short group sessions
+/// as on the mock; `None`, after a skip
+/// notice (once per test binary), when the variable is unset.
+pub fn real_cluster_config() -> Option<KafkaConfig> {
+    let servers = std::env::var(REAL_KAFKA_VAR).unwrap_or_default();
+    if servers.trim().is_empty() {
+        static NOTICE: std::sync::Once = std::sync::Once::new();
+        NOTICE.call_once(|| {
+            eprintln!(
+                "skipping the real Kafka cluster tests: {REAL_KAFKA_VAR} is not set \
+                 (TENANTSYNC_TEST_KAFKA=$(dev/kafka up --brokers 3 | tail -n1))"
+            )
+        });
+        return None;
+    }
+    Some(short_sessions(KafkaConfig::new(servers.trim())))
+}
+
+/// Group settings that make rebalances take seconds, not most of a minute; 6 s is the shortest
+/// session a broker accepts by default.
+fn short_sessions(config: KafkaConfig) -> KafkaConfig {
+    config
+        .with_option("session.timeout.ms", "6000")
+        .with_option("heartbeat.interval.ms", "500")
 }
 
 /// A topic name unique to this process and call.

@@ -29,6 +29,25 @@ pub struct Fixture {
     pub guard: Box<dyn std::any::Any + Send>,
 }
 
+/// What a suite's `make` returns: a [`Fixture`], or `Option<Fixture>` for a backend that may
+/// be absent (an external service the environment does not name), where `None` skips the case
+/// and `make` says why.
+pub trait MaybeFixture {
+    fn into_fixture(self) -> Option<Fixture>;
+}
+
+impl MaybeFixture for Fixture {
+    fn into_fixture(self) -> Option<Fixture> {
+        Some(self)
+    }
+}
+
+impl MaybeFixture for Option<Fixture> {
+    fn into_fixture(self) -> Option<Fixture> {
+        self
+    }
+}
+
 /// How long a case may wait for a consumer group to deliver what it must.
 pub const GROUP_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -39,7 +58,7 @@ pub const CASE_DEADLINE: Duration = Duration::from_secs(240);
 const POLL_WAIT: Duration = Duration::from_millis(200);
 
 /// Generates one test per conformance case. `$make` is a path to an `async fn() -> Fixture`
-/// that returns a fresh log for each case. Each test runs on its own multi-thread runtime with
+/// (or `-> Option<Fixture>`, see [`MaybeFixture`]) that returns a fresh log for each case. Each test runs on its own multi-thread runtime with
 /// two workers (what `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` would build;
 /// built here so the backend's test crate needs no tokio macros).
 ///
@@ -98,7 +117,11 @@ macro_rules! __log_conformance_cases {
             #[test]
             fn $case() {
                 $crate::conformance::runtime().block_on(async {
-                    let fixture: $crate::conformance::Fixture = $make().await;
+                    let Some(fixture) =
+                        $crate::conformance::MaybeFixture::into_fixture($make().await)
+                    else {
+                        return;
+                    };
                     $crate::conformance::within_deadline(
                         stringify!($case),
                         $crate::conformance::$case(&*fixture.log),
