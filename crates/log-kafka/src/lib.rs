@@ -61,6 +61,8 @@ use crate::topics::Topics;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a blocking lookup (watermarks, committed offsets) may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between attempts of a lookup that failed transiently.
+const LOOKUP_RETRY: Duration = Duration::from_millis(200);
 /// How long entries known to exist (below the end offset) may take to reach a reader.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long each fetch waits while a reader below the end offset looks for its next entry.
@@ -318,19 +320,32 @@ impl Log for KafkaLog {
             "reading the committed offset of group {group} on topic {topic} partition {partition}"
         );
         run_blocking(context.clone(), move || {
-            let mut wanted = TopicPartitionList::new();
-            wanted.add_partition(&topic, partition as i32);
-            let found = consumer
-                .committed_offsets(wanted, LOOKUP_TIMEOUT)
-                .map_err(|error| backend(context.clone(), error))?;
-            let element = found.find_partition(&topic, partition as i32);
-            if let Some(Err(error)) = element.as_ref().map(|e| e.error()) {
-                return Err(backend(context, error));
+            // The group's coordinator may be moving or loading (a broker restarted, the cluster
+            // just started): transient errors are retried within the lookup timeout.
+            let deadline = Instant::now() + LOOKUP_TIMEOUT;
+            loop {
+                let lookup = || {
+                    let mut wanted = TopicPartitionList::new();
+                    wanted.add_partition(&topic, partition as i32);
+                    let found = consumer
+                        .committed_offsets(wanted, LOOKUP_TIMEOUT)
+                        .map_err(|error| backend(context.clone(), error))?;
+                    let element = found.find_partition(&topic, partition as i32);
+                    if let Some(Err(error)) = element.as_ref().map(|e| e.error()) {
+                        return Err(backend(context.clone(), error));
+                    }
+                    Ok(match element.map(|e| e.offset()) {
+                        Some(KafkaOffset::Offset(offset)) => Offset::try_from(offset).ok(),
+                        _ => None,
+                    })
+                };
+                match lookup() {
+                    Err(error) if error.is_transient() && Instant::now() < deadline => {
+                        std::thread::sleep(LOOKUP_RETRY);
+                    }
+                    outcome => return outcome,
+                }
             }
-            Ok(match element.map(|e| e.offset()) {
-                Some(KafkaOffset::Offset(offset)) => Offset::try_from(offset).ok(),
-                _ => None,
-            })
         })
         .await
     }

@@ -189,8 +189,9 @@ pub trait GroupConsumer: Send {
 /// # Contract
 ///
 /// - **Atomic.** When [`publish`](Publisher::publish) returns `Ok`, every message is durable and
-///   readable (as after [`Log::append`]) and every `(partition, next)` is the group's committed
-///   offset. When it fails, no reader ever reads any of the messages and the committed offsets
+///   every `(partition, next)` is the group's committed offset; readers see the messages at
+///   once, or on Kafka a moment later (once the cluster has written the transaction's commit
+///   markers, which it does after answering the commit). When it fails, no reader ever reads any of the messages and the committed offsets
 ///   are unchanged. (Kafka: one transaction, and readers read committed entries only, so an
 ///   aborted transaction leaves a gap of offsets nobody reads.)
 /// - **Fenced.** If a partition in `offsets` was taken from the member since the poll the

@@ -17,13 +17,26 @@ async fn poll_until(member: &mut dyn GroupConsumer, want: usize) -> Vec<Entry> {
     seen
 }
 
-/// What a partition holds for readers, from its start.
-async fn readable(log: &dyn Log, topic: &str, partition: Partition) -> Vec<(String, String)> {
-    read_all(log, topic, partition, 0)
-        .await
-        .iter()
-        .map(|e| (text(&e.key), value_text(e)))
-        .collect()
+/// What a partition holds for readers, from its start, once it holds at least `count` entries
+/// (a published transaction becomes readable a moment after its commit on Kafka).
+async fn readable(
+    log: &dyn Log,
+    topic: &str,
+    partition: Partition,
+    count: usize,
+) -> Vec<(String, String)> {
+    let deadline = Instant::now() + GROUP_DEADLINE;
+    loop {
+        let entries: Vec<(String, String)> = read_all(log, topic, partition, 0)
+            .await
+            .iter()
+            .map(|e| (text(&e.key), value_text(e)))
+            .collect();
+        if entries.len() >= count || Instant::now() >= deadline {
+            return entries;
+        }
+        tokio::time::sleep(POLL_WAIT).await;
+    }
 }
 
 /// Polls every entry of a fresh topic with `partitions` partitions of `each` entries, as a new
@@ -62,11 +75,11 @@ pub async fn publish_appends_and_reads_on_past_it(log: &dyn Log) {
         .await
         .expect("publish messages only");
     assert_eq!(
-        readable(log, &output, 0).await,
+        readable(log, &output, 0, 2).await,
         vec![("a".into(), "1".into()), ("c".into(), "3".into())]
     );
     assert_eq!(
-        readable(log, &output, 1).await,
+        readable(log, &output, 1, 2).await,
         vec![("b".into(), "2".into()), ("d".into(), "4".into())]
     );
     for p in 0..2 {
@@ -162,7 +175,7 @@ pub async fn publisher_fenced_after_losing_a_partition(log: &dyn Log) {
         .await
         .expect("the new owner publishes");
     assert_eq!(
-        readable(log, &output, 0).await,
+        readable(log, &output, 0, 1).await,
         vec![("fresh".into(), "y".into())],
         "only the new owner's message may be readable"
     );
