@@ -14,6 +14,14 @@ use rdkafka::producer::DefaultProducerContext;
 use serde_json::{Map, Value, json};
 use tenantsync_core::{DatasetName, Topics};
 
+/// The binary under test: this build's, or the one `TENANTSYNC_TEST_BINARY` names (to show that
+/// a test fails on an earlier build).
+pub fn binary() -> PathBuf {
+    std::env::var_os("TENANTSYNC_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tenantsync")))
+}
+
 /// A running `tenantsync serve`.
 pub struct Server {
     child: Child,
@@ -49,7 +57,7 @@ impl Server {
     }
 
     async fn spawn(data_dir: &Path, args: Vec<String>) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        let mut child = Command::new(binary())
             .arg("serve")
             .args(&args)
             .env(
@@ -131,7 +139,7 @@ impl Server {
 
 /// Creates a token with `tenantsync token create` on the server's data dir and returns it.
 pub fn create_token(data_dir: &Path, name: &str, scopes: &[&str]) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
+    let mut command = Command::new(binary());
     command
         .args(["token", "create", "--data-dir"])
         .arg(data_dir);
