@@ -27,6 +27,7 @@ use tenantsync_store::Dataset;
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
 
 mod batches;
+mod publish;
 mod subscribers;
 
 const DATASET: &str = "bench";
@@ -51,6 +52,9 @@ enum BenchCommand {
     /// Change-feed subscribers: write->delivery latency to many long-poll or SSE subscribers,
     /// and server memory per idle subscriber. Runs the `tenantsync` binary as the server.
     Subscribers(subscribers::SubscribersArgs),
+    /// Publishing a batch's states with its consumed offsets: one transaction vs. a plain append
+    /// and commit (the cost of exactly-once publishing).
+    Publish(publish::PublishArgs),
     /// The batcher: fairness across tenants of Zipf-distributed volume, applied -> batch
     /// latency, batch sizes and CPU time per record.
     Batches(batches::BatchesArgs),
@@ -198,6 +202,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Http(args) => http(args).await,
         BenchCommand::Subscribers(args) => subscribers::run(args).await,
         BenchCommand::Batches(args) => batches::run(args).await,
+        BenchCommand::Publish(args) => publish::run(args).await,
     }
 }
 
