@@ -28,6 +28,7 @@ use tenantsync_supervisor::{RestartPolicy, Supervisor};
 
 mod batches;
 mod publish;
+mod restart;
 mod subscribers;
 
 const DATASET: &str = "bench";
@@ -55,6 +56,9 @@ enum BenchCommand {
     /// Publishing a batch's states with its consumed offsets: one transaction vs. a plain append
     /// and commit (the cost of exactly-once publishing).
     Publish(publish::PublishArgs),
+    /// Kafka: SIGKILL and restart -> first change applied, with static or renamed membership.
+    /// Runs the `tenantsync` binary.
+    Restart(restart::RestartArgs),
     /// The batcher: fairness across tenants of Zipf-distributed volume, applied -> batch
     /// latency, batch sizes and CPU time per record.
     Batches(batches::BatchesArgs),
@@ -203,6 +207,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Subscribers(args) => subscribers::run(args).await,
         BenchCommand::Batches(args) => batches::run(args).await,
         BenchCommand::Publish(args) => publish::run(args).await,
+        BenchCommand::Restart(args) => restart::run(args).await,
     }
 }
 

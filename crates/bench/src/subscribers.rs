@@ -72,7 +72,7 @@ pub struct SubscribersArgs {
 
 /// The `tenantsync` binary the server runs from: `explicit` if given, else the one in this
 /// executable's directory, where cargo puts every binary of the workspace.
-fn tenantsync_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn tenantsync_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         anyhow::ensure!(
             path.is_file(),
