@@ -588,6 +588,7 @@ async fn kafka_group(
     let mut next = vec![0i64; PARTITIONS as usize];
     let mut consumed = 0u64;
     loop {
+        common::follow_position(&consumer, &mut next);
         if let Some(ends) = ends.get()
             && next.iter().zip(ends).all(|(n, e)| n >= e)
         {

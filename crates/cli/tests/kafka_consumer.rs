@@ -114,6 +114,7 @@ async fn rebuild_the_master_store(kafka: KafkaTarget) {
     while next.iter().zip(&ends).any(|(n, e)| n < e) {
         assert!(Instant::now() < deadline, "consumed {next:?} of {ends:?}");
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            common::follow_position(&consumer, &mut next);
             continue;
         };
         let message = message.unwrap();
@@ -157,6 +158,7 @@ async fn rebuild_the_master_store(kafka: KafkaTarget) {
             }
         }
         next[message.partition() as usize] = message.offset() + 1;
+        common::follow_position(&consumer, &mut next);
     }
 
     assert_eq!(copy.len(), expected.len(), "live records in the copy");

@@ -575,18 +575,56 @@ pub fn kafka_group_config(servers: &str, group: &str) -> ClientConfig {
     config
 }
 
-/// Each partition's end (high watermark) of a topic. Blocks.
+/// Raises each partition's `next` to the consumer's position, which also moves past offsets
+/// that hold no message (transaction markers): the offset of the last message alone never
+/// reaches the end of a transactionally written topic.
+pub fn follow_position<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    next: &mut [i64],
+) {
+    if let Ok(positions) = consumer.position() {
+        for element in positions.elements() {
+            if let (Ok(p), rdkafka::Offset::Offset(position)) =
+                (usize::try_from(element.partition()), element.offset())
+                && p < next.len()
+            {
+                next[p] = next[p].max(position);
+            }
+        }
+    }
+}
+
+/// Each partition's end of a topic, with every transaction on it resolved. Blocks.
 pub fn topic_ends(servers: &str, topic: &str, partitions: u32) -> Vec<i64> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .create()
-        .unwrap();
-    (0..partitions as i32)
-        .map(|p| {
-            probe
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .collect()
+    // The end a reader of committed entries reaches (the last stable offset) stays below an
+    // open or just-committed transaction until the cluster has written its markers, which it
+    // does after answering the commit: once nothing writes, wait until it equals the end of
+    // everything written, so that it covers the last transaction.
+    let ends = |isolation: &str| -> Vec<i64> {
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", servers)
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
+        (0..partitions as i32)
+            .map(|p| {
+                probe
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stable = ends("read_committed");
+        if stable == ends("read_uncommitted") {
+            return stable;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: transactions still open after 60 s without writes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
