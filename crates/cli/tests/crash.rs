@@ -402,10 +402,11 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
                 .read(&topic, p, from, 5_000, Duration::from_secs(5))
                 .await
                 .unwrap();
-            assert!(
-                !entries.is_empty(),
-                "partition {p} stops at {from} before its end {end}"
-            );
+            // Empty only when no readable entry is left below the end (on Kafka the last
+            // offsets may be a transaction's commit marker).
+            if entries.is_empty() {
+                break;
+            }
             for e in &entries {
                 let r = tenantsync_dataset::state::decode(e).unwrap();
                 let key = r.key().to_string();
