@@ -5,6 +5,8 @@
 //!   mock cluster, in this process); one tenant writes through both as fast as it can. The
 //!   changes admitted (202) are at most 120% of its rate times the measured wall time, plus its
 //!   burst. Each instance alone would admit its full quota, twice that in total.
+//! - **The registry.** Instances register under `--instance-name`; one stopped with SIGTERM
+//!   deregisters before it exits, and the other then counts one instance.
 //! - **Idempotency keys expire.** With a short `--idempotency-retention-secs`, a retry inside
 //!   the window is applied once; the key's outcome then disappears from the store, and a retry
 //!   is applied again, unless its precondition refuses it.
@@ -178,16 +180,33 @@ async fn quota_holds_across_instances_sharing_postgres() {
     quota_holds_across_two_instances(dir.path(), &schema.url).await;
 }
 
-/// A clean shutdown deregisters at once: the survivor counts one instance again well before a
-/// killed instance would have expired.
+/// A clean shutdown deregisters at once (before the process exits), and the survivor then
+/// counts one instance; each registers under its `--instance-name`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stopped_instance_leaves_the_count() {
+async fn a_stopped_instance_leaves_the_registry() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = MockKafka::new(1, DATASET, 1);
-    let store = format!("sqlite://{}", dir.path().join("store.sqlite3").display());
-    let args = ["--log", &kafka.log_url(), "--store", &store].map(String::from);
-    let a = Server::start(&dir.path().join("a"), &args).await;
-    let mut b = Server::start(&dir.path().join("b"), &args).await;
+    let store_url = format!("sqlite://{}", dir.path().join("store.sqlite3").display());
+    let args = |name: &str| {
+        [
+            "--log",
+            &kafka.log_url(),
+            "--store",
+            &store_url,
+            "--instance-name",
+            name,
+        ]
+        .map(String::from)
+    };
+    let a = Server::start(&dir.path().join("a"), &args("alpha")).await;
+    let mut b = Server::start(&dir.path().join("b"), &args("beta")).await;
+    let store = tenantsync_store::open(&store_url.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.live_instances(i64::MIN).await.unwrap(),
+        ["alpha", "beta"]
+    );
     eventually("a counts two live instances", || async {
         metric(&a, "tenantsync_live_instances").await == Some(2.0)
     })
@@ -197,10 +216,12 @@ async fn a_stopped_instance_leaves_the_count() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(
-        common::wait_exit(&mut b, Duration::from_secs(30))
-            .await
-            .is_some()
+    let exit = common::wait_exit(&mut b, Duration::from_secs(30)).await;
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+    assert_eq!(
+        store.live_instances(i64::MIN).await.unwrap(),
+        ["alpha"],
+        "beta deregistered on its way out"
     );
     eventually("a counts one live instance", || async {
         metric(&a, "tenantsync_live_instances").await == Some(1.0)
