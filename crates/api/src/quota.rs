@@ -125,7 +125,12 @@ impl WriteQuotas {
                 wait.ceil() as u64
             )));
         }
-        buckets.insert(tenant.clone(), new_full_at);
+        match buckets.get_mut(tenant) {
+            Some(full_at) => *full_at = new_full_at,
+            None => {
+                buckets.insert(tenant.clone(), new_full_at);
+            }
+        }
         Ok(())
     }
 

@@ -113,7 +113,8 @@ pub struct ServeArgs {
         value_name = "CHANGES_PER_SEC"
     )]
     pub tenant_write_rate: Option<u32>,
-    /// Changes a tenant may write at once before the rate applies [default: 2 x the rate].
+    /// Changes a tenant may write at once before the rate applies, across all instances
+    /// [default: 2 x the rate].
     #[arg(long, env = "TENANTSYNC_TENANT_WRITE_BURST", value_name = "CHANGES")]
     pub tenant_write_burst: Option<u32>,
     /// Most records per batch of the batches log [default: 500]. Per-dataset overrides go in
