@@ -617,32 +617,27 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_retention_and_instance_name() {
+    fn idempotency_retention() {
         let s = Settings::merge(args(&[]), FileConfig::default()).unwrap();
         assert_eq!(
             s.idempotency_retention,
             Duration::from_secs(DEFAULT_IDEMPOTENCY_RETENTION_SECS)
         );
-        assert_eq!(
-            s.instance_name, None,
-            "host name and address, once listening"
-        );
-        let file: FileConfig =
-            toml::from_str("idempotency_retention_secs = 60\ninstance_name = \"web-1\"").unwrap();
+        let file: FileConfig = toml::from_str("idempotency_retention_secs = 60").unwrap();
+        let s = Settings::merge(args(&[]), file).unwrap();
+        assert_eq!(s.idempotency_retention, Duration::from_secs(60));
+        let file: FileConfig = toml::from_str("idempotency_retention_secs = 60").unwrap();
         let s = Settings::merge(args(&["--idempotency-retention-secs", "5"]), file).unwrap();
         assert_eq!(s.idempotency_retention, Duration::from_secs(5));
-        assert_eq!(s.instance_name.as_deref(), Some("web-1"));
-        for (flags, field) in [
-            (
-                ["--idempotency-retention-secs", "0"],
-                "idempotency_retention_secs",
-            ),
-            (["--instance-name", ""], "instance_name"),
-            (["--instance-name", "a\nb"], "instance_name"),
-        ] {
-            let err = Settings::merge(args(&flags), FileConfig::default()).unwrap_err();
-            assert!(err.to_string().contains(field), "{err}");
-        }
+        let err = Settings::merge(
+            args(&["--idempotency-retention-secs", "0"]),
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("idempotency_retention_secs"),
+            "{err}"
+        );
     }
 
     #[test]

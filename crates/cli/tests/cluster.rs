@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{MockKafka, Server};
+use common::{KafkaTarget, Server};
 use pg_schema::PgSchema;
 use serde_json::{Value, json};
 
@@ -88,19 +88,19 @@ async fn write_until(base: String, writer: usize, until: Instant, counts: Arc<Co
 
 /// Two instances on `store`, one tenant writing through both as fast as it can.
 async fn quota_holds_across_two_instances(dir: &Path, store: &str) {
-    let kafka = MockKafka::new(1, DATASET, 2);
-    let args = [
+    let kafka = KafkaTarget::mock(1, DATASET, 2);
+    let mut args = [
         "--insecure-no-auth",
         "--tenant-write-rate",
         &RATE.to_string(),
         "--tenant-write-burst",
         &BURST.to_string(),
-        "--log",
-        &kafka.log_url(),
         "--store",
         store,
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec();
+    args.extend(kafka.server_args());
     let a = Server::start_secure(&dir.join("a"), &args).await;
     let b = Server::start_secure(&dir.join("b"), &args).await;
     common::declare(&a, DATASET, 2).await;
@@ -185,18 +185,14 @@ async fn quota_holds_across_instances_sharing_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_instance_leaves_the_registry() {
     let dir = tempfile::tempdir().unwrap();
-    let kafka = MockKafka::new(1, DATASET, 1);
+    let kafka = KafkaTarget::mock(1, DATASET, 1);
     let store_url = format!("sqlite://{}", dir.path().join("store.sqlite3").display());
     let args = |name: &str| {
-        [
-            "--log",
-            &kafka.log_url(),
-            "--store",
-            &store_url,
-            "--instance-name",
-            name,
-        ]
-        .map(String::from)
+        let mut args = ["--store", &store_url, "--instance-name", name]
+            .map(String::from)
+            .to_vec();
+        args.extend(kafka.server_args());
+        args
     };
     let a = Server::start(&dir.path().join("a"), &args("alpha")).await;
     let mut b = Server::start(&dir.path().join("b"), &args("beta")).await;
