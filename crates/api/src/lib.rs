@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod feed;
 mod health;
+pub mod instances;
 mod metrics;
 pub mod quota;
 mod records;
@@ -34,6 +35,7 @@ use tenantsync_supervisor::{MetricsSource, Supervisor};
 
 pub use auth::Auth;
 pub use error::ApiError;
+pub use instances::Instances;
 pub use metrics::ApiMetrics;
 pub use quota::{WriteQuota, WriteQuotas};
 

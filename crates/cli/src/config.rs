@@ -22,6 +22,7 @@ pub const DEFAULT_DATA_DIR: &str = "./tenantsync-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_TOMBSTONE_RETENTION_SECS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Changes per second each tenant may write.
 pub const DEFAULT_TENANT_WRITE_RATE: u32 = 2_000;
 /// The burst is this many times the rate when not set.
@@ -83,6 +84,15 @@ pub struct ServeArgs {
     /// seconds; a feed reader further behind must start over from a snapshot [default: 604800].
     #[arg(long, env = "TENANTSYNC_TOMBSTONE_RETENTION_SECS", value_name = "SECS")]
     pub tombstone_retention_secs: Option<u64>,
+    /// How long a change's idempotency key is remembered, in seconds: a retry within it is
+    /// applied once; after it the key is pruned, and a retry is applied again unless its
+    /// version check refuses it [default: 604800].
+    #[arg(
+        long,
+        env = "TENANTSYNC_IDEMPOTENCY_RETENTION_SECS",
+        value_name = "SECS"
+    )]
+    pub idempotency_retention_secs: Option<u64>,
     /// Longest long-poll `wait` of a change feed or subscription, in seconds [default: 30].
     #[arg(long, env = "TENANTSYNC_MAX_WAIT_SECS", value_name = "SECS")]
     pub max_wait_secs: Option<u64>,
@@ -93,16 +103,18 @@ pub struct ServeArgs {
     /// [default: 30]. It resumes with Last-Event-ID.
     #[arg(long, env = "TENANTSYNC_SSE_STALL_TIMEOUT_SECS", value_name = "SECS")]
     pub sse_stall_timeout_secs: Option<u64>,
-    /// Changes per second each tenant may write; beyond its burst a tenant gets 429 with
-    /// Retry-After while other tenants are unaffected [default: 2000]. Per-tenant overrides go
-    /// in the config file's [quotas.tenants] table.
+    /// Changes per second each tenant may write, across all instances sharing the store (each
+    /// grants its share); beyond its burst a tenant gets 429 with Retry-After while other
+    /// tenants are unaffected [default: 2000]. Per-tenant overrides go in the config file's
+    /// [quotas.tenants] table.
     #[arg(
         long,
         env = "TENANTSYNC_TENANT_WRITE_RATE",
         value_name = "CHANGES_PER_SEC"
     )]
     pub tenant_write_rate: Option<u32>,
-    /// Changes a tenant may write at once before the rate applies [default: 2 x the rate].
+    /// Changes a tenant may write at once before the rate applies, across all instances
+    /// [default: 2 x the rate].
     #[arg(long, env = "TENANTSYNC_TENANT_WRITE_BURST", value_name = "CHANGES")]
     pub tenant_write_burst: Option<u32>,
     /// Most records per batch of the batches log [default: 500]. Per-dataset overrides go in
@@ -144,6 +156,7 @@ pub struct FileConfig {
     pub apply_timeout_secs: Option<u64>,
     pub shutdown_timeout_secs: Option<u64>,
     pub tombstone_retention_secs: Option<u64>,
+    pub idempotency_retention_secs: Option<u64>,
     pub max_wait_secs: Option<u64>,
     pub sse_heartbeat_secs: Option<u64>,
     pub sse_stall_timeout_secs: Option<u64>,
@@ -274,6 +287,8 @@ pub struct Settings {
     pub apply_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub tombstone_retention: Duration,
+    /// How long change outcomes (idempotency keys) are kept.
+    pub idempotency_retention: Duration,
     pub max_batch: usize,
     pub feed: tenantsync_api::FeedConfig,
     pub datasets: Vec<DatasetSection>,
@@ -375,6 +390,11 @@ impl Settings {
                 args.tombstone_retention_secs
                     .or(file.tombstone_retention_secs)
                     .unwrap_or(DEFAULT_TOMBSTONE_RETENTION_SECS),
+            ),
+            idempotency_retention: Duration::from_secs(
+                args.idempotency_retention_secs
+                    .or(file.idempotency_retention_secs)
+                    .unwrap_or(DEFAULT_IDEMPOTENCY_RETENTION_SECS),
             ),
             feed: {
                 let default = tenantsync_api::FeedConfig::default();
@@ -478,6 +498,9 @@ impl Settings {
         }
         if self.tombstone_retention.is_zero() {
             bail!("invalid tombstone_retention_secs: must be at least 1");
+        }
+        if self.idempotency_retention.is_zero() {
+            bail!("invalid idempotency_retention_secs: must be at least 1");
         }
         if self.feed.sse_heartbeat.is_zero() {
             bail!("invalid sse_heartbeat_secs: must be at least 1");
@@ -591,6 +614,30 @@ mod tests {
         let globex = s.quota_overrides[&TenantId::new("globex").unwrap()];
         assert_eq!((globex.rate.get(), globex.burst.get()), (5, 7));
         assert!(!s.insecure_no_auth);
+    }
+
+    #[test]
+    fn idempotency_retention() {
+        let s = Settings::merge(args(&[]), FileConfig::default()).unwrap();
+        assert_eq!(
+            s.idempotency_retention,
+            Duration::from_secs(DEFAULT_IDEMPOTENCY_RETENTION_SECS)
+        );
+        let file: FileConfig = toml::from_str("idempotency_retention_secs = 60").unwrap();
+        let s = Settings::merge(args(&[]), file).unwrap();
+        assert_eq!(s.idempotency_retention, Duration::from_secs(60));
+        let file: FileConfig = toml::from_str("idempotency_retention_secs = 60").unwrap();
+        let s = Settings::merge(args(&["--idempotency-retention-secs", "5"]), file).unwrap();
+        assert_eq!(s.idempotency_retention, Duration::from_secs(5));
+        let err = Settings::merge(
+            args(&["--idempotency-retention-secs", "0"]),
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("idempotency_retention_secs"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tenantsync_api::{ApiConfig, ApiMetrics, AppState, Auth, WriteQuotas};
+use tenantsync_api::{ApiConfig, ApiMetrics, AppState, Auth, Instances, WriteQuotas};
 use tenantsync_auth::JwtVerifier;
 use tenantsync_batcher::{BatchQueue, BatcherStage, StageConfig};
 use tenantsync_core::Topics;
 use tenantsync_dataset::Datasets;
 use tenantsync_feed::{CursorKey, Hub, HubTails};
 use tenantsync_processor::{Processor, ProcessorConfig};
-use tenantsync_retention::{Erasures, tombstones};
+use tenantsync_retention::{Erasures, IdempotencyPruner, tombstones};
 use tenantsync_store::{AccessStore, Dataset};
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
 use tokio::task::JoinHandle;
@@ -172,6 +172,25 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         settings.write_quota,
         &settings.quota_overrides,
     ));
+    let instances = Arc::new(Instances::new(
+        store.clone(),
+        instance.clone(),
+        quotas.clone(),
+    ));
+    // Registered before the first request, so that it is measured against this instance's
+    // share of the quotas and the others count this one within their next heartbeat.
+    let live = instances
+        .heartbeat()
+        .await
+        .context("cannot register this instance in the store")?;
+    info!(
+        instance = instances.name(),
+        live, "registered among the live instances"
+    );
+    let pruner = Arc::new(IdempotencyPruner::new(
+        store.clone(),
+        settings.idempotency_retention,
+    ));
 
     let supervisor = Supervisor::new(RestartPolicy::default());
     let tails = Arc::new(HubTails {
@@ -201,7 +220,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                 hub.clone(),
                 datasets.clone(),
                 retention,
-                tombstones::interval(retention),
+                tenantsync_retention::interval(retention),
                 stop,
             )
         }
@@ -211,6 +230,21 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         move |stop| {
             let erasures = erasures.clone();
             async move { erasures.run(stop).await }
+        }
+    });
+    supervisor.spawn("idempotency-prune", {
+        let pruner = pruner.clone();
+        let interval = tenantsync_retention::interval(settings.idempotency_retention);
+        move |stop| {
+            let pruner = pruner.clone();
+            async move { pruner.run(interval, stop).await }
+        }
+    });
+    supervisor.spawn("instances", {
+        let instances = instances.clone();
+        move |stop| {
+            let instances = instances.clone();
+            async move { instances.run(stop).await }
         }
     });
     supervisor.spawn("quota-sweep", {
@@ -254,6 +288,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             processor.clone(),
             batcher,
             hub,
+            instances,
+            pruner,
             Arc::new(supervisor.clone()),
         ],
         supervisor: supervisor.clone(),
@@ -274,8 +310,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     })
 }
 
-/// This instance's name in the store's batcher claims: unique per host and port, and the same
-/// when the instance restarts, so that it takes its claims back at once.
+/// This instance's name when `--instance-name` is not given (in the store's batcher claims and
+/// instance registry, and as its Kafka static membership): unique per host and port, and the
+/// same when the instance restarts, so that it takes its claims back at once.
 fn default_instance_name(addr: SocketAddr) -> String {
     let host = nix::unistd::gethostname()
         .ok()

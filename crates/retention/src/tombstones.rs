@@ -17,11 +17,6 @@ use tracing::info;
 /// Tombstones deleted per transaction.
 const PURGE_BATCH: usize = 10_000;
 
-/// How often retention runs for a given retention: a quarter of it, within 1 s to 60 s.
-pub fn interval(retention: Duration) -> Duration {
-    (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
-}
-
 /// The retention service: purges tombstones older than `retention` from every dataset, every
 /// `interval`, until `stop`, and tells the hub. (Another instance purging the same store does
 /// not tell this one's hub: its shared tails still hold the purged tombstones, so what they

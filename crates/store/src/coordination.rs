@@ -1,5 +1,6 @@
-//! The coordination concern: the batcher's claim on a dataset and the HTTP batch queue's
-//! positions and leases, shared by every instance on one store.
+//! The coordination concern: the batcher's claim on a dataset, the HTTP batch queue's
+//! positions and leases, and the registry of live instances, shared by every instance on one
+//! store.
 
 use async_trait::async_trait;
 use tenantsync_core::DatasetName;
@@ -29,7 +30,7 @@ pub struct BatchLease {
     pub expires_at_ms: i64,
 }
 
-/// Claims and leases that coordinate instances sharing one store.
+/// Claims, leases and the instance registry that coordinate instances sharing one store.
 ///
 /// # Contract
 ///
@@ -43,8 +44,14 @@ pub struct BatchLease {
 ///   ([`retake_expired_batch`](Self::retake_expired_batch)); an acknowledged batch is never
 ///   handed out again. Delivery to workers is at least once: a worker whose lease expired may
 ///   still be working when another retakes the batch.
+/// - **The instance registry** holds one row per instance name with the time it was last seen.
+///   [`heartbeat_instance`](Self::heartbeat_instance) registers or renews a name,
+///   [`live_instances`](Self::live_instances) lists those seen since a time, and
+///   [`deregister_instance`](Self::deregister_instance) and
+///   [`forget_instances`](Self::forget_instances) remove rows. What counts as live (how recent
+///   a heartbeat must be) is the caller's choice; the store only keeps the times.
 /// - **Times are the caller's** (`now_ms`, milliseconds since the Unix epoch); the store reads
-///   no clock for them.
+///   no clock for them. Instances comparing each other's times need clocks in step (NTP).
 #[async_trait]
 pub trait CoordinationStore: Send + Sync + 'static {
     /// Takes the dataset's batcher claim for `owner` when nobody holds it: when there is no
@@ -130,4 +137,20 @@ pub trait CoordinationStore: Send + Sync + 'static {
         dataset: &DatasetName,
         batch_id: &str,
     ) -> Result<Option<BatchLease>, StoreError>;
+
+    /// Registers `instance` as seen at `now_ms`, or renews its registration: afterwards its
+    /// last-seen time is the later of the stored one and `now_ms` (a delayed heartbeat never
+    /// moves it back). Idempotent; concurrent heartbeats of different names never lose one.
+    async fn heartbeat_instance(&self, instance: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    /// The names of the instances last seen at or after `since_ms`, sorted (byte order).
+    async fn live_instances(&self, since_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Removes `instance` from the registry (on a clean shutdown): it is no longer listed as
+    /// live until its next heartbeat. Returns whether it was registered.
+    async fn deregister_instance(&self, instance: &str) -> Result<bool, StoreError>;
+
+    /// Removes every instance last seen before `before_ms` (gone long ago: killed, or renamed),
+    /// so that the registry does not grow with every name ever used. Returns how many.
+    async fn forget_instances(&self, before_ms: i64) -> Result<u64, StoreError>;
 }

@@ -37,6 +37,8 @@ migrations! {
     4 => "0004_audit_secrets_erasures",
     5 => "0005_batches",
     6 => "0006_rejected_entries",
+    7 => "0007_instances",
+    8 => "0008_outcome_times",
 }
 
 /// The newest version a list knows, to refuse a database migrated by a newer build.

@@ -2,6 +2,7 @@
 //! reading records and stored outcomes back.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Outcome, Record, TenantId};
 
 use crate::{Offset, StoreError};
@@ -99,6 +100,12 @@ pub struct Applied {
 ///   record's live version, 0 if absent or deleted), stored as its outcome like other
 ///   rejections; erasure changes apply normally. A change whose id already has an outcome still
 ///   reports that outcome. `apply` reads the running erasures in its own transaction.
+/// - **Idempotency keys expire only when pruned.** Every stored outcome keeps the time it was
+///   stored (the applying process's clock). [`prune_outcomes`](Self::prune_outcomes) deletes
+///   the oldest; a pruned change id is as if never applied: [`outcome`](Self::outcome) answers
+///   `None`, and a change applied with it afterwards is decided like a new change (applied
+///   again unless its precondition refuses it) and owns the id anew. Positions still keep a
+///   re-read batch from applying twice, whatever was pruned.
 #[async_trait]
 pub trait RecordStore: Send + Sync + 'static {
     /// Declares a dataset. Declaring an existing dataset with the same partition count is a
@@ -158,6 +165,14 @@ pub trait RecordStore: Send + Sync + 'static {
         }
         Ok(out)
     }
+
+    /// Deletes up to `limit` stored outcomes, of every dataset, that were stored before
+    /// `before`, oldest first, in one transaction (so keep `limit` small enough for a short
+    /// one), and returns how many it deleted: fewer than `limit` means none older is left, as
+    /// far as this call could see. Records, positions and younger outcomes are untouched. Safe
+    /// to run concurrently with `apply` and with itself: each outcome is deleted at most once,
+    /// and one that an `apply` read as a duplicate just before was that change's outcome.
+    async fn prune_outcomes(&self, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError>;
 
     /// Up to `limit` records of a tenant (tombstones included) with ids greater than `after`,
     /// ordered by id (byte order).

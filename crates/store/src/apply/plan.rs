@@ -120,8 +120,9 @@ pub(crate) struct Plan {
 /// outcome; if it belongs to another record the id was reused, and the change is rejected
 /// `key_reused` with its own record's live version, and not stored (so that the id stays the
 /// first record's). A change at an offset below `position` is not applied again; if
-/// it has no stored outcome the log no longer holds what was applied there (a recreated topic),
-/// so it is reported `unchanged`, not stored, and a warning is logged. Any other change of a
+/// it has no stored outcome the log no longer holds what was applied there (a recreated topic)
+/// or its outcome was pruned past the idempotency window, so it is reported `unchanged`, not
+/// stored, and a warning is logged. Any other change of a
 /// tenant in `erasing` whose id is not an erasure id ([`ChangeId::is_erasure`]) is rejected
 /// `tenant_erasing` with its record's live version, and stored.
 #[allow(clippy::too_many_arguments)]

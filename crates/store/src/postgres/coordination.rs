@@ -5,7 +5,8 @@
 //! update on the epoch, a queue move an update (or, from position 0, an upsert) on the
 //! position with the lease inserted by the same statement. Racers wait on the row lock and
 //! re-check the condition on the winner's version, so exactly one wins. Retaking an expired
-//! lease picks it with `FOR UPDATE SKIP LOCKED`, so racing retakers take different leases.
+//! lease picks it with `FOR UPDATE SKIP LOCKED`, so racing retakers take different leases. The
+//! instance registry is one upsert, select or delete per call.
 
 use async_trait::async_trait;
 use tenantsync_core::DatasetName;
@@ -59,6 +60,14 @@ const RETAKE_BATCH: &str = "UPDATE batch_leases SET expires_at_ms = $3 \
 const ACK_BATCH: &str = "DELETE FROM batch_leases WHERE dataset = $1 AND batch_id = $2";
 const SELECT_BATCH_LEASE: &str = "SELECT batch_id, partition, \"offset\", expires_at_ms \
      FROM batch_leases WHERE dataset = $1 AND batch_id = $2";
+
+/// Keeps the later of the stored and the new time.
+const HEARTBEAT_INSTANCE: &str = "INSERT INTO instances (name, last_seen_ms) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE \
+     SET last_seen_ms = GREATEST(instances.last_seen_ms, excluded.last_seen_ms)";
+const LIVE_INSTANCES: &str = "SELECT name FROM instances WHERE last_seen_ms >= $1 ORDER BY name";
+const DEREGISTER_INSTANCE: &str = "DELETE FROM instances WHERE name = $1";
+const FORGET_INSTANCES: &str = "DELETE FROM instances WHERE last_seen_ms < $1";
 
 /// A row of (batch_id, partition, offset, expires_at_ms).
 fn batch_lease_row(row: &Row) -> Result<BatchLease, StoreError> {
@@ -200,5 +209,34 @@ impl CoordinationStore for PostgresStore {
             .as_ref()
             .map(batch_lease_row)
             .transpose()
+    }
+
+    async fn heartbeat_instance(&self, instance: &str, now_ms: i64) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(HEARTBEAT_INSTANCE).await?;
+        client.execute(&stmt, &[&instance, &now_ms]).await?;
+        Ok(())
+    }
+
+    async fn live_instances(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(LIVE_INSTANCES).await?;
+        let found = client.query(&stmt, &[&since_ms]).await?;
+        Ok(found
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn deregister_instance(&self, instance: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(DEREGISTER_INSTANCE).await?;
+        Ok(client.execute(&stmt, &[&instance]).await? > 0)
+    }
+
+    async fn forget_instances(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(FORGET_INSTANCES).await?;
+        Ok(client.execute(&stmt, &[&before_ms]).await?)
     }
 }

@@ -63,10 +63,16 @@ const WRITE_RECORDS: &str = "INSERT INTO records \
 /// A plain insert: under the position lock an outcome can only exist already if the same tenant
 /// was applied through two partitions, and then failing (and retrying) beats applying twice.
 const WRITE_OUTCOMES: &str = "INSERT INTO applied_changes \
-     (dataset, tenant, change_id, id, status, version) \
-     SELECT $1, t, c, i, s, v \
+     (dataset, tenant, change_id, id, status, version, applied_at) \
+     SELECT $1, t, c, i, s, v, $7 \
      FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
        AS x(t, c, i, s, v)";
+/// The oldest outcomes first, through `applied_changes_by_time`. SKIP LOCKED: concurrent
+/// pruners take different rows instead of waiting on each other.
+const PRUNE_OUTCOMES: &str = "DELETE FROM applied_changes \
+     WHERE (dataset, tenant, change_id) IN (SELECT dataset, tenant, change_id \
+       FROM applied_changes WHERE applied_at < $1 ORDER BY applied_at LIMIT $2 \
+       FOR UPDATE SKIP LOCKED)";
 const SELECT_RECORD: &str = "SELECT tenant, id, version, data::text, updated_at, change_id \
      FROM records WHERE dataset = $1 AND tenant = $2 AND id = $3";
 const SELECT_OUTCOME: &str = "SELECT id, status, version FROM applied_changes \
@@ -276,6 +282,7 @@ impl RecordStore for PostgresStore {
             }
         }
 
+        let now = Utc::now();
         let plan = apply::plan_batch(
             dataset,
             partition,
@@ -287,7 +294,7 @@ impl RecordStore for PostgresStore {
             outcomes,
             &floors,
             &erasing,
-            Utc::now(),
+            now,
         );
 
         let columns = RecordColumns::new(
@@ -348,6 +355,7 @@ impl RecordStore for PostgresStore {
                     &o_records,
                     &o_statuses,
                     &o_versions,
+                    &now,
                 ],
             )
             .await
@@ -446,6 +454,13 @@ impl RecordStore for PostgresStore {
             *slot(&mut out, row.try_get(3)?)? = Some(outcome);
         }
         Ok(out)
+    }
+
+    async fn prune_outcomes(&self, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(PRUNE_OUTCOMES).await?;
+        Ok(client.execute(&stmt, &[&before, &limit]).await?)
     }
 
     async fn scan(

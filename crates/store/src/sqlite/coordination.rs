@@ -1,5 +1,6 @@
 //! The coordination concern on SQLite: batcher claims and the HTTP batch queue, each a
-//! compare-and-set in one `BEGIN IMMEDIATE` writer transaction.
+//! compare-and-set in one `BEGIN IMMEDIATE` writer transaction, and the instance registry
+//! (single statements through the writer).
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
@@ -36,6 +37,13 @@ const RETAKE_BATCH: &str = "UPDATE batch_leases SET expires_at_ms = ?3 \
 const ACK_BATCH: &str = "DELETE FROM batch_leases WHERE dataset = ?1 AND batch_id = ?2";
 const SELECT_BATCH_LEASE: &str = "SELECT batch_id, partition, \"offset\", expires_at_ms \
      FROM batch_leases WHERE dataset = ?1 AND batch_id = ?2";
+
+/// Keeps the later of the stored and the new time.
+const HEARTBEAT_INSTANCE: &str = "INSERT INTO instances (name, last_seen_ms) VALUES (?1, ?2) \
+     ON CONFLICT (name) DO UPDATE SET last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)";
+const LIVE_INSTANCES: &str = "SELECT name FROM instances WHERE last_seen_ms >= ?1 ORDER BY name";
+const DEREGISTER_INSTANCE: &str = "DELETE FROM instances WHERE name = ?1";
+const FORGET_INSTANCES: &str = "DELETE FROM instances WHERE last_seen_ms < ?1";
 
 fn batch_lease_row(row: &Row<'_>) -> rusqlite::Result<(String, i64, i64, i64)> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
@@ -216,6 +224,47 @@ impl CoordinationStore for SqliteStore {
                     rows::batch_lease_from_row(batch_id, partition, offset, expires_at_ms)
                 })
                 .transpose()
+        })
+        .await
+    }
+
+    async fn heartbeat_instance(&self, instance: &str, now_ms: i64) -> Result<(), StoreError> {
+        let instance = instance.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached(HEARTBEAT_INSTANCE)?
+                .execute(params![instance, now_ms])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn live_instances(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(LIVE_INSTANCES)?
+                .query_map(params![since_ms], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
+    async fn deregister_instance(&self, instance: &str) -> Result<bool, StoreError> {
+        let instance = instance.to_owned();
+        self.write(move |conn| {
+            Ok(conn
+                .prepare_cached(DEREGISTER_INSTANCE)?
+                .execute(params![instance])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn forget_instances(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let forgotten = conn
+                .prepare_cached(FORGET_INSTANCES)?
+                .execute(params![before_ms])?;
+            Ok(forgotten as u64)
         })
         .await
     }

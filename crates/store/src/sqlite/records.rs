@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, TenantId};
 
@@ -33,7 +33,13 @@ const SELECT_FLOOR: &str =
 const SELECT_OUTCOME: &str = "SELECT id, status, version FROM applied_changes \
      WHERE dataset = ?1 AND tenant = ?2 AND change_id = ?3";
 const INSERT_OUTCOME: &str = "INSERT INTO applied_changes \
-     (dataset, tenant, change_id, id, status, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+     (dataset, tenant, change_id, id, status, version, applied_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// The oldest outcomes first, found through `applied_changes_by_time` (which holds the primary
+/// key too, so the subquery never reads the table).
+const PRUNE_OUTCOMES: &str = "DELETE FROM applied_changes \
+     WHERE (dataset, tenant, change_id) IN (SELECT dataset, tenant, change_id \
+       FROM applied_changes WHERE applied_at < ?1 ORDER BY applied_at LIMIT ?2)";
 const SCAN_FIRST: &str = "SELECT tenant, id, version, data, updated_at, change_id \
      FROM records WHERE dataset = ?1 AND tenant = ?2 ORDER BY id LIMIT ?3";
 const SCAN_AFTER: &str = "SELECT tenant, id, version, data, updated_at, change_id \
@@ -128,6 +134,7 @@ fn apply_in_transaction(
         }
     }
 
+    let now = Utc::now();
     let plan = apply::plan_batch(
         dataset,
         partition,
@@ -139,7 +146,7 @@ fn apply_in_transaction(
         outcomes,
         &floors,
         &erasing,
-        Utc::now(),
+        now,
     );
 
     {
@@ -173,7 +180,8 @@ fn apply_in_transaction(
                 change.change_id.as_str(),
                 change.id.as_str(),
                 status,
-                version
+                version,
+                now.timestamp_micros(),
             ])?;
         }
     }
@@ -357,6 +365,17 @@ impl RecordStore for SqliteStore {
                 );
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn prune_outcomes(&self, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(move |conn| {
+            let pruned = conn
+                .prepare_cached(PRUNE_OUTCOMES)?
+                .execute(params![before.timestamp_micros(), limit])?;
+            Ok(pruned as u64)
         })
         .await
     }

@@ -67,6 +67,12 @@ pub mod v1 {
         pub data: Option<&'static str>,
     }
 
+    /// Each legacy record's outcome, change id `legacy:{id}`, stored before outcomes had a
+    /// time.
+    const LEGACY_OUTCOMES: &str = "INSERT INTO applied_changes \
+         (dataset, tenant, change_id, id, status, version) \
+         SELECT dataset, tenant, 'legacy:' || id, id, 'applied', version FROM records";
+
     /// Partition 0 of `items` had applied this many offsets when the database was migrated.
     pub const POSITION: i64 = 10;
 
@@ -94,6 +100,8 @@ pub mod v1 {
                 )
                 .expect("legacy record");
             }
+            conn.execute_batch(LEGACY_OUTCOMES)
+                .expect("legacy outcomes");
             conn.execute(
                 "INSERT INTO positions (dataset, partition, next_offset) VALUES ('items', 0, ?1)",
                 [POSITION],
@@ -138,6 +146,10 @@ pub mod v1 {
                     .await
                     .expect("legacy record");
             }
+            client
+                .batch_execute(LEGACY_OUTCOMES)
+                .await
+                .expect("legacy outcomes");
             client
                 .execute(
                     "INSERT INTO positions (dataset, partition, next_offset) \

@@ -604,3 +604,90 @@ pub(crate) async fn batch_datasets_are_independent(store: &dyn MasterStore) {
         Some(lease("same-id", 0, 4, 1_000))
     );
 }
+
+pub(crate) async fn instance_registry_lifecycle(store: &dyn MasterStore) {
+    assert!(store.live_instances(0).await.unwrap().is_empty());
+    store
+        .heartbeat_instance("host-b:7070", 1_000)
+        .await
+        .unwrap();
+    store
+        .heartbeat_instance("host-a:7070", 1_200)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.live_instances(1_000).await.unwrap(),
+        ["host-a:7070", "host-b:7070"],
+        "seen at or after the time asked, sorted"
+    );
+    assert_eq!(
+        store.live_instances(1_001).await.unwrap(),
+        ["host-a:7070"],
+        "b was not seen since"
+    );
+    store
+        .heartbeat_instance("host-b:7070", 2_000)
+        .await
+        .unwrap();
+    store
+        .heartbeat_instance("host-b:7070", 1_500)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.live_instances(1_900).await.unwrap(),
+        ["host-b:7070"],
+        "a late heartbeat does not move the time back"
+    );
+
+    assert!(store.deregister_instance("host-b:7070").await.unwrap());
+    assert!(!store.deregister_instance("host-b:7070").await.unwrap());
+    assert!(store.live_instances(0).await.unwrap() == ["host-a:7070"]);
+    store
+        .heartbeat_instance("host-b:7070", 2_100)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.live_instances(2_000).await.unwrap(),
+        ["host-b:7070"],
+        "a deregistered name registers again with its next heartbeat"
+    );
+
+    // Names are compared exactly.
+    store
+        .heartbeat_instance("HOST-b:7070", 2_100)
+        .await
+        .unwrap();
+    assert_eq!(store.live_instances(2_000).await.unwrap().len(), 2);
+
+    assert_eq!(
+        store.forget_instances(2_100).await.unwrap(),
+        1,
+        "only a, seen at 1200"
+    );
+    assert_eq!(store.live_instances(0).await.unwrap().len(), 2);
+    assert_eq!(store.forget_instances(i64::MAX).await.unwrap(), 2);
+    assert!(store.live_instances(i64::MIN).await.unwrap().is_empty());
+}
+
+/// Many instances heartbeating at once, each several times: every one is registered, with its
+/// latest time.
+pub(crate) async fn instance_heartbeats_racing_register_all(store: Arc<dyn MasterStore>) {
+    let mut tasks = Vec::new();
+    for i in 0..16_i64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for beat in 0..5_i64 {
+                store
+                    .heartbeat_instance(&format!("instance-{i:02}"), 1_000 * beat + i)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let expected: Vec<String> = (0..16).map(|i| format!("instance-{i:02}")).collect();
+    assert_eq!(store.live_instances(4_000).await.unwrap(), expected);
+    assert_eq!(store.live_instances(4_008).await.unwrap(), expected[8..]);
+}

@@ -1,7 +1,7 @@
 //! The master store's conformance suite, written once and run against every backend.
 //!
 //! One module per concern of the store (records, feed, subscriptions, access, erasure,
-//! coordination, rejected entries; `model` holds the randomised and model-based cases of
+//! coordination (claims, the batch queue, the instance registry), rejected entries; `model` holds the randomised and model-based cases of
 //! records). Each case is a plain async fn over `&dyn MasterStore` (or `Arc<dyn MasterStore>`
 //! when it shares the store between concurrent tasks); the `conformance!` macro instantiates
 //! every case for every backend, each on a fresh store (its own temp dir or PostgreSQL schema),
@@ -98,6 +98,8 @@ conformance! {
             store change_id_reused_for_another_record,
             store states_content_and_order,
             store outcome_lookups,
+            store outcomes_are_pruned_oldest_first_in_bounded_batches,
+            legacy legacy_outcomes_are_kept_a_window_from_the_upgrade,
             store scan_pages_in_byte_order_with_tombstones,
             store tenants_and_datasets_never_mixed,
             store failed_apply_leaves_nothing_behind,
@@ -140,6 +142,8 @@ conformance! {
             shared batcher_claim_racers_one_wins,
             shared batch_claim_racers_one_wins,
             shared batch_retake_racers_take_each_lease_once,
+            store instance_registry_lifecycle,
+            shared instance_heartbeats_racing_register_all,
         ],
         rejected: [
             store rejected_entries_are_recorded_once_and_paged_in_order,

@@ -895,3 +895,160 @@ pub(crate) async fn empty_and_huge_values(store: &dyn MasterStore) {
 pub(crate) async fn check_succeeds(store: &dyn MasterStore) {
     store.check().await.expect("a fresh store is reachable");
 }
+
+/// Waits until the clock has passed `t`, so that what is stored next is stamped after it.
+async fn clock_past(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    loop {
+        let now = chrono::Utc::now();
+        if now > t {
+            return now;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+pub(crate) async fn outcomes_are_pruned_oldest_first_in_bounded_batches(store: &dyn MasterStore) {
+    let items = ds("items");
+    let before_all = chrono::Utc::now();
+    one(store, 0, upsert("old-1", "acme", "a", json!({"n": 1}))).await;
+    one(store, 1, upsert("old-2", "globex", "b", json!({"n": 1}))).await;
+    apply_ok(
+        store,
+        "other",
+        &at(0, vec![upsert("old-3", "acme", "c", json!({}))]),
+        1,
+    )
+    .await;
+    let boundary = clock_past(chrono::Utc::now()).await;
+    clock_past(boundary).await;
+    one(store, 2, upsert("young", "acme", "a", json!({"n": 2}))).await;
+
+    assert_eq!(
+        store.prune_outcomes(before_all, 100).await.unwrap(),
+        0,
+        "nothing was stored before the first apply"
+    );
+    assert_eq!(
+        store.prune_outcomes(boundary, 2).await.unwrap(),
+        2,
+        "bounded by the limit"
+    );
+    assert_eq!(
+        store.prune_outcomes(boundary, 2).await.unwrap(),
+        1,
+        "then the rest, across datasets"
+    );
+    assert_eq!(store.prune_outcomes(boundary, 2).await.unwrap(), 0);
+    for (dataset, t, c) in [
+        ("items", "acme", "old-1"),
+        ("items", "globex", "old-2"),
+        ("other", "acme", "old-3"),
+    ] {
+        assert_eq!(
+            store
+                .outcome(&ds(dataset), &tenant(t), &cid(c))
+                .await
+                .unwrap(),
+            None,
+            "{c} was pruned"
+        );
+    }
+    assert_eq!(
+        store
+            .outcome(&items, &tenant("acme"), &cid("young"))
+            .await
+            .unwrap(),
+        Some(owned("a", applied(2))),
+        "younger than the cut: kept"
+    );
+    // Records and positions are untouched.
+    assert_eq!(get(store, "acme", "a").await.unwrap().version, 2);
+    assert_eq!(get(store, "globex", "b").await.unwrap().version, 1);
+    assert_eq!(store.position(&items, 0).await.unwrap(), 3);
+
+    // A pruned key is as if never applied: its retry at a new offset is applied again, unless
+    // its precondition refuses it; the retry of a kept key is still a duplicate.
+    assert_eq!(
+        one(store, 3, upsert("young", "acme", "a", json!({"n": 2}))).await,
+        applied(2)
+    );
+    assert_eq!(
+        one(store, 4, upsert("old-2", "globex", "b", json!({"n": 9}))).await,
+        applied(2),
+        "applied again after its key was pruned"
+    );
+    assert_eq!(
+        one(
+            store,
+            5,
+            expecting(upsert("old-1", "acme", "a", json!({"n": 7})), 1)
+        )
+        .await,
+        conflict(2),
+        "a retry after the window that carries its version check is refused by it"
+    );
+    // A change id pruned from one record may now belong to another.
+    assert_eq!(
+        store
+            .outcome(&items, &tenant("acme"), &cid("old-1"))
+            .await
+            .unwrap(),
+        Some(owned("a", conflict(2)))
+    );
+    // Re-reading below the position applies nothing, even a change whose key was pruned.
+    let again = apply_ok(
+        store,
+        "other",
+        &at(0, vec![upsert("old-3", "acme", "c", json!({"n": 3}))]),
+        1,
+    )
+    .await;
+    assert_eq!(again.outcomes, vec![unchanged(1)]);
+    let c = store
+        .get(&ds("other"), &tenant("acme"), &eid("c"))
+        .await
+        .unwrap();
+    assert_eq!(c.map(|r| r.version), Some(1));
+    let everything = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.prune_outcomes(everything, 1_000).await.unwrap(), 3);
+}
+
+pub(crate) const LEGACY: &[v1::LegacyRecord] = &[
+    v1::LegacyRecord {
+        tenant: "acme",
+        id: "a",
+        version: 3,
+        data: Some("{}"),
+    },
+    v1::LegacyRecord {
+        tenant: "globex",
+        id: "b",
+        version: 1,
+        data: None,
+    },
+];
+
+/// Outcomes stored before they had a time count as stored at the upgrade: kept for a whole
+/// window from then, neither pruned at once nor kept forever.
+pub(crate) async fn legacy_outcomes_are_kept_a_window_from_the_upgrade(store: &dyn MasterStore) {
+    let items = ds("items");
+    let upgraded = chrono::Utc::now();
+    let a_minute_before = upgraded - chrono::Duration::minutes(1);
+    assert_eq!(store.prune_outcomes(a_minute_before, 100).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .outcome(&items, &tenant("acme"), &cid("legacy:a"))
+            .await
+            .unwrap(),
+        Some(owned("a", applied(3)))
+    );
+    let later = upgraded + chrono::Duration::seconds(1);
+    assert_eq!(store.prune_outcomes(later, 100).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .outcome(&items, &tenant("acme"), &cid("legacy:a"))
+            .await
+            .unwrap(),
+        None
+    );
+}
