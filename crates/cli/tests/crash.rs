@@ -402,10 +402,16 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
                 .read(&topic, p, from, 5_000, Duration::from_secs(5))
                 .await
                 .unwrap();
-            assert!(
-                !entries.is_empty(),
-                "partition {p} stops at {from} before its end {end}"
-            );
+            if entries.is_empty() {
+                // On Kafka the offsets left below the end may hold no readable entry at all: a
+                // transaction's commit marker (or an aborted one's entries) takes offsets of its
+                // own. The embedded log has no such gaps.
+                assert!(
+                    matches!(backend, Backend::Kafka(_)),
+                    "partition {p} stops at {from} before its end {end}"
+                );
+                break;
+            }
             for e in &entries {
                 let r = tenantsync_dataset::state::decode(e).unwrap();
                 let key = r.key().to_string();
