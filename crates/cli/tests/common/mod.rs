@@ -190,12 +190,20 @@ pub async fn wait_caught_up_as(server: &Server, dataset: &str, token: Option<&st
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-        let done = body["progress"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["end_offset"] == p["applied"] && p["applied"] == p["committed"]);
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        // A 503 (a broker failing over, a group coordinator moving) is an answer to retry.
+        assert!(
+            status.is_success() || status == 503,
+            "GET /v1/datasets/{dataset}: {status} {body}"
+        );
+        let done = status.is_success()
+            && body["progress"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["end_offset"] == p["applied"] && p["applied"] == p["committed"]);
         if done {
             return;
         }
