@@ -16,6 +16,7 @@ use tenantsync_core::{DatasetName, InvalidInput};
 
 use crate::auth::Caller;
 use crate::extract::{self, AccessCheck, Allowed, ApiQuery, PathParams};
+use crate::metrics::Gauge;
 use crate::{ApiError, AppState};
 
 /// Lease length when the request names none.
@@ -81,7 +82,11 @@ pub async fn lease(
         return Err(InvalidInput::new("lease", "must be more than 0 seconds").into());
     }
     let dataset = extract::dataset(&state, &name).await?;
-    let Some(leased) = state.batches.lease(&dataset, lease, wait).await? else {
+    let leased = {
+        let _waiting = (!wait.is_zero()).then(|| Gauge::hold(&state.metrics.long_polls));
+        state.batches.lease(&dataset, lease, wait).await?
+    };
+    let Some(leased) = leased else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let mut body =

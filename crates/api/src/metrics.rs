@@ -24,7 +24,7 @@ use crate::{ApiError, AppState};
 /// Counters of the API's delivery to subscribers.
 #[derive(Debug, Default)]
 pub struct ApiMetrics {
-    /// Long-poll requests waiting right now.
+    /// Long-poll requests waiting right now: feed pages, subscription batches and batch leases.
     pub long_polls: AtomicI64,
     /// Open SSE streams.
     pub sse_streams: AtomicI64,
