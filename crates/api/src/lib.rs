@@ -15,6 +15,7 @@ mod metrics;
 pub mod quota;
 mod records;
 mod rejected;
+pub mod revocation;
 mod subscriptions;
 mod write;
 
