@@ -17,7 +17,7 @@ mod pg_schema;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{MockKafka, Server};
+use common::{MockKafka, Server, create_token_in, wait_metric};
 use pg_schema::PgSchema;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Response, StatusCode};
@@ -65,7 +65,7 @@ impl Pair {
             Some(schema) => schema.url.clone(),
             None => format!("sqlite://{}", dir.path().join("store.sqlite3").display()),
         };
-        let admin = cli_token(&store_url, "admin", &["admin"]);
+        let admin = create_token_in(&["--store", &store_url], "admin", &["admin"]);
         let args = ["--log", &kafka.log_url(), "--store", &store_url];
         let a = Server::start_secure(&dir.path().join("a"), &args).await;
         let b = Server::start_secure(&dir.path().join("b"), &args).await;
@@ -132,31 +132,6 @@ impl Pair {
         }
     }
 
-    /// Polls instance A's `/metrics` until `series` is at least `min`.
-    async fn wait_metric_on_a(&self, series: &str, min: f64) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let body = self
-                .http
-                .get(self.a.url("/metrics"))
-                .bearer_auth(&self.admin)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            if metric(&body, series).is_some_and(|v| v >= min) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} never reached {min}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Sends a long-poll to instance A in the background; it answers with its status, its
     /// `Content-Type` and its body.
     fn long_poll(
@@ -180,30 +155,6 @@ impl Pair {
             (status, content_type, r.text().await.unwrap())
         })
     }
-}
-
-/// Creates a token with `tenantsync token create --store URL` and returns it.
-fn cli_token(store_url: &str, name: &str, scopes: &[&str]) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
-    command.args(["token", "create", "--store", store_url, "--name", name]);
-    for scope in scopes {
-        command.args(["--scope", scope]);
-    }
-    let out = command.output().expect("tenantsync token create runs");
-    assert!(
-        out.status.success(),
-        "token create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf-8");
-    stdout.lines().last().expect("the token").to_owned()
-}
-
-fn metric(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        Some(value.trim().parse().expect("a number"))
-    })
 }
 
 /// An SSE event: its name and data (comments, the heartbeats, are skipped).
@@ -328,8 +279,9 @@ async fn revocation_reaches_open_streams(schema: Option<PgSchema>, how: Revoke) 
         ),
     ]
     .map(|(what, method, path)| (what, pair.long_poll(&reader, method, &path)));
-    pair.wait_metric_on_a("tenantsync_long_polls_waiting", polls.len() as f64)
-        .await;
+    let waiting = polls.len() as f64;
+    let series = "tenantsync_long_polls_waiting";
+    wait_metric(&pair.a, Some(&pair.admin), series, waiting, DEADLINE).await;
 
     pair.revoke(how, "reader").await;
     let revoked_by = Instant::now() + REVOKED_WITHIN;
