@@ -17,7 +17,7 @@ mod pg_schema;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{MockKafka, Server, create_token_in, wait_metric};
+use common::{KafkaTarget, Server, create_token_in, wait_metric};
 use pg_schema::PgSchema;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Response, StatusCode};
@@ -52,7 +52,7 @@ struct Pair {
     store_url: String,
     admin: String,
     http: Client,
-    _kafka: MockKafka,
+    _kafka: KafkaTarget,
     _schema: Option<PgSchema>,
     _dir: tempfile::TempDir,
 }
@@ -60,13 +60,14 @@ struct Pair {
 impl Pair {
     async fn start(schema: Option<PgSchema>) -> Pair {
         let dir = tempfile::tempdir().unwrap();
-        let kafka = MockKafka::new(1, DATASET, 2);
+        let kafka = KafkaTarget::mock(1, DATASET, 2);
         let store_url = match &schema {
             Some(schema) => schema.url.clone(),
             None => format!("sqlite://{}", dir.path().join("store.sqlite3").display()),
         };
         let admin = create_token_in(&["--store", &store_url], "admin", &["admin"]);
-        let args = ["--log", &kafka.log_url(), "--store", &store_url];
+        let mut args = kafka.server_args();
+        args.extend(["--store".to_owned(), store_url.clone()]);
         let a = Server::start_secure(&dir.path().join("a"), &args).await;
         let b = Server::start_secure(&dir.path().join("b"), &args).await;
         let pair = Pair {
