@@ -120,7 +120,7 @@ impl Pair {
                 assert_eq!(r.status(), StatusCode::NO_CONTENT, "revoke {name} on B");
             }
             Revoke::Cli => {
-                let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+                let out = Command::new(common::binary())
                     .args(["token", "revoke", "--store", &self.store_url, name])
                     .output()
                     .expect("tenantsync token revoke runs");
