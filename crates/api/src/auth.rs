@@ -7,7 +7,8 @@
 //! for the scope their request needs and answer 403 without it, before they look at anything
 //! the request names: a caller learns nothing about datasets, tenants or records it may not
 //! see, not even whether they exist. Where a handler also takes a query or a body, the check is
-//! an extractor ([`Admin`], `extract::Allowed`) placed before them.
+//! an extractor ([`Admin`], `extract::Allowed`) placed before them. A request that streams or
+//! waits also watches its token's revocation (`crate::revocation`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,13 +22,16 @@ use axum::response::Response;
 use tenantsync_auth::{Access, Grant, JwtVerifier, Scope, hash_presented, looks_like_jwt};
 use tenantsync_core::{DatasetName, TenantId};
 use tenantsync_store::{AccessStore, Subscription, TenantSelection};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::revocation::{RevocationWatcher, Revocations};
 use crate::{ApiError, AppState};
 
 /// How long a token found in the store is trusted before the store is asked again. A token
 /// revoked through this instance's API is forgotten at once; one revoked elsewhere (the CLI,
-/// another instance) stops working within this time.
+/// another instance) stops working within this time, and the `revocations` service evicts it
+/// within [`REVOCATION_CHECK`](crate::revocation::REVOCATION_CHECK).
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// How requests are authenticated.
@@ -36,6 +40,8 @@ pub enum Auth {
     Enforced {
         jwt: Option<Box<JwtVerifier>>,
         tokens: TokenCache,
+        /// The tokens of this instance's running streams and long-polls.
+        revocations: Revocations,
     },
     /// Every request is let in with the `admin` scope (`--insecure-no-auth`, for local demos).
     Insecure,
@@ -43,9 +49,12 @@ pub enum Auth {
 
 /// API tokens recently found in the store, by hash: a busy client costs one store lookup per
 /// [`TOKEN_CACHE_TTL`], not one per request. Only tokens that exist are kept, so the cache
-/// holds at most the store's tokens.
-#[derive(Default)]
-pub struct TokenCache(Mutex<HashMap<String, (Arc<Grant>, Instant)>>);
+/// holds at most the store's tokens. Clones share the entries.
+#[derive(Clone, Default)]
+pub struct TokenCache(Arc<Mutex<Trusted>>);
+
+/// Grants by token hash, each with when it was read from the store.
+type Trusted = HashMap<String, (Arc<Grant>, Instant)>;
 
 impl TokenCache {
     fn get(&self, hash: &str) -> Option<Arc<Grant>> {
@@ -61,6 +70,21 @@ impl TokenCache {
         entries.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
         entries.insert(hash.to_owned(), (grant, Instant::now()));
     }
+
+    /// The hashes of the tokens trusted now.
+    pub(crate) fn hashes(&self) -> Vec<String> {
+        let entries = self.0.lock().expect("token cache lock");
+        entries
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(hash, _)| hash.clone())
+            .collect()
+    }
+
+    /// Forgets a token found revoked.
+    pub(crate) fn evict(&self, hash: &str) {
+        self.0.lock().expect("token cache lock").remove(hash);
+    }
 }
 
 impl Auth {
@@ -68,6 +92,33 @@ impl Auth {
         Auth::Enforced {
             jwt: jwt.map(Box::new),
             tokens: TokenCache::default(),
+            revocations: Revocations::default(),
+        }
+    }
+
+    /// The `revocations` service of this instance; `None` without API tokens to revoke
+    /// (`--insecure-no-auth`).
+    pub fn watcher(&self, store: Arc<dyn AccessStore>) -> Option<RevocationWatcher> {
+        match self {
+            Auth::Enforced {
+                tokens,
+                revocations,
+                ..
+            } => Some(RevocationWatcher {
+                store,
+                tokens: tokens.clone(),
+                revocations: revocations.clone(),
+            }),
+            Auth::Insecure => None,
+        }
+    }
+
+    /// The signal of the revocation of the caller's API token; `None` for a caller without
+    /// one (a JWT, or `--insecure-no-auth`), which cannot be revoked.
+    pub(crate) fn watch(&self, caller: &Caller) -> Option<Arc<CancellationToken>> {
+        match (self, &caller.token) {
+            (Auth::Enforced { revocations, .. }, Some(hash)) => Some(revocations.watch(hash)),
+            _ => None,
         }
     }
 
@@ -82,17 +133,20 @@ impl Auth {
     async fn caller(&self, store: &dyn AccessStore, parts: &Parts) -> Result<Caller, ApiError> {
         let (jwt, tokens) = match self {
             Auth::Insecure => {
-                return Ok(Caller(Arc::new(Grant {
-                    subject: "anonymous".to_owned(),
-                    scopes: vec![Scope::Admin],
-                })));
+                return Ok(Caller::new(
+                    Arc::new(Grant {
+                        subject: "anonymous".to_owned(),
+                        scopes: vec![Scope::Admin],
+                    }),
+                    None,
+                ));
             }
-            Auth::Enforced { jwt, tokens } => (jwt, tokens),
+            Auth::Enforced { jwt, tokens, .. } => (jwt, tokens),
         };
         let presented = bearer(parts)?;
         if let Some(hash) = hash_presented(presented) {
             if let Some(grant) = tokens.get(hash.as_str()) {
-                return Ok(Caller(grant));
+                return Ok(Caller::new(grant, Some(hash.as_str().into())));
             }
             let token = store.token_by_hash(hash.as_str()).await?.ok_or_else(|| {
                 ApiError::Unauthenticated("the token is unknown or was revoked".to_owned())
@@ -103,12 +157,12 @@ impl Auth {
             }
             let grant = Arc::new(grant);
             tokens.put(hash.as_str(), grant.clone());
-            return Ok(Caller(grant));
+            return Ok(Caller::new(grant, Some(hash.as_str().into())));
         }
         match jwt {
             Some(verifier) if looks_like_jwt(presented) => verifier
                 .verify(presented)
-                .map(|grant| Caller(Arc::new(grant)))
+                .map(|grant| Caller::new(Arc::new(grant), None))
                 .map_err(|e| ApiError::Unauthenticated(format!("the JWT is refused: {e}"))),
             _ => Err(ApiError::Unauthenticated(
                 "the bearer token is not a tenantsync API token".to_owned(),
@@ -149,8 +203,21 @@ pub async fn authenticate(
 }
 
 /// The authenticated caller of a request: who it is and what its scopes allow.
-#[derive(Debug, Clone)]
-pub struct Caller(Arc<Grant>);
+#[derive(Clone)]
+pub struct Caller {
+    grant: Arc<Grant>,
+    /// The hash of the API token it presented, which a revocation deletes; `None` for a JWT.
+    token: Option<Arc<str>>,
+}
+
+// By hand, so that the token's hash is never printed.
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("grant", &self.grant)
+            .finish_non_exhaustive()
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -188,13 +255,17 @@ fn access_word(access: Access) -> &'static str {
 }
 
 impl Caller {
+    fn new(grant: Arc<Grant>, token: Option<Arc<str>>) -> Self {
+        Caller { grant, token }
+    }
+
     /// Who the caller is, as the audit log names it.
     pub fn subject(&self) -> &str {
-        &self.0.subject
+        &self.grant.subject
     }
 
     pub fn allows(&self, access: Access, dataset: &DatasetName, tenant: &TenantId) -> bool {
-        self.0.allows(access, dataset, tenant)
+        self.grant.allows(access, dataset, tenant)
     }
 
     /// 403 unless the caller may `access` the tenant's records in the dataset. The message
@@ -216,7 +287,7 @@ impl Caller {
 
     /// 403 unless the caller has the `admin` scope.
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.0.is_admin() {
+        if self.grant.is_admin() {
             Ok(())
         } else {
             Err(ApiError::Forbidden(
@@ -227,12 +298,15 @@ impl Caller {
 
     /// Whether any of the caller's scopes names the dataset (or every dataset).
     pub fn sees_dataset(&self, dataset: &DatasetName) -> bool {
-        self.0.scopes.iter().any(|s| s.mentions_dataset(dataset))
+        self.grant
+            .scopes
+            .iter()
+            .any(|s| s.mentions_dataset(dataset))
     }
 
     /// Whether the caller may read every tenant of the dataset, present and future.
     pub fn reads_every_tenant(&self, dataset: &DatasetName) -> bool {
-        self.0
+        self.grant
             .scopes
             .iter()
             .any(|s| s.allows_every_tenant(Access::Read, dataset))

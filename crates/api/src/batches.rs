@@ -16,6 +16,8 @@ use tenantsync_core::{DatasetName, InvalidInput};
 
 use crate::auth::Caller;
 use crate::extract::{self, AccessCheck, Allowed, ApiQuery, PathParams};
+use crate::metrics::Gauge;
+use crate::revocation::TokenWatch;
 use crate::{ApiError, AppState};
 
 /// Lease length when the request names none.
@@ -69,6 +71,7 @@ pub async fn lease(
     State(state): State<Arc<AppState>>,
     Allowed(name): Allowed<BatchWorker>,
     ApiQuery(query): ApiQuery<LeaseQuery>,
+    token: TokenWatch,
 ) -> Result<Response, ApiError> {
     let wait = extract::seconds(
         "wait",
@@ -81,7 +84,15 @@ pub async fn lease(
         return Err(InvalidInput::new("lease", "must be more than 0 seconds").into());
     }
     let dataset = extract::dataset(&state, &name).await?;
-    let Some(leased) = state.batches.lease(&dataset, lease, wait).await? else {
+    let leased = {
+        let _waiting = (!wait.is_zero()).then(|| Gauge::hold(&state.metrics.long_polls));
+        // A lease taken just as the token is revoked is dropped unanswered, as when its client
+        // goes away: the batch is handed out again once the lease expires.
+        token
+            .guard(state.batches.lease(&dataset, lease, wait))
+            .await??
+    };
+    let Some(leased) = leased else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let mut body =

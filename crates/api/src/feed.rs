@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::extract::{self, Allowed, ApiQuery, Read, Tenant, TenantAccess};
 use crate::metrics::Gauge;
+use crate::revocation::TokenWatch;
 use crate::{ApiError, AppState};
 
 /// `?cursor=&limit=&wait=`, shared with subscriptions.
@@ -89,6 +90,7 @@ pub async fn changes(
     }): Allowed<TenantAccess<Read>>,
     ApiQuery(query): ApiQuery<FeedQuery>,
     headers: HeaderMap,
+    token: TokenWatch,
 ) -> Result<Response, ApiError> {
     let dataset = dataset.name;
     let limit = query.limit(&state)?;
@@ -121,7 +123,7 @@ pub async fn changes(
     // Checked for SSE too, where it does not apply, so that a bad value is an error everywhere.
     let wait = query.wait(&state)?;
     if sse {
-        return stream(state, dataset, tenant, position, limit).await;
+        return stream(state, dataset, tenant, position, limit, token).await;
     }
     let page = {
         let _waiting = (!wait.is_zero()).then(|| Gauge::hold(&state.metrics.long_polls));
@@ -137,11 +139,15 @@ pub async fn changes(
             )
         };
         // A long-poll answers with what there is when the server begins to stop, rather than
-        // hold up the shutdown.
-        tokio::select! {
-            page = read(wait) => page?,
-            _ = state.supervisor.stopping() => read(Duration::ZERO).await?,
-        }
+        // hold up the shutdown; 401 when its token is revoked meanwhile.
+        token
+            .guard(async {
+                tokio::select! {
+                    page = read(wait) => page,
+                    _ = state.supervisor.stopping() => read(Duration::ZERO).await,
+                }
+            })
+            .await??
     };
     state
         .metrics
@@ -250,13 +256,16 @@ fn page_json(key: &CursorKey, dataset: &DatasetName, tenant: &TenantId, page: &P
 /// its 400 or 410 as a status. A producer task then reads page after page into a bounded
 /// channel that the response drains as the client reads: a client that stops reading fills the
 /// channel, and after `sse_stall_timeout` its producer gives up and the stream ends (the client
-/// resumes from its last event id). Every event's id is the cursor just past it.
+/// resumes from its last event id). Every event's id is the cursor just past it. When the
+/// caller's token is revoked, the stream ends with a `revoked` event ([`TokenWatch::stream`]),
+/// and its producer stops as its channel closes.
 async fn stream(
     state: Arc<AppState>,
     dataset: DatasetName,
     tenant: TenantId,
     position: Option<FeedPosition>,
     limit: usize,
+    token: TokenWatch,
 ) -> Result<Response, ApiError> {
     let first = read_page(
         state.store.as_ref(),
@@ -270,7 +279,7 @@ async fn stream(
     let heartbeat = state.config.feed.sse_heartbeat;
     let (tx, rx) = mpsc::channel(state.config.feed.sse_buffer);
     tokio::spawn(produce(state, dataset, tenant, first, limit, tx));
-    Ok(Sse::new(ReceiverStream::new(rx))
+    Ok(Sse::new(token.stream(ReceiverStream::new(rx)))
         .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
         .into_response())
 }

@@ -16,6 +16,7 @@ mod metrics;
 pub mod quota;
 mod records;
 mod rejected;
+pub mod revocation;
 mod subscriptions;
 mod write;
 

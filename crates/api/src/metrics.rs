@@ -24,7 +24,7 @@ use crate::{ApiError, AppState};
 /// Counters of the API's delivery to subscribers.
 #[derive(Debug, Default)]
 pub struct ApiMetrics {
-    /// Long-poll requests waiting right now.
+    /// Long-poll requests waiting right now: feed pages, subscription batches and batch leases.
     pub long_polls: AtomicI64,
     /// Open SSE streams.
     pub sse_streams: AtomicI64,
@@ -34,6 +34,8 @@ pub struct ApiMetrics {
     pub delivered_subscription: AtomicU64,
     /// SSE streams ended because their client stopped reading.
     pub sse_cut_off: AtomicU64,
+    /// SSE streams and waiting long-polls ended because their token was revoked.
+    pub revoked: AtomicU64,
 }
 
 /// Holds a gauge up by one while alive.
@@ -128,6 +130,12 @@ pub async fn metrics(
         "sse_cut_off",
         "SSE streams ended because the client stopped reading",
         &m.sse_cut_off,
+    );
+    counter(
+        &mut registry,
+        "revoked_requests",
+        "SSE streams and waiting long-polls ended because their token was revoked",
+        &m.revoked,
     );
 
     let (changes, seconds, tenants) = (

@@ -20,6 +20,7 @@ use crate::auth::Caller;
 use crate::extract::{self, AccessCheck, Allowed, ApiBody, ApiQuery, PathParams};
 use crate::feed::{FeedQuery, change_json};
 use crate::metrics::Gauge;
+use crate::revocation::TokenWatch;
 use crate::{ApiError, AppState};
 
 /// Records counted per lagging tenant in a subscription's `lag`.
@@ -229,6 +230,7 @@ pub async fn changes(
     State(state): State<Arc<AppState>>,
     Allowed(subscription): Allowed<ReadSubscription>,
     ApiQuery(query): ApiQuery<FeedQuery>,
+    token: TokenWatch,
 ) -> Result<Response, ApiError> {
     let (limit, wait) = (query.limit(&state)?, query.wait(&state)?);
     if let Some(cursor) = &query.cursor {
@@ -243,8 +245,11 @@ pub async fn changes(
     }
     let batch = {
         let _waiting = (!wait.is_zero()).then(|| Gauge::hold(&state.metrics.long_polls));
-        subscriptions::next_batch(state.store.as_ref(), &state.hub, &subscription, limit, wait)
-            .await
+        let next =
+            subscriptions::next_batch(state.store.as_ref(), &state.hub, &subscription, limit, wait);
+        token
+            .guard(next)
+            .await?
             .map_err(|e| ApiError::subscription(e, "cursor"))?
     };
     let Some(batch) = batch else {

@@ -262,6 +262,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         }
     });
 
+    // Ends the streams and long-polls of tokens revoked anywhere (another instance, the CLI).
+    if let Some(watcher) = auth.watcher(store.clone()) {
+        let watcher = Arc::new(watcher);
+        supervisor.spawn("revocations", move |stop| {
+            let watcher = watcher.clone();
+            async move { watcher.run(stop).await }
+        });
+    }
+
     let state = Arc::new(AppState {
         batches: BatchQueue::new(
             log.clone(),

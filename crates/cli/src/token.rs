@@ -19,7 +19,8 @@ pub enum TokenCommand {
     Create(CreateArgs),
     /// List tokens: names, scopes and creation times (never the tokens themselves).
     List(StoreArgs),
-    /// Revoke a token by name; requests carrying it are refused from then on.
+    /// Revoke a token by name; requests carrying it are refused from then on, and its open
+    /// streams and long-polls on every running instance end within seconds.
     Revoke(RevokeArgs),
 }
 

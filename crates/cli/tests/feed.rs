@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Server, metric};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::header::CONTENT_TYPE;
@@ -165,18 +165,7 @@ impl Feed {
 
     /// Polls `/metrics` until `series` is at least `min`.
     async fn wait_metric(&self, series: &str, min: f64) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let body = self.metrics().await;
-            if metric(&body, series).is_some_and(|v| v >= min) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} never reached {min}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_metric(&self.server, None, series, min, DEADLINE).await;
     }
 
     /// Waits until this instance's retention task purged at least `n` tombstones.
@@ -361,13 +350,6 @@ fn op(op: &str, id: &str, version: u64) -> (String, String, u64) {
 }
 
 /// A metric's value: the line that starts with `series` followed by a space.
-fn metric(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        Some(value.trim().parse().expect("a number"))
-    })
-}
-
 /// The server's resident memory in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

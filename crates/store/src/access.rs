@@ -59,6 +59,13 @@ pub trait AccessStore: Send + Sync + 'static {
     /// Deletes a token. Returns whether it existed.
     async fn revoke_token(&self, name: &TokenName) -> Result<bool, StoreError>;
 
+    /// Of `hashes`, those no stored token has (revoked, or never stored), in the order given.
+    /// Answers from one snapshot of committed state, so a token revoked by any process on this
+    /// store before the call is reported; one read however many hashes, which is how an
+    /// instance learns that tokens its open streams hold were revoked elsewhere. Hashes compare
+    /// exactly.
+    async fn missing_tokens(&self, hashes: &[String]) -> Result<Vec<String>, StoreError>;
+
     /// Appends to the audit log; `entry.seq` is ignored and the assigned seq returned. Seqs
     /// are assigned in commit order (appends are serialised), so a reader paging with
     /// [`audit_log`](Self::audit_log) never misses an entry; they may have gaps.

@@ -365,7 +365,7 @@ pub(crate) fn rejected_from_row(
     ))
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
         what: "JSON column",
         detail: format!("cannot encode as JSON: {e}"),

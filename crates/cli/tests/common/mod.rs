@@ -139,10 +139,18 @@ impl Server {
 
 /// Creates a token with `tenantsync token create` on the server's data dir and returns it.
 pub fn create_token(data_dir: &Path, name: &str, scopes: &[&str]) -> String {
+    create_token_in(
+        &["--data-dir", &data_dir.display().to_string()],
+        name,
+        scopes,
+    )
+}
+
+/// Creates a token with `tenantsync token create`, `store_args` naming the store as `serve`
+/// would (`--data-dir DIR`, `--store URL`), and returns it.
+pub fn create_token_in(store_args: &[&str], name: &str, scopes: &[&str]) -> String {
     let mut command = Command::new(binary());
-    command
-        .args(["token", "create", "--data-dir"])
-        .arg(data_dir);
+    command.args(["token", "create"]).args(store_args);
     command.args(["--name", name]);
     for scope in scopes {
         command.args(["--scope", scope]);
@@ -161,6 +169,44 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The value of a series in a `/metrics` body.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        Some(value.trim().parse().expect("a number"))
+    })
+}
+
+/// Polls the server's `/metrics` (sending `token`, if any) until `series` is at least `min`;
+/// fails the test after `within`.
+pub async fn wait_metric(
+    server: &Server,
+    token: Option<&str>,
+    series: &str,
+    min: f64,
+    within: Duration,
+) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    loop {
+        let mut request = client.get(server.url("/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 200, "/metrics");
+        let body = r.text().await.unwrap();
+        if metric(&body, series).is_some_and(|v| v >= min) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {min}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

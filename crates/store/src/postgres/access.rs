@@ -17,6 +17,9 @@ const APPEND_AUDIT: &str = "INSERT INTO audit_log (at, actor, action, target, de
      VALUES ($1, $2, $3, $4, $5) RETURNING seq";
 const SELECT_AUDIT: &str = "SELECT seq, at, actor, action, target, detail FROM audit_log \
      WHERE seq > $1 ORDER BY seq LIMIT $2";
+/// The hashes of `$1` no token has, in the order given.
+const MISSING_TOKENS: &str = "SELECT h FROM unnest($1::text[]) WITH ORDINALITY AS x(h, i) \
+     WHERE NOT EXISTS (SELECT 1 FROM tokens WHERE hash = h) ORDER BY i";
 /// Inserts or, for an existing secret, returns the stored value in one statement: a racer's
 /// insert waits for the first one's commit and then returns its value.
 const SECRET: &str = "INSERT INTO secrets (name, value) VALUES ($1, $2) \
@@ -85,6 +88,20 @@ impl AccessStore for PostgresStore {
             .prepare_cached("DELETE FROM tokens WHERE name = $1")
             .await?;
         Ok(client.execute(&stmt, &[&name.as_str()]).await? > 0)
+    }
+
+    async fn missing_tokens(&self, hashes: &[String]) -> Result<Vec<String>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(MISSING_TOKENS).await?;
+        client
+            .query(&stmt, &[&hashes])
+            .await?
+            .iter()
+            .map(|row| Ok(row.try_get(0)?))
+            .collect()
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {

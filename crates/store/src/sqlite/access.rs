@@ -77,6 +77,24 @@ impl AccessStore for SqliteStore {
         .await
     }
 
+    async fn missing_tokens(&self, hashes: &[String]) -> Result<Vec<String>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One JSON array parameter: no limit on the number of bound variables.
+        let hashes = rows::to_json(hashes)?;
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT h.value FROM json_each(?1) AS h \
+                 WHERE NOT EXISTS (SELECT 1 FROM tokens WHERE hash = h.value) ORDER BY h.key",
+            )?
+            .query_map([hashes], |row| row.get::<_, String>(0))?
+            .map(|row| Ok(row?))
+            .collect()
+        })
+        .await
+    }
+
     async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {
         let detail = rows::audit_detail_to_row(entry)?;
         let entry = entry.clone();

@@ -49,6 +49,63 @@ pub(crate) async fn tokens_are_stored_by_hash_and_revoked(store: &dyn MasterStor
     assert!(store.create_token(&ci).await.unwrap());
 }
 
+pub(crate) async fn missing_tokens_are_the_revoked_and_unknown(store: &dyn MasterStore) {
+    let token = |name: &str, hash: &str| StoredToken {
+        name: TokenName::new(name).unwrap(),
+        hash: hash.to_owned(),
+        scopes: vec!["admin".to_owned()],
+        created_at: DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap(),
+    };
+    let (a, b, unknown) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    assert!(store.missing_tokens(&[]).await.unwrap().is_empty());
+    assert_eq!(
+        store.missing_tokens(&[a.clone(), b.clone()]).await.unwrap(),
+        vec![a.clone(), b.clone()],
+        "nothing is stored yet"
+    );
+    assert!(store.create_token(&token("one", &a)).await.unwrap());
+    assert!(store.create_token(&token("two", &b)).await.unwrap());
+    let asked = [unknown.clone(), a.clone(), b.clone(), a.to_uppercase()];
+    assert_eq!(
+        store.missing_tokens(&asked).await.unwrap(),
+        vec![unknown.clone(), a.to_uppercase()],
+        "stored hashes are not missing; hashes compare exactly; in the order given"
+    );
+
+    assert!(
+        store
+            .revoke_token(&TokenName::new("one").unwrap())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.missing_tokens(&asked).await.unwrap(),
+        vec![unknown, a.clone(), a.to_uppercase()],
+        "a revoked token is missing"
+    );
+
+    // Many hashes in one call: an instance asks about every token its streams hold.
+    let many: Vec<String> = (0..5_000).map(|i| format!("{i:064x}")).collect();
+    let mut asked = many.clone();
+    asked.push(b.clone());
+    assert_eq!(store.missing_tokens(&asked).await.unwrap(), many);
+
+    // A new token under the freed name has another hash: the old one stays missing.
+    assert!(
+        store
+            .create_token(&token("one", &"d".repeat(64)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .missing_tokens(std::slice::from_ref(&a))
+            .await
+            .unwrap(),
+        vec![a]
+    );
+}
+
 fn audit(
     at: DateTime<Utc>,
     actor: &str,

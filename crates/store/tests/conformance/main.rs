@@ -125,6 +125,7 @@ conformance! {
         ],
         access: [
             store tokens_are_stored_by_hash_and_revoked,
+            store missing_tokens_are_the_revoked_and_unknown,
             store audit_log_appends_and_pages,
             store secrets_are_created_once,
             shared secret_racers_agree,
