@@ -132,10 +132,25 @@ impl KafkaLog {
         let topic = topic.to_string();
         let context = format!("reading the end offset of topic {topic} partition {partition}");
         run_blocking(context.clone(), move || {
-            producer
-                .client()
-                .fetch_watermarks(&topic, partition as i32, LOOKUP_TIMEOUT)
-                .map_err(|error| backend(context, error))
+            retry_lookup(|| {
+                producer
+                    .client()
+                    .fetch_watermarks(&topic, partition as i32, LOOKUP_TIMEOUT)
+                    .map_err(|error| {
+                        // A broker that has not learnt of a new topic or leader yet.
+                        let settling = matches!(
+                            error.rdkafka_error_code(),
+                            Some(
+                                RDKafkaErrorCode::UnknownPartition
+                                    | RDKafkaErrorCode::UnknownTopicOrPartition
+                                    | RDKafkaErrorCode::NotLeaderForPartition
+                                    | RDKafkaErrorCode::LeaderNotAvailable
+                            )
+                        );
+                        let error = backend(context.clone(), error);
+                        (settling || error.is_transient(), error)
+                    })
+            })
         })
         .await
     }
@@ -321,31 +336,26 @@ impl Log for KafkaLog {
         );
         run_blocking(context.clone(), move || {
             // The group's coordinator may be moving or loading (a broker restarted, the cluster
-            // just started): transient errors are retried within the lookup timeout.
-            let deadline = Instant::now() + LOOKUP_TIMEOUT;
-            loop {
-                let lookup = || {
-                    let mut wanted = TopicPartitionList::new();
-                    wanted.add_partition(&topic, partition as i32);
-                    let found = consumer
-                        .committed_offsets(wanted, LOOKUP_TIMEOUT)
-                        .map_err(|error| backend(context.clone(), error))?;
-                    let element = found.find_partition(&topic, partition as i32);
-                    if let Some(Err(error)) = element.as_ref().map(|e| e.error()) {
-                        return Err(backend(context.clone(), error));
-                    }
-                    Ok(match element.map(|e| e.offset()) {
-                        Some(KafkaOffset::Offset(offset)) => Offset::try_from(offset).ok(),
-                        _ => None,
-                    })
+            // just started): transient errors are retried.
+            retry_lookup(|| {
+                let transient = |error| {
+                    let error = backend(context.clone(), error);
+                    (error.is_transient(), error)
                 };
-                match lookup() {
-                    Err(error) if error.is_transient() && Instant::now() < deadline => {
-                        std::thread::sleep(LOOKUP_RETRY);
-                    }
-                    outcome => return outcome,
+                let mut wanted = TopicPartitionList::new();
+                wanted.add_partition(&topic, partition as i32);
+                let found = consumer
+                    .committed_offsets(wanted, LOOKUP_TIMEOUT)
+                    .map_err(transient)?;
+                let element = found.find_partition(&topic, partition as i32);
+                if let Some(Err(error)) = element.as_ref().map(|e| e.error()) {
+                    return Err(transient(error));
                 }
-            }
+                Ok(match element.map(|e| e.offset()) {
+                    Some(KafkaOffset::Offset(offset)) => Offset::try_from(offset).ok(),
+                    _ => None,
+                })
+            })
         })
         .await
     }
@@ -416,6 +426,19 @@ pub(crate) async fn queue_messages(
         }
     }
     (deliveries, None)
+}
+
+/// Runs a blocking lookup again while it fails with an error it marks retryable, for up to
+/// [`LOOKUP_TIMEOUT`]; then returns its last outcome.
+fn retry_lookup<T>(mut lookup: impl FnMut() -> Result<T, (bool, LogError)>) -> Result<T, LogError> {
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    loop {
+        match lookup() {
+            Ok(value) => return Ok(value),
+            Err((true, _)) if Instant::now() < deadline => std::thread::sleep(LOOKUP_RETRY),
+            Err((_, error)) => return Err(error),
+        }
+    }
 }
 
 /// Runs a blocking librdkafka call on the blocking pool.

@@ -108,16 +108,17 @@ impl Topics {
         }
         // The metadata first: an existing topic needs no admin request (which may be refused,
         // unsupported, or slow to fail, as on the mock cluster where it times out).
-        let (actual, creation) = match self.lookup(&spec.name).await? {
+        let (actual, creation) = match self.lookup(&spec.name, true).await? {
             Some(actual) => (Some(actual), None),
             None => {
                 let creation = self.create(spec).await;
                 let actual = match &creation {
-                    Creation::Created => self.wait_visible(&spec.name).await?,
-                    // Maybe created meanwhile by another instance or an operator.
-                    Creation::AlreadyExists | Creation::Failed(_) => {
-                        self.lookup(&spec.name).await?
+                    // Created here, or meanwhile by another instance or an operator: usable once
+                    // every partition has a leader.
+                    Creation::Created | Creation::AlreadyExists => {
+                        self.wait_visible(&spec.name).await?
                     }
+                    Creation::Failed(_) => self.lookup(&spec.name, false).await?,
                 };
                 (actual, Some(creation))
             }
@@ -164,7 +165,7 @@ impl Topics {
         if let Some(count) = self.cached(topic) {
             return Ok(count);
         }
-        self.lookup(topic)
+        self.lookup(topic, false)
             .await?
             .ok_or_else(|| LogError::UnknownTopic {
                 topic: topic.to_string(),
@@ -181,7 +182,7 @@ impl Topics {
         let mut count = self.partition_count(topic).await?;
         if partition >= count {
             count = self
-                .lookup(topic)
+                .lookup(topic, false)
                 .await?
                 .ok_or_else(|| LogError::UnknownTopic {
                     topic: topic.to_string(),
@@ -278,11 +279,13 @@ impl Topics {
         outcome
     }
 
-    /// Looks a freshly created topic up until it shows, up to [`ADMIN_TIMEOUT`].
+    /// Looks a freshly created topic up until it shows with a leader for every partition (a
+    /// read or an append right after creation would otherwise meet brokers that do not know it
+    /// yet), up to [`ADMIN_TIMEOUT`].
     async fn wait_visible(&self, topic: &str) -> Result<Option<u32>, LogError> {
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         loop {
-            match self.lookup(topic).await {
+            match self.lookup(topic, true).await {
                 Ok(Some(count)) => return Ok(Some(count)),
                 Ok(None) if Instant::now() >= deadline => return Ok(None),
                 Err(error) if !error.is_transient() || Instant::now() >= deadline => {
@@ -293,8 +296,9 @@ impl Topics {
         }
     }
 
-    /// Asks the cluster for the topic's partition count (`None`: no such topic) and caches it.
-    async fn lookup(&self, topic: &str) -> Result<Option<u32>, LogError> {
+    /// Asks the cluster for the topic's partition count (`None`: no such topic, or, with
+    /// `led`, some partition without a leader yet) and caches it.
+    async fn lookup(&self, topic: &str, led: bool) -> Result<Option<u32>, LogError> {
         let producer = self.producer.clone();
         let name = topic.to_string();
         let count = run_blocking(format!("looking up topic {topic}"), move || {
@@ -306,6 +310,10 @@ impl Topics {
             let Some(found) = metadata.topics().iter().find(|t| t.name() == name) else {
                 return Ok(None);
             };
+            let leaderless = found.partitions().iter().any(|p| p.leader() < 0);
+            if led && (found.partitions().is_empty() || leaderless) {
+                return Ok(None);
+            }
             match found.error().map(RDKafkaErrorCode::from) {
                 None => Ok(Some(found.partitions().len() as u32)),
                 // Absent, or just created and not yet led: not usable yet.
