@@ -8,16 +8,15 @@
 //! its partitions back at once); `renamed` under a new name each time (as a dynamic member
 //! would: the group waits for the killed member's session to time out, 45 s by default).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::subscribers::tenantsync_binary;
+use crate::subscribers::{listening_address, tenantsync_binary};
 use crate::{Common, DATASET, Env};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -80,18 +79,7 @@ fn start(
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let addr = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(addr) = line.strip_prefix("tenantsync listening on http://") {
-                    break addr.to_owned();
-                }
-            }
-            _ => bail!("the server exited before listening"),
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let addr = listening_address(&mut child)?;
     Ok((Server { child }, addr))
 }
 

@@ -93,6 +93,25 @@ pub(crate) fn tenantsync_binary(explicit: Option<PathBuf>) -> anyhow::Result<Pat
     Ok(path)
 }
 
+/// Reads a started `tenantsync serve`'s stdout until it says where it listens; returns that
+/// address and keeps draining the rest, so that the server never blocks on a full pipe.
+pub(crate) fn listening_address(child: &mut Child) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(addr) = line.strip_prefix("tenantsync listening on http://") {
+                    break addr.to_owned();
+                }
+            }
+            _ => bail!("the server exited before listening"),
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(addr)
+}
+
 /// The server under test, killed on drop.
 struct ServerProcess {
     child: Child,
@@ -129,20 +148,7 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("cannot start {} serve", binary.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(addr) = line.strip_prefix("tenantsync listening on http://") {
-                        break addr.to_owned();
-                    }
-                }
-                _ => bail!("the server exited before listening"),
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let addr = listening_address(&mut child)?;
         Ok(Self {
             child,
             base: format!("http://{addr}"),

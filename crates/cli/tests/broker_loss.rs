@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{KafkaTarget, Server, WorkChange};
+use common::{KafkaTarget, Server};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use serde_json::{Value, json};
@@ -116,16 +116,7 @@ async fn writes_survive_a_broker_and_an_instance_killed() {
             let mut turn = 0usize;
             while writing.load(Ordering::Relaxed) {
                 let n = rounds.load(Ordering::Relaxed);
-                let changes: Vec<WorkChange> = (0..TENANTS * KEYS)
-                    .map(|i| WorkChange {
-                        key: format!("r{n}-{i}"),
-                        op: "upsert",
-                        tenant: format!("t{}", i % TENANTS),
-                        id: format!("k{}", i / TENANTS),
-                        data: Some(json!({ "n": n }).as_object().unwrap().clone()),
-                        expected_version: None,
-                    })
-                    .collect();
+                let changes = common::upsert_round(n, TENANTS, KEYS);
                 let next_base = || {
                     turn += 1;
                     bases[turn % 2].clone()

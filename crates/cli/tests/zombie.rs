@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{KafkaTarget, Server, WorkChange};
+use common::{KafkaTarget, Server};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const DATASET: &str = "zombie";
 const PARTITIONS: u32 = 4;
@@ -152,18 +152,9 @@ async fn a_frozen_processor_never_publishes_over_newer_states() {
         let (writing, base) = (writing.clone(), live.url(""));
         async move {
             let client = common::http_client();
-            let mut n = 0u64;
+            let mut n = 0usize;
             while writing.load(Ordering::Relaxed) {
-                let changes: Vec<WorkChange> = (0..TENANTS * KEYS)
-                    .map(|i| WorkChange {
-                        key: format!("w{n}-{i}"),
-                        op: "upsert",
-                        tenant: format!("t{}", i % TENANTS),
-                        id: format!("k{}", i / TENANTS),
-                        data: Some(json!({ "n": n }).as_object().unwrap().clone()),
-                        expected_version: None,
-                    })
-                    .collect();
+                let changes = common::upsert_round(n, TENANTS, KEYS);
                 common::submit(
                     &client,
                     DATASET,

@@ -403,6 +403,21 @@ impl WorkChange {
     }
 }
 
+/// Round `n` of a workload that sets every key `t{0..tenants}`/`k{0..keys}` to `{"n": n}`, with
+/// idempotency keys of its own.
+pub fn upsert_round(n: usize, tenants: usize, keys: usize) -> Vec<WorkChange> {
+    (0..tenants * keys)
+        .map(|i| WorkChange {
+            key: format!("round{n}-{i}"),
+            op: "upsert",
+            tenant: format!("t{}", i % tenants),
+            id: format!("k{}", i / tenants),
+            data: Some(json!({ "n": n }).as_object().unwrap().clone()),
+            expected_version: None,
+        })
+        .collect()
+}
+
 /// Sends changes until every one was accepted (202), retrying through kills with the same
 /// idempotency keys, `pause` apart. Each attempt goes to `base()`: where the server listens now,
 /// or the next of several. One change goes through PUT/PATCH/DELETE, several through bulk
