@@ -43,7 +43,7 @@ use crate::{run_blocking, to_entry};
 
 /// Entries a member buffers ahead of its caller by default. Above this it stops fetching until
 /// the caller has brought the buffer down to a quarter of it.
-pub(crate) const DEFAULT_BUFFER: usize = 4096;
+pub(crate) const DEFAULT_BUFFER: usize = 16_384;
 /// How long one poll of the consumer blocks; bounds how late the thread sees a stop request.
 const THREAD_POLL: Duration = Duration::from_millis(100);
 

@@ -118,7 +118,7 @@ impl KafkaLog {
         Ok(log)
     }
 
-    /// How many entries a consumer group member fetches ahead of its caller (default 4096):
+    /// How many entries a consumer group member fetches ahead of its caller (default 16,384):
     /// more smooths throughput, less bounds memory. When its buffer is full a member stops
     /// fetching until the caller has consumed three quarters of it.
     pub fn with_group_buffer(mut self, entries: usize) -> Self {

@@ -31,7 +31,7 @@ pub struct ProcessorConfig {
 }
 
 impl ProcessorConfig {
-    pub const DEFAULT_MAX_BATCH: usize = 2_000;
+    pub const DEFAULT_MAX_BATCH: usize = 8_000;
 }
 
 impl Default for ProcessorConfig {
