@@ -61,6 +61,36 @@ impl GroupState {
     fn lock(&self) -> MutexGuard<'_, Membership> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Under the group's lock: checks that `member` owns every partition of `offsets` at the
+    /// epoch `epoch_of` gives, makes them the group's committed offsets and calls `queue`, which
+    /// queues their write. Holding the lock through `queue` keeps commits of one partition in the
+    /// order the group accepted them. Returns the offsets replaced, in the order of `offsets`.
+    fn commit_owned(
+        &self,
+        topic: &TopicHandle,
+        member: u64,
+        offsets: &[(Partition, Offset)],
+        epoch_of: impl Fn(Partition) -> Option<u64>,
+        queue: impl FnOnce(),
+    ) -> Result<Vec<Option<Offset>>, LogError> {
+        let mut m = self.lock();
+        for (p, _) in offsets {
+            let i = *p as usize;
+            if m.owner[i] != Some(member) || Some(m.epoch[i]) != epoch_of(*p) {
+                return Err(LogError::NotOwner {
+                    topic: topic.name.clone(),
+                    partition: *p,
+                });
+            }
+        }
+        let replaced = offsets
+            .iter()
+            .map(|(p, o)| m.committed[*p as usize].replace(*o))
+            .collect();
+        queue();
+        Ok(replaced)
+    }
 }
 
 /// A partition a member owns: the epoch it took it at and the next offset to deliver.
@@ -287,26 +317,20 @@ impl GroupConsumer for Member {
             .await
             .map_err(|_| LogError::Closed)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut m = self.state.lock();
-            for (p, _) in offsets {
-                if !self.still_owns(&m, *p) {
-                    return Err(LogError::NotOwner {
-                        topic: self.topic.name.clone(),
-                        partition: *p,
-                    });
-                }
-            }
-            for (p, o) in offsets {
-                m.committed[*p as usize] = Some(*o);
-            }
-            permit.send(Command::Commit {
-                group: self.group.clone(),
-                topic_id: self.topic.id,
-                offsets: offsets.to_vec(),
-                reply: tx,
-            });
-        }
+        self.state.commit_owned(
+            &self.topic,
+            self.id,
+            offsets,
+            |p| self.owned.get(&p).map(|o| o.epoch),
+            || {
+                permit.send(Command::Commit {
+                    group: self.group.clone(),
+                    topic_id: self.topic.id,
+                    offsets: offsets.to_vec(),
+                    reply: tx,
+                })
+            },
+        )?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 
@@ -357,8 +381,8 @@ impl Publisher for MemberPublisher {
         for (p, _) in &offsets {
             self.input.check_partition(*p)?;
         }
-        // As in `commit`: the queue slot first, so that the ownership check, the in-memory
-        // offsets and the queued write happen under one lock, in the order the group accepted.
+        // As in `commit`: the queue slot first, then the ownership check, the in-memory offsets
+        // and the queued write under the group's lock.
         let permit = self
             .shared
             .writer
@@ -366,43 +390,30 @@ impl Publisher for MemberPublisher {
             .await
             .map_err(|_| LogError::Closed)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let previous: Vec<(Partition, Option<Offset>)> = {
-            let mut m = self.state.lock();
-            for (p, _) in &offsets {
-                let i = *p as usize;
-                let owned = m.owner[i] == Some(self.id) && Some(&m.epoch[i]) == self.bound.get(p);
-                if !owned {
-                    return Err(LogError::NotOwner {
-                        topic: self.input.name.clone(),
-                        partition: *p,
-                    });
-                }
-            }
-            let previous = offsets
-                .iter()
-                .map(|(p, _)| (*p, m.committed[*p as usize]))
-                .collect();
-            for (p, o) in &offsets {
-                m.committed[*p as usize] = Some(*o);
-            }
-            permit.send(Command::Append {
-                topic: output,
-                messages,
-                commit: (!offsets.is_empty()).then(|| GroupCommit {
-                    group: self.group.clone(),
-                    topic_id: self.input.id,
-                    offsets: offsets.clone(),
-                }),
-                reply: tx,
-            });
-            previous
-        };
+        let previous = self.state.commit_owned(
+            &self.input,
+            self.id,
+            &offsets,
+            |p| self.bound.get(&p).copied(),
+            || {
+                permit.send(Command::Append {
+                    topic: output,
+                    messages,
+                    commit: (!offsets.is_empty()).then(|| GroupCommit {
+                        group: self.group.clone(),
+                        topic_id: self.input.id,
+                        offsets: offsets.clone(),
+                    }),
+                    reply: tx,
+                })
+            },
+        )?;
         let result = rx.await.map_err(|_| LogError::Closed).and_then(|r| r);
         if result.is_err() {
             // Nothing was written: the group's offsets are what they were, unless a later
             // commit moved them meanwhile.
             let mut m = self.state.lock();
-            for ((p, was), (_, set)) in previous.iter().zip(&offsets) {
+            for (was, (p, set)) in previous.iter().zip(&offsets) {
                 if m.committed[*p as usize] == Some(*set) {
                     m.committed[*p as usize] = *was;
                 }
