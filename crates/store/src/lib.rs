@@ -5,7 +5,8 @@
 //! (datasets, applying changes, reading records and outcomes), [`RejectedStore`] (changes-log
 //! entries that could not be decoded), [`FeedStore`] (a tenant's records by seq, tombstone
 //! purges), [`SubscriptionStore`], [`AccessStore`] (tokens, the audit log, shared secrets),
-//! [`ErasureStore`] and [`CoordinationStore`] (the batcher's claim, the HTTP batch queue).
+//! [`ErasureStore`], [`CoordinationStore`] (the batcher's claim, the HTTP batch queue) and
+//! [`SourceStore`] (source definitions, their shards' claims and status, their rejections).
 //! [`MasterStore`] is all of them at once; a component that needs one concern takes that trait
 //! (an `Arc<dyn MasterStore>` converts to an `Arc<dyn FeedStore>` and the like).
 //!
@@ -25,6 +26,7 @@ pub mod postgres;
 mod records;
 mod rejected;
 mod rows;
+mod sources;
 pub mod sqlite;
 mod subscriptions;
 
@@ -39,6 +41,9 @@ pub use error::{ErrorClass, StoreError};
 pub use feed::{FeedPosition, FeedRecord, FeedStore, TenantFeed};
 pub use records::{Applied, Dataset, LoggedChange, RecordStore, StoredOutcome};
 pub use rejected::{RejectedEntry, RejectedPage, RejectedStore};
+pub use sources::{
+    SourcePut, SourceRejectedPage, SourceRejection, SourceShard, SourceStore, StoredSource,
+};
 pub use subscriptions::{Progress, Subscription, SubscriptionStore, TenantSelection};
 
 /// A log offset, as in `tenantsync-log` (this crate does not depend on the log).
@@ -59,6 +64,7 @@ pub trait MasterStore:
     + AccessStore
     + ErasureStore
     + CoordinationStore
+    + SourceStore
 {
 }
 
@@ -71,6 +77,7 @@ impl<T> MasterStore for T where
         + AccessStore
         + ErasureStore
         + CoordinationStore
+        + SourceStore
 {
 }
 

@@ -39,6 +39,7 @@ migrations! {
     6 => "0006_rejected_entries",
     7 => "0007_instances",
     8 => "0008_outcome_times",
+    9 => "0009_sources",
 }
 
 /// The newest version a list knows, to refuse a database migrated by a newer build.

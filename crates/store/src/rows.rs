@@ -12,7 +12,8 @@ use tenantsync_core::{
 
 use crate::{
     AuditEntry, BatchLease, BatcherClaim, Erasure, FeedPosition, Progress, RejectedEntry,
-    StoreError, StoredOutcome, StoredToken, Subscription, TenantSelection,
+    SourceRejection, SourceShard, StoreError, StoredOutcome, StoredSource, StoredToken,
+    Subscription, TenantSelection,
 };
 
 const APPLIED: &str = "applied";
@@ -365,6 +366,58 @@ pub(crate) fn rejected_from_row(
     ))
 }
 
+/// A row of `sources` (name, definition, revision, updated_at) read back.
+pub(crate) fn stored_source_from_row(
+    name: String,
+    definition: String,
+    revision: i64,
+    updated_at: i64,
+) -> Result<StoredSource, StoreError> {
+    Ok(StoredSource {
+        name,
+        definition,
+        revision: to_u64("source revision", revision)?,
+        updated_at: from_micros("source updated_at", updated_at)?,
+    })
+}
+
+/// A row of `source_shards` (shard, owner, epoch, lease_until_ms, status) read back.
+pub(crate) fn source_shard_from_row(
+    shard: i64,
+    owner: String,
+    epoch: i64,
+    lease_until_ms: i64,
+    status: Option<String>,
+) -> Result<SourceShard, StoreError> {
+    Ok(SourceShard {
+        shard: u32::try_from(shard).map_err(|_| StoreError::Corrupt {
+            what: "source shard",
+            detail: format!("shard {shard} is not a u32"),
+        })?,
+        owner,
+        epoch: to_u64("source shard epoch", epoch)?,
+        lease_until_ms,
+        status,
+    })
+}
+
+/// A row of `source_rejected` (id, position, reason, at) read back.
+pub(crate) fn source_rejection_from_row(
+    id: i64,
+    position: String,
+    reason: String,
+    at: i64,
+) -> Result<(u64, SourceRejection), StoreError> {
+    Ok((
+        to_u64("source rejection id", id)?,
+        SourceRejection {
+            position,
+            reason,
+            at: from_micros("source rejection at", at)?,
+        },
+    ))
+}
+
 pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
         what: "JSON column",
@@ -481,6 +534,30 @@ mod tests {
         ));
         assert!(matches!(
             batcher_claim_from_row(-1, None),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            stored_source_from_row("s".into(), "{}".into(), -1, 0),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            source_shard_from_row(-1, "a".into(), 1, 0, None),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            source_shard_from_row(i64::from(u32::MAX) + 1, "a".into(), 1, 0, None),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            source_shard_from_row(0, "a".into(), -1, 0, None),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            source_rejection_from_row(-1, "p".into(), "r".into(), 0),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            source_rejection_from_row(1, "p".into(), "r".into(), i64::MAX),
             Err(StoreError::Corrupt { .. })
         ));
         let mut bad_tenant = row("{}");

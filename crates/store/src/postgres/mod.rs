@@ -20,6 +20,7 @@ mod erasure;
 mod feed;
 mod records;
 mod rejected;
+mod sources;
 mod subscriptions;
 
 use std::time::Duration;

@@ -17,6 +17,7 @@ mod erasure;
 mod feed;
 mod records;
 mod rejected;
+mod sources;
 mod subscriptions;
 
 use std::panic::AssertUnwindSafe;

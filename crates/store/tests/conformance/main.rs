@@ -1,8 +1,9 @@
 //! The master store's conformance suite, written once and run against every backend.
 //!
 //! One module per concern of the store (records, feed, subscriptions, access, erasure,
-//! coordination (claims, the batch queue, the instance registry), rejected entries; `model` holds the randomised and model-based cases of
-//! records). Each case is a plain async fn over `&dyn MasterStore` (or `Arc<dyn MasterStore>`
+//! coordination (claims, the batch queue, the instance registry), rejected entries, sources
+//! (definitions, shard claims, rejections); `model` holds the randomised and model-based cases
+//! of records). Each case is a plain async fn over `&dyn MasterStore` (or `Arc<dyn MasterStore>`
 //! when it shares the store between concurrent tasks); the `conformance!` macro instantiates
 //! every case for every backend, each on a fresh store (its own temp dir or PostgreSQL schema),
 //! so they run in parallel, named `BACKEND::CONCERN::CASE`. PostgreSQL cases read
@@ -19,6 +20,7 @@ mod feed;
 mod model;
 mod records;
 mod rejected;
+mod sources;
 mod subscriptions;
 
 use tenantsync_core::{Change, Record};
@@ -150,6 +152,17 @@ conformance! {
             store rejected_entries_are_recorded_once_and_paged_in_order,
             store rejected_entries_are_bounded_per_dataset,
             shared rejected_recorders_racing_keep_ids_in_order,
+        ],
+        sources: [
+            store source_definitions_are_revised_only_when_changed,
+            store source_claim_lifecycle,
+            store deleting_a_source_removes_everything_kept_for_it,
+            store source_rejections_are_recorded_once_per_position_and_paged,
+            store source_rejections_are_bounded_per_source,
+            shared source_claim_racers_one_wins,
+            shared source_renew_racing_takeover_one_wins,
+            shared source_delete_racing_claims_and_recorders_leaves_nothing,
+            shared source_rejection_recorders_racing_keep_ids_in_order,
         ],
     }
 }
