@@ -21,6 +21,14 @@ pub enum ApiError {
     Invalid(InvalidInput),
     /// The body is not what the route takes (malformed JSON, not an object, ...).
     BadBody(String),
+    /// A field of a body, named by its path (`columns.tenant`), is not acceptable (400).
+    InvalidField {
+        field: String,
+        detail: String,
+    },
+    /// The body is well formed but cannot work, as found by checking it against the systems it
+    /// names (an unreachable database, a missing table): 422.
+    CheckFailed(String),
     UnknownDataset(String),
     NotFound(String),
     /// The change's precondition failed.
@@ -84,6 +92,17 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "invalid-input", e.to_string())
             }
             ApiError::BadBody(d) => (StatusCode::BAD_REQUEST, "invalid-body", d.clone()),
+            ApiError::InvalidField { field, detail } => {
+                ext.insert("field".into(), json!(field));
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid-input",
+                    format!("{field}: {detail}"),
+                )
+            }
+            ApiError::CheckFailed(d) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "check-failed", d.clone())
+            }
             ApiError::UnknownDataset(d) => (
                 StatusCode::NOT_FOUND,
                 "unknown-dataset",

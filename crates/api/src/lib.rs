@@ -13,10 +13,10 @@ mod feed;
 mod health;
 pub mod instances;
 mod metrics;
-pub mod quota;
 mod records;
 mod rejected;
 pub mod revocation;
+mod sources;
 mod subscriptions;
 mod write;
 
@@ -38,7 +38,7 @@ pub use auth::Auth;
 pub use error::ApiError;
 pub use instances::Instances;
 pub use metrics::ApiMetrics;
-pub use quota::{WriteQuota, WriteQuotas};
+pub use tenantsync_dataset::{WriteQuota, WriteQuotas};
 
 /// Settings of the API, validated by the binary.
 #[derive(Debug, Clone)]
@@ -171,6 +171,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(subscriptions::changes),
         )
         .route("/v1/subscriptions/{name}/ack", post(subscriptions::ack))
+        .route("/v1/sources", get(sources::list))
+        .route(
+            "/v1/sources/{name}",
+            put(sources::put).get(sources::show).delete(sources::delete),
+        )
+        .route("/v1/sources/{name}/rejected", get(sources::rejected))
         .route("/v1/tokens", post(admin::create).get(admin::list))
         .route("/v1/tokens/{name}", delete(admin::revoke))
         .route("/v1/audit", get(admin::audit_log))

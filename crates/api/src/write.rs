@@ -23,13 +23,12 @@ use tenantsync_core::DatasetName;
 use tenantsync_core::{
     Change, ChangeId, EntityId, InvalidInput, Object, Op, Outcome, Record, RejectReason, TenantId,
 };
-use tenantsync_dataset::{AppliedChange, Settled, Waiter};
+use tenantsync_dataset::{AppliedChange, QuotaError, Settled, Waiter};
 use tenantsync_store::{Dataset, StoredOutcome};
 use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::extract::{self, AccessCheck, Allowed, ApiBody, ApiQuery, PathParams, Wait, WriteQuery};
-use crate::quota::QuotaError;
 use crate::{ApiError, AppState};
 
 /// The `field` of a refused key on the single-record routes...

@@ -27,6 +27,7 @@ use tenantsync_store::Dataset;
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
 
 mod batches;
+mod outbox;
 mod publish;
 mod restart;
 mod subscribers;
@@ -62,6 +63,9 @@ enum BenchCommand {
     /// The batcher: fairness across tenants of Zipf-distributed volume, applied -> batch
     /// latency, batch sizes and CPU time per record.
     Batches(batches::BatchesArgs),
+    /// The postgres-outbox source: a backlog of outbox rows relayed and applied per second, then
+    /// commit->applied latency at a fixed rate. Needs a PostgreSQL with wal_level=logical.
+    Outbox(outbox::OutboxArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -206,6 +210,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Http(args) => http(args).await,
         BenchCommand::Subscribers(args) => subscribers::run(args).await,
         BenchCommand::Batches(args) => batches::run(args).await,
+        BenchCommand::Outbox(args) => outbox::run(args).await,
         BenchCommand::Publish(args) => publish::run(args).await,
         BenchCommand::Restart(args) => restart::run(args).await,
     }

@@ -17,6 +17,7 @@ use tenantsync_batcher::Limits;
 use tenantsync_core::url::{LogUrl, StoreUrl};
 use tenantsync_core::{DatasetName, TenantId, Topics};
 use tenantsync_dataset::MAX_PARTITIONS;
+use tenantsync_sources::{Definition, SourceName};
 
 pub const DEFAULT_DATA_DIR: &str = "./tenantsync-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -177,6 +178,9 @@ pub struct FileConfig {
     /// Datasets declared at start-up.
     #[serde(default)]
     pub datasets: Vec<DatasetSection>,
+    /// `[sources.NAME]`: sources defined at start-up, in the form `PUT /v1/sources/NAME` takes.
+    #[serde(default)]
+    pub sources: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -267,6 +271,38 @@ impl BatchLimitsSection {
     }
 }
 
+/// A source of the config file, checked without I/O.
+#[derive(Clone)]
+pub struct ConfiguredSource {
+    pub name: SourceName,
+    pub definition: Definition,
+    /// The definition as stored: JSON text that may hold a password, never shown.
+    pub stored: String,
+}
+
+impl std::fmt::Debug for ConfiguredSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfiguredSource")
+            .field("name", &self.name)
+            .field("definition", &self.definition.shown())
+            .finish()
+    }
+}
+
+fn configured_source(name: String, table: toml::Table) -> anyhow::Result<ConfiguredSource> {
+    let name = SourceName::new(name.clone())
+        .map_err(|e| anyhow::anyhow!("invalid sources.{name}: {}", e.reason))?;
+    let json = serde_json::to_value(table)
+        .map_err(|_| anyhow::anyhow!("invalid sources.{name}: not representable as JSON"))?;
+    let definition = Definition::parse(&json)
+        .map_err(|e| anyhow::anyhow!("invalid sources.{name}.{}: {}", e.field, e.reason))?;
+    Ok(ConfiguredSource {
+        name,
+        definition,
+        stored: json.to_string(),
+    })
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSection {
@@ -292,6 +328,8 @@ pub struct Settings {
     pub max_batch: usize,
     pub feed: tenantsync_api::FeedConfig,
     pub datasets: Vec<DatasetSection>,
+    /// Sources defined in the config file, stored (or updated) at start-up.
+    pub sources: Vec<ConfiguredSource>,
     /// Every tenant's write quota, unless overridden.
     pub write_quota: WriteQuota,
     pub quota_overrides: HashMap<TenantId, WriteQuota>,
@@ -421,6 +459,11 @@ impl Settings {
                 .max_batch
                 .unwrap_or(tenantsync_processor::ProcessorConfig::DEFAULT_MAX_BATCH),
             datasets: file.datasets,
+            sources: file
+                .sources
+                .into_iter()
+                .map(|(name, table)| configured_source(name, table))
+                .collect::<anyhow::Result<_>>()?,
             write_quota: quota(
                 "tenant_write_rate",
                 args.tenant_write_rate

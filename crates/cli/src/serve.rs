@@ -14,7 +14,8 @@ use tenantsync_dataset::Datasets;
 use tenantsync_feed::{CursorKey, Hub, HubTails};
 use tenantsync_processor::{Processor, ProcessorConfig};
 use tenantsync_retention::{Erasures, IdempotencyPruner, tombstones};
-use tenantsync_store::{AccessStore, Dataset};
+use tenantsync_sources::{Ingest, Sources};
+use tenantsync_store::{AccessStore, Dataset, MasterStore};
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -187,6 +188,16 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         instance = instances.name(),
         live, "registered among the live instances"
     );
+    let sources = Arc::new(Sources::new(
+        store.clone(),
+        Arc::new(Ingest::new(datasets.clone(), quotas.clone(), store.clone())),
+        instance.clone(),
+        {
+            let quotas = quotas.clone();
+            Arc::new(move || quotas.instances())
+        },
+    ));
+    define_configured_sources(settings, store.as_ref(), &datasets).await?;
     let pruner = Arc::new(IdempotencyPruner::new(
         store.clone(),
         settings.idempotency_retention,
@@ -204,6 +215,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         datasets.clone(),
         vec![processor.clone(), batcher.clone(), tails],
     );
+    sources.supervise(&supervisor);
     supervisor.spawn("hub/sweep", {
         let hub = hub.clone();
         move |stop| {
@@ -299,6 +311,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             hub,
             instances,
             pruner,
+            sources,
             Arc::new(supervisor.clone()),
         ],
         supervisor: supervisor.clone(),
@@ -317,6 +330,35 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         supervisor,
         server,
     })
+}
+
+/// Stores the config file's sources (or updates them). A source whose systems cannot be reached
+/// now is stored anyway, with a warning: it runs once they answer, and its status shows why not
+/// until then. One that conflicts with its stored definition (another kind or shard count)
+/// stops start-up.
+async fn define_configured_sources(
+    settings: &Settings,
+    store: &dyn MasterStore,
+    datasets: &Datasets,
+) -> anyhow::Result<()> {
+    for source in &settings.sources {
+        let json: serde_json::Value =
+            serde_json::from_str(&source.stored).context("a configured source is JSON")?;
+        tenantsync_sources::define(
+            store,
+            datasets,
+            &source.name,
+            &source.definition,
+            &json,
+            false,
+        )
+        .await
+        .with_context(|| format!("cannot define source {} from the config file", source.name))?;
+        if let Err(error) = tenantsync_sources::prepare(&source.name, &source.definition).await {
+            warn!(source = %source.name, %error, "a source from the config file cannot run yet");
+        }
+    }
+    Ok(())
 }
 
 /// This instance's name when `--instance-name` is not given (in the store's batcher claims and

@@ -16,15 +16,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::model::{Model, next_change};
 use common::{KafkaTarget, Server, WorkChange, env_or};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use tenantsync_core::{DatasetName, EntityId, Record, TenantId, Topics};
 use tenantsync_log::Log;
 use tokio::sync::Mutex;
@@ -38,119 +39,6 @@ const LINES_PER_REQUEST: usize = 40;
 /// Kills and changes of a run on a real cluster, unless the variables below say otherwise.
 const REAL_KILLS: u64 = 10;
 const REAL_CHANGES: u64 = 10_000;
-
-/// A key's state in the model: its version, and its data (`None` once deleted).
-type ModelRecord = (u64, Option<Map<String, Value>>);
-
-/// The reference model: what the accepted changes imply, per (tenant, id).
-#[derive(Default)]
-struct Model {
-    records: HashMap<(String, String), ModelRecord>,
-}
-
-/// RFC 7396, written independently of the product's implementation.
-fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
-    for (k, v) in patch {
-        match v {
-            Value::Null => {
-                target.remove(k);
-            }
-            Value::Object(p) => {
-                let entry = target.entry(k.clone()).or_insert_with(|| json!({}));
-                if !entry.is_object() {
-                    *entry = json!({});
-                }
-                merge(entry.as_object_mut().unwrap(), p);
-            }
-            other => {
-                target.insert(k.clone(), other.clone());
-            }
-        }
-    }
-}
-
-impl Model {
-    fn apply(&mut self, c: &WorkChange) {
-        let key = (c.tenant.clone(), c.id.clone());
-        let current = self.records.get(&key).cloned();
-        let live = current
-            .as_ref()
-            .and_then(|(v, d)| d.as_ref().map(|d| (*v, d.clone())));
-        let version = current.as_ref().map_or(0, |(v, _)| *v);
-        match c.expected_version {
-            Some(0) if live.is_some() => return,
-            Some(v) if v > 0 && live.as_ref().map(|(lv, _)| *lv) != Some(v) => return,
-            _ => {}
-        }
-        let new = match c.op {
-            "upsert" => Some(c.data.clone().unwrap()),
-            "patch" => match &live {
-                None => return,
-                Some((_, d)) => {
-                    let mut d = d.clone();
-                    merge(&mut d, c.data.as_ref().unwrap());
-                    Some(d)
-                }
-            },
-            _ => {
-                if live.is_none() {
-                    return;
-                }
-                None
-            }
-        };
-        if let (Some((_, old)), Some(new)) = (&live, &new)
-            && old == new
-        {
-            return;
-        }
-        self.records.insert(key, (version + 1, new));
-    }
-}
-
-/// Generates a tenant's next change from the model's current state of that tenant.
-fn next_change(rng: &mut StdRng, model: &Model, tenant: &str, seq: usize) -> WorkChange {
-    let id = format!("item-{}", rng.random_range(0..IDS_PER_TENANT));
-    let live_version = model
-        .records
-        .get(&(tenant.to_owned(), id.clone()))
-        .and_then(|(v, d)| d.as_ref().map(|_| *v));
-    let roll = rng.random_range(0..100);
-    let op = match roll {
-        0..60 => "upsert",
-        60..85 => "patch",
-        _ => "delete",
-    };
-    let data = match op {
-        "upsert" => Some(
-            json!({"n": rng.random_range(0..5), "tag": format!("t{}", rng.random_range(0..3)), "nested": {"a": seq % 7}})
-                .as_object()
-                .unwrap()
-                .clone(),
-        ),
-        "patch" => Some(
-            json!({"n": rng.random_range(0..5), "tag": if rng.random_bool(0.2) { Value::Null } else { json!("p") }, "nested": {"b": seq % 5}})
-                .as_object()
-                .unwrap()
-                .clone(),
-        ),
-        _ => None,
-    };
-    let expected_version = match rng.random_range(0..100) {
-        0..8 => live_version,                         // a matching If-Match
-        8..11 => Some(live_version.unwrap_or(0) + 3), // a stale one: rejected
-        11..13 => Some(0),                            // If-None-Match: *
-        _ => None,
-    };
-    WorkChange {
-        key: format!("{tenant}-{seq}"),
-        op,
-        tenant: tenant.to_owned(),
-        id,
-        data,
-        expected_version,
-    }
-}
 
 /// Sends changes until every one was accepted, retrying through kills on the next instance
 /// when there are several.
@@ -298,7 +186,13 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
                             }
                         }
                         seq += 1;
-                        let c = next_change(&mut rng, &model, tenant, seq * WORKERS + w);
+                        let c = next_change(
+                            &mut rng,
+                            &model,
+                            tenant,
+                            IDS_PER_TENANT,
+                            seq * WORKERS + w,
+                        );
                         model.apply(&c);
                         batch.push(c);
                     }

@@ -1,6 +1,8 @@
 //! What every component knows about a dataset, below the processor, the feeds and the batcher:
 //! the registry of declared datasets and their topics, the changes-log and state-log record
-//! formats, and how a committed batch is announced (commit observers, the applied hub).
+//! formats, the per-tenant write quotas every change passes before it is appended (from the
+//! API or a source), and how a committed batch is announced (commit observers, the applied
+//! hub).
 //!
 //! It holds formats and names, never a processing rule: how a change applies is the master
 //! store's business, when it applies the processor's.
@@ -8,11 +10,13 @@
 mod applied;
 pub mod changes;
 mod error;
+mod quota;
 mod registry;
 pub mod state;
 
 pub use applied::{AppliedChange, AppliedHub, Settled, Waiter};
 pub use error::{DatasetError, DecodeError};
+pub use quota::{QuotaError, WriteQuota, WriteQuotas};
 pub use registry::{Datasets, Declared, MAX_PARTITIONS, PerDataset, supervise};
 pub use tenantsync_core::Topics;
 

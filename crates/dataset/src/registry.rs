@@ -175,6 +175,21 @@ impl Datasets {
         Ok(())
     }
 
+    /// Whether the processor has applied every change appended so far to the tenant's partition
+    /// of the dataset's changes log.
+    pub async fn applied_all(
+        &self,
+        dataset: &Dataset,
+        tenant: &tenantsync_core::TenantId,
+    ) -> Result<bool, DatasetError> {
+        let partition = tenantsync_core::partition_for_tenant(tenant, dataset.partitions);
+        let end = self
+            .log
+            .end_offset(&self.topics.changes(&dataset.name), partition)
+            .await?;
+        Ok(self.store.position(&dataset.name, partition).await? >= end)
+    }
+
     /// The dataset, if declared (by this instance or any other sharing the store).
     pub async fn get(&self, name: &DatasetName) -> Result<Option<Dataset>, DatasetError> {
         if let Some(&partitions) = self.cache.read().expect("cache lock").get(name) {

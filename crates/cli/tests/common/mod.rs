@@ -1,6 +1,10 @@
 //! Harness for tests that run the real `tenantsync` binary as a process.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod model;
+pub mod outbox;
+pub mod pg;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

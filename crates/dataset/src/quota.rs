@@ -5,7 +5,7 @@
 //! `Retry-After` before anything is appended, so its burst never queues up in front of other
 //! tenants' changes; every other tenant keeps its own full bucket.
 //!
-//! **Shared out, not shared.** With `n` live instances (see [`crate::instances`]) each one
+//! **Shared out, not shared.** With `n` live instances (counted by the API crate's `instances` service) each one
 //! grants every tenant `rate / n` changes per second and a burst of `burst / n` (at least 1),
 //! so a tenant writing through all of them gets its configured quota in total, without a store
 //! round trip per request. The price: a tenant writing through fewer instances than are live
