@@ -197,8 +197,10 @@ fn field_schema<'a>(schema: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 /// A row with its values decoded where the schema says how: Debezium's JSON columns (strings
-/// holding JSON) become JSON, and Kafka Connect decimals (base64 of the unscaled big-endian
-/// integer) become decimal strings. Without a schema, values stay as the converter wrote them.
+/// holding JSON) become JSON, and decimals (Kafka Connect's, and Debezium's variable-scale
+/// ones: base64 of the unscaled big-endian integer) become decimal strings. Without a schema
+/// (`schemas.enable=false`) values stay as the converter wrote them: there is no telling a
+/// JSON column from a text one.
 fn decode_row(row: &Map<String, Value>, schema: Option<&Value>) -> Map<String, Value> {
     let Some(schema) = schema else {
         return row.clone();
@@ -227,6 +229,18 @@ fn decode_value(value: &Value, field: &Value) -> Value {
                 .and_then(|s| s.parse::<u32>().ok())
                 .unwrap_or(0);
             decimal(s, scale).map_or_else(|| value.clone(), Value::String)
+        }
+        // `numeric` without a declared scale: {"scale": S, "value": base64}.
+        ("io.debezium.data.VariableScaleDecimal", Value::Object(parts)) => {
+            match (
+                parts.get("scale").and_then(Value::as_u64),
+                parts.get("value"),
+            ) {
+                (Some(scale), Some(Value::String(s))) => {
+                    decimal(s, scale as u32).map_or_else(|| value.clone(), Value::String)
+                }
+                _ => value.clone(),
+            }
         }
         _ => value.clone(),
     }
@@ -320,4 +334,219 @@ fn change_id(source: &Map<String, Value>, op: &str, key: Option<&Map<String, Val
     let digest = hash.finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("dbz-{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::definition::Definition;
+
+    /// A recorded event's key and value, as the connector wrote them.
+    fn event(schemas: bool, name: &str) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let dir = if schemas {
+            "schemas-enabled"
+        } else {
+            "schemas-disabled"
+        };
+        let path = format!(
+            "{}/tests/fixtures/debezium/{dir}/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let recorded: Value = serde_json::from_str(&text).unwrap();
+        let bytes = |v: &Value| (!v.is_null()).then(|| serde_json::to_vec(v).unwrap());
+        (bytes(&recorded["key"]), bytes(&recorded["value"]))
+    }
+
+    fn source(tenant: Value, on_truncate: &str) -> Debezium {
+        let definition = Definition::parse(&json!({
+            "kind": "debezium", "kafka": "k:9092", "topic_pattern": "shop\\..*",
+            "tables": {
+                "public.items": {"dataset": "items", "tenant": tenant, "on_truncate": on_truncate},
+                "public.pairs": {"dataset": "pairs", "tenant": {"from": "database", "map": {"fixture_shop": "shop"}}},
+            }
+        }))
+        .unwrap();
+        match definition {
+            Definition::Debezium(d) => d,
+            Definition::PostgresOutbox(_) => unreachable!(),
+        }
+    }
+
+    fn by_column() -> Debezium {
+        source(json!({"column": "tenant_id"}), "reject")
+    }
+
+    fn by_database() -> Debezium {
+        source(json!({"from": "database"}), "delete_tenant_records")
+    }
+
+    fn mapped(debezium: &Debezium, schemas: bool, name: &str) -> Mapped {
+        let (key, value) = event(schemas, name);
+        map(
+            debezium,
+            format!("{name}@0"),
+            key.as_deref(),
+            value.as_deref(),
+        )
+    }
+
+    fn change(debezium: &Debezium, schemas: bool, name: &str) -> Candidate {
+        match mapped(debezium, schemas, name) {
+            Mapped::Read(Read::Change(c)) => c,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    fn rejection(debezium: &Debezium, schemas: bool, name: &str) -> String {
+        match mapped(debezium, schemas, name) {
+            Mapped::Read(Read::Rejected { reason, .. }) => reason,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_inserts_and_updates_become_upserts_with_or_without_schemas() {
+        for schemas in [true, false] {
+            for (name, id) in [("snapshot", "1"), ("insert", "2"), ("update", "2")] {
+                let c = change(&by_column(), schemas, name);
+                assert_eq!(
+                    (
+                        c.op.as_str(),
+                        c.dataset.as_str(),
+                        c.tenant.as_deref(),
+                        c.id.as_deref()
+                    ),
+                    ("upsert", "items", Some("acme"), Some(id)),
+                    "{name}, schemas {schemas}"
+                );
+                assert_eq!(
+                    c.data.as_ref().unwrap()["id"],
+                    json!(id.parse::<i64>().unwrap())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn with_schemas_json_columns_become_json_and_decimals_decimal_strings() {
+        let c = change(&by_column(), true, "insert");
+        let data = c.data.unwrap();
+        assert_eq!(data["tags"], json!(["new"]));
+        assert_eq!(data["price"], json!("3.999"));
+        assert_eq!(data["updated"], json!("2026-01-02T04:00:00.000000Z"));
+        // Without schemas there is no telling: the values stay as written.
+        let c = change(&by_column(), false, "insert");
+        assert!(c.data.unwrap()["tags"].is_string());
+    }
+
+    #[test]
+    fn a_delete_needs_its_tenant_and_a_tombstone_is_skipped() {
+        for schemas in [true, false] {
+            // The default replica identity leaves tenant_id out of `before`.
+            let reason = rejection(&by_column(), schemas, "delete");
+            assert!(reason.contains("REPLICA IDENTITY FULL"), "{reason}");
+            let c = change(&by_database(), schemas, "delete");
+            assert_eq!(
+                (c.op.as_str(), c.tenant.as_deref(), c.id.as_deref(), &c.data),
+                ("delete", Some("fixture_shop"), Some("2"), &None)
+            );
+            assert_eq!(
+                mapped(&by_column(), schemas, "delete_tombstone"),
+                Mapped::Skip
+            );
+        }
+    }
+
+    #[test]
+    fn a_primary_key_change_is_a_delete_and_a_create() {
+        for schemas in [true, false] {
+            let delete = change(&by_database(), schemas, "key_change_delete");
+            let create = change(&by_database(), schemas, "key_change_create");
+            assert_eq!(
+                (delete.op.as_str(), delete.id.as_deref()),
+                ("delete", Some("3"))
+            );
+            assert_eq!(
+                (create.op.as_str(), create.id.as_deref()),
+                ("upsert", Some("4"))
+            );
+            assert_ne!(delete.change_id, create.change_id);
+            assert_eq!(
+                mapped(&by_database(), schemas, "key_change_tombstone"),
+                Mapped::Skip
+            );
+        }
+    }
+
+    #[test]
+    fn a_composite_key_joins_its_fields_and_the_database_map_names_the_tenant() {
+        for schemas in [true, false] {
+            let c = change(&by_column(), schemas, "composite_key_insert");
+            assert_eq!(
+                (c.dataset.as_str(), c.tenant.as_deref(), c.id.as_deref()),
+                ("pairs", Some("shop"), Some("left:7"))
+            );
+        }
+    }
+
+    #[test]
+    fn a_truncate_is_rejected_unless_the_mapping_deletes_the_tenants_records() {
+        for schemas in [true, false] {
+            let reason = rejection(
+                &source(json!({"from": "database"}), "reject"),
+                schemas,
+                "truncate",
+            );
+            assert!(reason.contains("TRUNCATE"), "{reason}");
+            let reason = rejection(&by_column(), schemas, "truncate");
+            assert!(reason.contains("every tenant"), "{reason}");
+            match mapped(&by_database(), schemas, "truncate") {
+                Mapped::Truncate {
+                    dataset, tenant, ..
+                } => {
+                    assert_eq!(
+                        (dataset.as_str(), tenant.as_str()),
+                        ("items", "fixture_shop")
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_event_sent_again_keeps_its_change_id() {
+        let (key, value) = event(true, "update");
+        let mut resent: Value = serde_json::from_slice(value.as_ref().unwrap()).unwrap();
+        // Kafka Connect stamps the time it processed the event: another time on a re-send.
+        resent["payload"]["ts_ms"] = json!(1);
+        let resent = serde_json::to_vec(&resent).unwrap();
+        let first = change(&by_column(), true, "update");
+        let again = match map(&by_column(), "again".into(), key.as_deref(), Some(&resent)) {
+            Mapped::Read(Read::Change(c)) => c,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(first.change_id, again.change_id);
+        assert_ne!(
+            first.change_id,
+            change(&by_column(), true, "insert").change_id
+        );
+    }
+
+    #[test]
+    fn an_unmapped_table_or_a_value_that_is_not_an_event_is_rejected() {
+        let only_items = source(json!({"column": "tenant_id"}), "reject");
+        let mut without_pairs = only_items.clone();
+        without_pairs.tables.remove("public.pairs");
+        let reason = rejection(&without_pairs, true, "composite_key_insert");
+        assert!(reason.contains("public.pairs is not mapped"), "{reason}");
+        let rejected = map(&only_items, "x".into(), None, Some(b"not json"));
+        assert!(
+            matches!(rejected, Mapped::Read(Read::Rejected { .. })),
+            "{rejected:?}"
+        );
+    }
 }
