@@ -1,0 +1,1 @@
+//! Relay tests against a real PostgreSQL (TENANTSYNC_TEST_POSTGRES).
