@@ -11,7 +11,7 @@ use tenantsync_core::url::UrlError;
 use tokio_postgres::Client;
 use tracing::{error, info, warn};
 
-use super::{OutboxError, publication_name, quoted_table, slot_name, with_connection};
+use super::{OutboxError, connect, driving, publication_name, quoted_table, slot_name};
 use crate::{CheckError, Outbox, SourceError, SourceName};
 
 /// Why an outbox cannot run, found by connecting.
@@ -110,19 +110,24 @@ impl From<OutboxError> for OutboxCheckError {
 /// Checks everything [`check`] does, then creates the publication and every shard's slot
 /// (from then on the database keeps the outbox's WAL for the relay). Idempotent.
 pub async fn prepare(outbox: &Outbox, source: &SourceName) -> Result<(), CheckError> {
-    with_connection(&outbox.url, async |client| {
-        Ok(checked(client, outbox, Some(source)).await)
-    })
-    .await
-    .map_err(OutboxCheckError::from)?
-    .map_err(CheckError::from)
+    let checked = async {
+        let (client, connection) = connect(&outbox.url).await?;
+        driving(connection, async {
+            Ok(checked(&client, outbox, source).await)
+        })
+        .await
+    };
+    checked
+        .await
+        .map_err(OutboxCheckError::from)?
+        .map_err(CheckError::from)
 }
 
-/// The checks, then (with a source) the creation of the publication and slots.
+/// The checks, then the creation of the publication and slots.
 async fn checked(
     client: &Client,
     outbox: &Outbox,
-    source: Option<&SourceName>,
+    source: &SourceName,
 ) -> Result<(), OutboxCheckError> {
     let refused =
         |during: &'static str| move |e| OutboxCheckError::from(OutboxError::postgres(during)(e));
@@ -206,9 +211,6 @@ async fn checked(
     if !may_replicate {
         return Err(OutboxCheckError::NoReplication { role });
     }
-    let Some(source) = source else {
-        return Ok(());
-    };
     let publication = publication_name(source);
     let published: bool = client
         .query_one(
@@ -334,51 +336,10 @@ const DROP_WAIT: Duration = Duration::from_secs(15);
 /// with what to drop by hand.
 pub async fn drop_replication(outbox: &Outbox, source: &SourceName) -> Result<(), SourceError> {
     let publication = publication_name(source);
-    let result = with_connection(&outbox.url, async |client| {
-        let pattern = format!("^tenantsync_{source}_[0-9]+$");
-        let deadline = Instant::now() + DROP_WAIT;
-        loop {
-            let slots = client
-                .query(
-                    "SELECT slot_name::text, active_pid FROM pg_replication_slots \
-                     WHERE slot_name ~ $1 AND database = current_database()",
-                    &[&pattern],
-                )
-                .await
-                .map_err(OutboxError::postgres("listing the slots"))?;
-            if slots.is_empty() {
-                break;
-            }
-            let late = Instant::now() >= deadline;
-            for row in slots {
-                let (slot, pid): (String, Option<i32>) = (row.get(0), row.get(1));
-                if let Some(pid) = pid {
-                    if !late {
-                        continue;
-                    }
-                    warn!(%slot, pid, "a replication slot of a deleted source is still in use; ending that session");
-                    client
-                        .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                        .await
-                        .map_err(OutboxError::postgres("ending the session holding a slot"))?;
-                }
-                match client
-                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                    .await
-                {
-                    Ok(_) => info!(%slot, "dropped the replication slot of a deleted source"),
-                    // Taken again, or gone meanwhile: the next pass sees.
-                    Err(e) if e.code().is_some_and(|c| matches!(c.code(), "55006" | "42704")) => {}
-                    Err(e) => return Err(OutboxError::postgres("dropping a slot")(e)),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        client
-            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {publication}"))
-            .await
-            .map_err(OutboxError::postgres("dropping the publication"))
-    })
+    let result = async {
+        let (client, connection) = connect(&outbox.url).await?;
+        driving(connection, dropped(&client, source, &publication)).await
+    }
     .await;
     if let Err(e) = &result {
         error!(
@@ -389,4 +350,56 @@ pub async fn drop_replication(outbox: &Outbox, source: &SourceName) -> Result<()
         );
     }
     result.map_err(SourceError::from)
+}
+
+async fn dropped(
+    client: &Client,
+    source: &SourceName,
+    publication: &str,
+) -> Result<(), OutboxError> {
+    let pattern = format!("^tenantsync_{source}_[0-9]+$");
+    let deadline = Instant::now() + DROP_WAIT;
+    loop {
+        let slots = client
+            .query(
+                "SELECT slot_name::text, active_pid FROM pg_replication_slots \
+                     WHERE slot_name ~ $1 AND database = current_database()",
+                &[&pattern],
+            )
+            .await
+            .map_err(OutboxError::postgres("listing the slots"))?;
+        if slots.is_empty() {
+            break;
+        }
+        let late = Instant::now() >= deadline;
+        for row in slots {
+            let (slot, pid): (String, Option<i32>) = (row.get(0), row.get(1));
+            if let Some(pid) = pid {
+                if !late {
+                    continue;
+                }
+                warn!(%slot, pid, "a replication slot of a deleted source is still in use; ending that session");
+                client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(OutboxError::postgres("ending the session holding a slot"))?;
+            }
+            match client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+            {
+                Ok(_) => info!(%slot, "dropped the replication slot of a deleted source"),
+                // Taken again, or gone meanwhile: the next pass sees.
+                Err(e)
+                    if e.code()
+                        .is_some_and(|c| matches!(c.code(), "55006" | "42704")) => {}
+                Err(e) => return Err(OutboxError::postgres("dropping a slot")(e)),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {publication}"))
+        .await
+        .map_err(OutboxError::postgres("dropping the publication"))
 }

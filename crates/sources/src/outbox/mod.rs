@@ -27,7 +27,7 @@ use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use check::{OutboxCheckError, drop_replication, prepare};
+pub use check::{drop_replication, prepare};
 use pgoutput::{Assembler, Lsn, StreamError};
 
 use crate::figures::Figures;
@@ -149,19 +149,18 @@ async fn connect(url: &PostgresUrl) -> Result<(Client, Connection), OutboxError>
         .map_err(OutboxError::postgres("connecting"))
 }
 
-/// Runs `work` on a new connection, driving the connection beside it (the run owns both, so
-/// nothing is left behind when it ends).
-async fn with_connection<T>(
-    url: &PostgresUrl,
-    work: impl AsyncFnOnce(&Client) -> Result<T, OutboxError>,
+/// Runs `work` (which uses the connection's client) while driving the connection beside it, so
+/// that nothing outlives the caller.
+async fn driving<T>(
+    connection: Connection,
+    work: impl Future<Output = Result<T, OutboxError>>,
 ) -> Result<T, OutboxError> {
-    let (client, connection) = connect(url).await?;
     tokio::select! {
         ended = connection => Err(match ended {
             Ok(()) => OutboxError::ConnectionEnded,
             Err(e) => OutboxError::postgres("the connection")(e),
         }),
-        result = work(&client) => result,
+        result = work => result,
     }
 }
 
@@ -173,10 +172,7 @@ pub async fn run(outbox: &Outbox, ctx: &ShardContext) -> Result<(), SourceError>
         shard: ctx.shard,
         shards: ctx.shards,
     };
-    let result = relay(outbox, &shard, &ctx.figures, &ctx.stop, async |reads| {
-        ctx.submit(reads).await
-    })
-    .await;
+    let result = relay(outbox, &shard, &ctx.figures, &ctx.stop, ctx).await;
     match result {
         Err(_) if ctx.stop.is_cancelled() => Ok(()),
         result => result,
@@ -191,14 +187,26 @@ pub(crate) struct Shard {
     pub shards: u32,
 }
 
-/// The relay loop, with the hand-over to the ingest as `submit` (which must return only once
-/// what it was given is durable).
+/// Where a relay hands what it read.
+pub(crate) trait Handover: Sync {
+    /// Returns only once every read is durable in the changes log or recorded as rejected;
+    /// an error means none of them may be taken as durable.
+    fn hand_over(&self, reads: Vec<Read>) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
+
+impl Handover for ShardContext {
+    fn hand_over(&self, reads: Vec<Read>) -> impl Future<Output = Result<(), SourceError>> + Send {
+        self.submit(reads)
+    }
+}
+
+/// The relay loop.
 pub(crate) async fn relay(
     outbox: &Outbox,
     shard: &Shard,
     figures: &Figures,
     stop: &CancellationToken,
-    mut submit: impl AsyncFnMut(Vec<Read>) -> Result<(), SourceError>,
+    handover: &impl Handover,
 ) -> Result<(), SourceError> {
     let (client, connection) = connect(&outbox.url).await?;
     let mut relay = Relay {
@@ -215,7 +223,7 @@ pub(crate) async fn relay(
     let work = async {
         relay.start(&client).await?;
         loop {
-            let full = relay.round(&client, &mut submit).await?;
+            let full = relay.round(&client, handover).await?;
             if !full {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
@@ -291,7 +299,7 @@ impl Relay<'_> {
     async fn round(
         &mut self,
         client: &Client,
-        submit: &mut impl AsyncFnMut(Vec<Read>) -> Result<(), SourceError>,
+        handover: &impl Handover,
     ) -> Result<bool, SourceError> {
         let (insert, flush) = {
             let row = client
@@ -350,7 +358,7 @@ impl Relay<'_> {
             .map_or(0.0, |tx| age(tx.commit_time));
         let relayed = !mapped.reads.is_empty();
         if relayed {
-            submit(mapped.reads).await?;
+            handover.hand_over(mapped.reads).await?;
         }
         if let Some(delete) = &self.delete
             && !mapped.relayed_ids.is_empty()

@@ -103,15 +103,6 @@ pub enum Value {
     Text(String),
 }
 
-impl Value {
-    pub fn text(&self) -> Option<&str> {
-        match self {
-            Value::Text(t) => Some(t),
-            _ => None,
-        }
-    }
-}
-
 struct Reader<'a> {
     tag: char,
     bytes: &'a [u8],
@@ -412,7 +403,10 @@ mod tests {
     ];
 
     fn text(row: &Row, column: &str) -> Option<String> {
-        row[column].text().map(str::to_owned)
+        match &row[column] {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
+        }
     }
 
     #[test]
@@ -421,7 +415,7 @@ mod tests {
             decode(&hex(FIRST[0])).unwrap(),
             Message::Begin {
                 final_lsn: "0/53B59CD0".parse().unwrap(),
-                commit_time: 0x0304_fc4c_3782_5e,
+                commit_time: 0x0003_04fc_4c37_825e,
                 xid: 84398,
             }
         );
@@ -449,7 +443,7 @@ mod tests {
             Message::Commit {
                 commit_lsn: "0/53B59CD0".parse().unwrap(),
                 end_lsn: "0/53B59D00".parse().unwrap(),
-                commit_time: 0x0304_fc4c_3782_5e,
+                commit_time: 0x0003_04fc_4c37_825e,
             }
         );
         assert_eq!(decode(&hex(ALTERED[1])).unwrap(), Message::Ignored('Y'));

@@ -154,6 +154,34 @@ fn shard(source: &SourceName, shard: u32, shards: u32) -> Shard {
 
 type Recorded = Arc<Mutex<Vec<Read>>>;
 
+/// Records what the relay hands over; or fails every hand-over, as a changes log that is down.
+struct Recorder {
+    reads: Recorded,
+    fail: bool,
+}
+
+impl Recorder {
+    fn new(reads: &Recorded) -> Self {
+        Self {
+            reads: reads.clone(),
+            fail: false,
+        }
+    }
+}
+
+impl Handover for Recorder {
+    async fn hand_over(&self, reads: Vec<Read>) -> Result<(), SourceError> {
+        self.reads.lock().unwrap().extend(reads);
+        if self.fail {
+            return Err(SourceError::database(
+                ErrorClass::Transient,
+                "the changes log is down",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn changes(recorded: &Recorded) -> Vec<Candidate> {
     recorded
         .lock()
@@ -178,10 +206,8 @@ async fn relay_until(
     done: impl Fn(&[Read]) -> bool,
 ) -> Result<(), SourceError> {
     let stop = CancellationToken::new();
-    let run = relay(outbox, shard, figures, &stop, async |reads| {
-        recorded.lock().unwrap().extend(reads);
-        Ok(())
-    });
+    let recorder = Recorder::new(recorded);
+    let run = relay(outbox, shard, figures, &stop, &recorder);
     let watch = async {
         let start = Instant::now();
         loop {
@@ -298,12 +324,9 @@ async fn rows_handed_over_but_not_confirmed_durable_are_read_again_with_the_same
         &shard(&source, 0, 1),
         &Figures::default(),
         &stop,
-        async |reads| {
-            seen.lock().unwrap().extend(reads);
-            Err(SourceError::database(
-                ErrorClass::Transient,
-                "the changes log is down",
-            ))
+        &Recorder {
+            reads: seen.clone(),
+            fail: true,
         },
     )
     .await;
@@ -358,10 +381,8 @@ async fn a_lost_connection_fails_the_run_as_transient_and_the_next_run_resumes()
     let stop = CancellationToken::new();
     let recorded = Recorded::default();
     let (this, figures) = (shard(&source, 0, 1), Figures::default());
-    let run = relay(&outbox, &this, &figures, &stop, async |reads| {
-        recorded.lock().unwrap().extend(reads);
-        Ok(())
-    });
+    let recorder = Recorder::new(&recorded);
+    let run = relay(&outbox, &this, &figures, &stop, &recorder);
     // Once the first row is through, the relay's backend is killed, as a server restart does.
     let kill = async {
         let start = Instant::now();
@@ -512,10 +533,8 @@ async fn delete_after_relay_deletes_what_was_relayed_and_keeps_rejected_rows() {
     let recorded = Recorded::default();
     let stop = CancellationToken::new();
     let (this, figures) = (shard(&source, 0, 1), Figures::default());
-    let run = relay(&outbox, &this, &figures, &stop, async |reads| {
-        recorded.lock().unwrap().extend(reads);
-        Ok(())
-    });
+    let recorder = Recorder::new(&recorded);
+    let run = relay(&outbox, &this, &figures, &stop, &recorder);
     let left = async || -> Vec<String> {
         let rows = scratch
             .db
@@ -568,9 +587,9 @@ async fn an_idle_outbox_in_a_busy_database_still_advances_its_slot() {
         .get(0);
     let stop = CancellationToken::new();
     let (this, figures) = (shard(&source, 0, 1), Figures::default());
-    let run = relay(&outbox, &this, &figures, &stop, async |_| {
-        panic!("nothing to relay")
-    });
+    let nothing = Recorded::default();
+    let recorder = Recorder::new(&nothing);
+    let run = relay(&outbox, &this, &figures, &stop, &recorder);
     let watch = async {
         let start = Instant::now();
         while scratch.confirmed(&slot).await.0 < u64::from(written) {
@@ -585,6 +604,7 @@ async fn an_idle_outbox_in_a_busy_database_still_advances_its_slot() {
     let (result, ()) = tokio::join!(run, watch);
     result.unwrap();
     assert!(scratch.confirmed(&slot).await > before);
+    assert!(nothing.lock().unwrap().is_empty());
     scratch.drop(&source, &outbox).await;
 }
 
