@@ -219,6 +219,7 @@ pub(crate) async fn relay(
         previous_insert: None,
         last_advance: Instant::now(),
         delete: None,
+        assembler: Assembler::new(&outbox.schema, &outbox.table),
     };
     let work = async {
         relay.start(&client).await?;
@@ -255,6 +256,9 @@ struct Relay<'a> {
     last_advance: Instant,
     /// `DELETE ... WHERE id = ANY($1)` when `delete_after_relay`.
     delete: Option<String>,
+    /// Kept across reads, with the relations it was told of: PostgreSQL 15 describes them
+    /// again in every read, but nothing is lost by remembering.
+    assembler: Assembler,
 }
 
 impl Relay<'_> {
@@ -329,15 +333,14 @@ impl Relay<'_> {
             slot: self.slot.clone(),
             error,
         };
-        let mut assembler = Assembler::new(&self.outbox.schema, &self.outbox.table);
         let mut transactions = Vec::new();
         for message in &messages {
-            if let Some(tx) = assembler.push(message.get(0)).map_err(stream)? {
+            if let Some(tx) = self.assembler.push(message.get(0)).map_err(stream)? {
                 transactions.push(tx);
             }
         }
         drop(messages);
-        if assembler.in_transaction() {
+        if self.assembler.in_transaction() {
             return Err(stream(StreamError::Unfinished).into());
         }
 

@@ -370,6 +370,41 @@ async fn rows_handed_over_but_not_confirmed_durable_are_read_again_with_the_same
 }
 
 #[tokio::test]
+async fn rows_committed_while_the_relay_runs_come_round_after_round() {
+    let Some(base) = base_url() else { return };
+    let scratch = Scratch::new(&base).await;
+    let source = source_name("rounds");
+    let outbox = scratch.outbox(serde_json::json!({}));
+    prepare(&outbox, &source).await.unwrap();
+    let stop = CancellationToken::new();
+    let (this, figures) = (shard(&source, 0, 1), Figures::default());
+    let recorded = Recorded::default();
+    let recorder = Recorder::new(&recorded);
+    let run = relay(&outbox, &this, &figures, &stop, &recorder);
+    let write = async {
+        let mut written = Vec::new();
+        for i in 0..5 {
+            written.push(insert(&scratch.db, "t1", &format!("r{i}")).await);
+            let start = Instant::now();
+            while changes(&recorded).len() < written.len() {
+                assert!(start.elapsed() < DEADLINE, "row {i} was not relayed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        stop.cancel();
+        written
+    };
+    let (result, written) = tokio::join!(run, write);
+    result.unwrap();
+    let ids: Vec<String> = changes(&recorded)
+        .into_iter()
+        .map(|c| c.change_id)
+        .collect();
+    assert_eq!(ids, written);
+    scratch.drop(&source, &outbox).await;
+}
+
+#[tokio::test]
 async fn a_lost_connection_fails_the_run_as_transient_and_the_next_run_resumes() {
     let Some(base) = base_url() else { return };
     let scratch = Scratch::new(&base).await;
