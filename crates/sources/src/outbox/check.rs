@@ -70,6 +70,13 @@ pub enum OutboxCheckError {
          or drop unused slots"
     )]
     NoFreeSlot { slot: String },
+    #[error(
+        "creating replication slot {slot} waited {}s for the transactions open on the server \
+         to end (a slot starts where no transaction spans it): end long-running or idle-in-\
+         transaction sessions (see pg_stat_activity) and try again",
+        SLOT_WAIT.as_secs()
+    )]
+    SlotWaits { slot: String },
     #[error("replication slot {slot} exists but {problem}; drop it or rename the source")]
     ForeignSlot { slot: String, problem: String },
     #[error("the outbox's database refused: {0}")]
@@ -82,16 +89,28 @@ impl From<OutboxCheckError> for CheckError {
     }
 }
 
+/// How long `prepare` lets the creation of a slot wait for the transactions open on the
+/// server: it is awaited by `PUT /v1/sources/{name}` and by start-up for the config file's
+/// sources, which must not hang behind a session left idle in a transaction.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+
+fn sqlstate(error: &OutboxError) -> Option<&str> {
+    match error {
+        OutboxError::Postgres {
+            error: tenantsync_store::StoreError::Postgres(e),
+            ..
+        } => e.code().map(|c| c.code()),
+        _ => None,
+    }
+}
+
 impl From<OutboxError> for OutboxCheckError {
     fn from(error: OutboxError) -> Self {
+        let sqlstate = sqlstate(&error).map(str::to_owned);
         match error {
             OutboxError::Url(e) => OutboxCheckError::Url(e),
             OutboxError::Postgres { during, error } => {
-                let sqlstate = match &error {
-                    tenantsync_store::StoreError::Postgres(e) => e.code().map(|c| c.code()),
-                    _ => None,
-                };
-                match sqlstate {
+                match sqlstate.as_deref() {
                     // Connection failures and refused logins (28xxx) before any statement.
                     _ if during == "connecting" => OutboxCheckError::Unreachable(error.to_string()),
                     Some("53400") => OutboxCheckError::NoFreeSlot {
@@ -107,8 +126,9 @@ impl From<OutboxError> for OutboxCheckError {
     }
 }
 
-/// Checks everything [`check`] does, then creates the publication and every shard's slot
-/// (from then on the database keeps the outbox's WAL for the relay). Idempotent.
+/// Checks that `outbox` can be relayed (the API's 422 when not), then creates the publication
+/// and every shard's slot (from then on the database keeps the outbox's WAL for the relay).
+/// Idempotent.
 pub async fn prepare(outbox: &Outbox, source: &SourceName) -> Result<(), CheckError> {
     let checked = async {
         let (client, connection) = connect(&outbox.url).await?;
@@ -228,14 +248,25 @@ async fn checked(
         });
     }
     ensure_publication(client, outbox, &publication).await?;
+    // This connection is prepare's own, so the setting ends with it.
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = {}",
+            SLOT_WAIT.as_millis()
+        ))
+        .await
+        .map_err(refused("setting a statement timeout"))?;
     for shard in 0..outbox.shards {
         let slot = slot_name(source, shard);
-        ensure_slot(client, &slot)
-            .await
-            .map_err(|e| match e.into() {
+        ensure_slot(client, &slot).await.map_err(|e| {
+            if sqlstate(&e) == Some("57014") {
+                return OutboxCheckError::SlotWaits { slot: slot.clone() };
+            }
+            match e.into() {
                 OutboxCheckError::NoFreeSlot { .. } => OutboxCheckError::NoFreeSlot { slot },
                 other => other,
-            })?;
+            }
+        })?;
     }
     Ok(())
 }
