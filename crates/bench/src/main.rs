@@ -27,6 +27,7 @@ use tenantsync_store::Dataset;
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
 
 mod batches;
+mod debezium;
 mod outbox;
 mod publish;
 mod restart;
@@ -66,6 +67,10 @@ enum BenchCommand {
     /// The postgres-outbox source: a backlog of outbox rows relayed and applied per second, then
     /// commit->applied latency at a fixed rate. Needs a PostgreSQL with wal_level=logical.
     Outbox(outbox::OutboxArgs),
+    /// The debezium source: a backlog of Debezium events (a table's snapshot by the real
+    /// connector, in a real Kafka cluster) ingested and applied per second. Needs
+    /// --kafka-servers, a PostgreSQL with wal_level=logical, java and mvn (dev/debezium).
+    Debezium(debezium::DebeziumArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -211,6 +216,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Subscribers(args) => subscribers::run(args).await,
         BenchCommand::Batches(args) => batches::run(args).await,
         BenchCommand::Outbox(args) => outbox::run(args).await,
+        BenchCommand::Debezium(args) => debezium::run(args).await,
         BenchCommand::Publish(args) => publish::run(args).await,
         BenchCommand::Restart(args) => restart::run(args).await,
     }
