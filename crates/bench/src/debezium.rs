@@ -17,11 +17,9 @@ use clap::Args;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
-use tenantsync::config::{FileConfig, ServeArgs, Settings};
 use tenantsync::serve;
-use tokio_postgres::NoTls;
 
-use crate::{Common, DATASET, Env, SHUTDOWN, declare_over_http};
+use crate::{Common, DATASET, Env, SHUTDOWN, dataset_progress, declare_over_http, service_db};
 
 #[derive(Debug, Args)]
 pub struct DebeziumArgs {
@@ -41,40 +39,6 @@ pub struct DebeziumArgs {
 
 const DATABASE: &str = "tenantsync_bench_debezium";
 const SOURCE: &str = "bench_debezium";
-
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .context("cannot connect to --postgres")?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-fn with_database(server: &str, database: &str) -> String {
-    let (base, query) = server.split_once('?').unwrap_or((server, ""));
-    let at = base.rfind('/').map_or(base.len(), |i| i);
-    let query = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{query}")
-    };
-    format!("{}/{database}{query}", &base[..at])
-}
-
-async fn drop_database(admin: &tokio_postgres::Client) -> anyhow::Result<()> {
-    // Two statements: a multi-statement batch runs as one transaction, where DROP DATABASE
-    // cannot.
-    admin
-        .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE database = '{DATABASE}'"
-        ))
-        .await?;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-        .await?;
-    Ok(())
-}
 
 /// A Kafka Connect worker under a temp dir; stopped when dropped, however the bench ends.
 struct Worker {
@@ -148,13 +112,7 @@ pub async fn run(args: DebeziumArgs) -> anyhow::Result<()> {
         .dev_debezium
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dev/debezium"));
-    let admin = connect(&args.postgres).await?;
-    drop_database(&admin).await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
-        .await?;
-    let url = with_database(&args.postgres, DATABASE);
-    let service = connect(&url).await?;
+    let (admin, service) = service_db::fresh_database(&args.postgres, DATABASE).await?;
     let tenants = args.common.tenants.max(1);
     service
         .batch_execute(&format!(
@@ -216,20 +174,7 @@ pub async fn run(args: DebeziumArgs) -> anyhow::Result<()> {
 
     // The source draining the backlog.
     let env = Env::new(&args.common)?;
-    let settings = Settings::merge(
-        ServeArgs {
-            data_dir: Some(env.dir.path().to_owned()),
-            listen: Some("127.0.0.1:0".into()),
-            log: Some(env.log_url.clone()),
-            topic_prefix: Some(env.topics.prefix().to_owned()),
-            kafka_replication_factor: Some(env.kafka.replication_factor),
-            store: Some(env.store_url.clone()),
-            tenant_write_rate: Some(1_000_000),
-            insecure_no_auth: true,
-            ..ServeArgs::default()
-        },
-        FileConfig::default(),
-    )?;
+    let settings = env.source_bench_settings()?;
     let client = reqwest::Client::new();
     let running = serve::start(&settings).await?;
     let base = format!("http://{}", running.addr);
@@ -258,24 +203,14 @@ pub async fn run(args: DebeziumArgs) -> anyhow::Result<()> {
             Instant::now() < deadline,
             "the backlog was not applied in 30 minutes"
         );
-        let body: serde_json::Value = client
-            .get(format!("{base}/v1/datasets/{DATASET}"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let sum = |field: &str| -> u64 {
-            body["progress"]
-                .as_array()
-                .map_or(0, |ps| ps.iter().filter_map(|p| p[field].as_u64()).sum())
-        };
-        if first_at.is_none() && sum("end_offset") > 0 {
+        let (in_log, applied) = dataset_progress(&client, &base).await?;
+        if first_at.is_none() && in_log > 0 {
             first_at = Some(started.elapsed());
         }
-        if ingested_at.is_none() && sum("end_offset") >= args.events {
+        if ingested_at.is_none() && in_log >= args.events {
             ingested_at = Some(started.elapsed());
         }
-        if sum("applied") >= args.events {
+        if applied >= args.events {
             applied_at = Some(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -308,6 +243,6 @@ pub async fn run(args: DebeziumArgs) -> anyhow::Result<()> {
         snapshot_elapsed.as_secs_f64(),
     );
     running.stop(SHUTDOWN).await?;
-    drop_database(&admin).await?;
+    service_db::drop_database(&admin, DATABASE).await?;
     Ok(())
 }

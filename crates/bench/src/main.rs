@@ -31,6 +31,7 @@ mod debezium;
 mod outbox;
 mod publish;
 mod restart;
+mod service_db;
 mod subscribers;
 
 const DATASET: &str = "bench";
@@ -207,6 +208,44 @@ impl Env {
             _cluster: cluster,
         })
     }
+}
+
+impl Env {
+    /// A server on this run's backends for the source benches: authentication off, as the
+    /// sources' writes never pass it, and write quotas out of the way.
+    fn source_bench_settings(&self) -> anyhow::Result<Settings> {
+        Settings::merge(
+            ServeArgs {
+                data_dir: Some(self.dir.path().to_owned()),
+                listen: Some("127.0.0.1:0".into()),
+                log: Some(self.log_url.clone()),
+                topic_prefix: Some(self.topics.prefix().to_owned()),
+                kafka_replication_factor: Some(self.kafka.replication_factor),
+                store: Some(self.store_url.clone()),
+                tenant_write_rate: Some(1_000_000),
+                insecure_no_auth: true,
+                ..ServeArgs::default()
+            },
+            FileConfig::default(),
+        )
+    }
+}
+
+/// The bench dataset's progress summed over its partitions: (changes in the changes log,
+/// changes applied).
+async fn dataset_progress(client: &reqwest::Client, base: &str) -> anyhow::Result<(u64, u64)> {
+    let body: serde_json::Value = client
+        .get(format!("{base}/v1/datasets/{DATASET}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let sum = |field: &str| -> u64 {
+        body["progress"]
+            .as_array()
+            .map_or(0, |ps| ps.iter().filter_map(|p| p[field].as_u64()).sum())
+    };
+    Ok((sum("end_offset"), sum("applied")))
 }
 
 async fn run(command: BenchCommand) -> anyhow::Result<()> {
