@@ -28,7 +28,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,7 +43,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Map, Value, json};
-use tenantsync_core::{DatasetName, EntityId, Record, TenantId};
 
 const DATASET: &str = "items";
 const CLIENTS: [&str; 3] = ["tsdbz_client_a", "tsdbz_client_b", "tsdbz_client_c"];
@@ -452,38 +451,6 @@ async fn source_tables(dbs: &[ServiceDb]) -> BTreeMap<(String, String), Map<Stri
     rows
 }
 
-/// Every record (tombstones included) the store holds for `tenants`.
-async fn stored_records(
-    store_path: &Path,
-    tenants: &[String],
-) -> BTreeMap<(String, String), Record> {
-    let store = tenantsync_store::open(
-        &format!("sqlite://{}", store_path.display())
-            .parse()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let dataset = DatasetName::new(DATASET).unwrap();
-    let mut stored = BTreeMap::new();
-    for t in tenants {
-        let tenant = TenantId::new(t.as_str()).unwrap();
-        let mut after: Option<EntityId> = None;
-        loop {
-            let page = store
-                .scan(&dataset, &tenant, after.as_ref(), 500)
-                .await
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for r in page {
-                stored.insert((t.clone(), r.id.to_string()), r);
-            }
-        }
-    }
-    stored
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debezium_sources_mirror_the_databases_across_a_connect_crash() {
     let Some((server_url, kafka)) = services() else {
@@ -728,7 +695,8 @@ async fn debezium_sources_mirror_the_databases_across_a_connect_crash() {
         .filter_map(|db| db.rows.tenant.clone())
         .chain(SHARED_TENANTS.iter().map(|t| t.to_string()))
         .collect();
-    let stored = stored_records(&dir.path().join("store.sqlite3"), &tenants).await;
+    let store_url = format!("sqlite://{}", dir.path().join("store.sqlite3").display());
+    let stored = common::store_records(&store_url, DATASET, &tenants).await;
     let tables = source_tables(&dbs).await;
 
     // 1. The master store's live records equal the source tables, row for row.
