@@ -32,6 +32,10 @@ pub struct DebeziumArgs {
     /// Rows in the table, hence events in the backlog.
     #[arg(long, default_value_t = 100_000)]
     events: u64,
+    /// A librdkafka property for the source's consumer (its definition's `kafka_options`),
+    /// e.g. `max.partition.fetch.bytes=16777216`; repeatable.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    kafka_options: Vec<String>,
     /// The `dev/debezium` script [default: the one of this source tree].
     #[arg(long)]
     dev_debezium: Option<PathBuf>,
@@ -103,6 +107,16 @@ fn topic_end(probe: &BaseConsumer, topic: &str) -> i64 {
 }
 
 pub async fn run(args: DebeziumArgs) -> anyhow::Result<()> {
+    let kafka_options = args
+        .kafka_options
+        .iter()
+        .map(|o| {
+            let (k, v) = o
+                .split_once('=')
+                .with_context(|| format!("--kafka-option {o:?} is not KEY=VALUE"))?;
+            Ok((k.to_owned(), serde_json::Value::from(v)))
+        })
+        .collect::<anyhow::Result<serde_json::Map<_, _>>>()?;
     let kafka = args
         .common
         .kafka_servers
@@ -187,6 +201,7 @@ pub async fn run(args: DebeziumArgs) -> anyhow::Result<()> {
             "kind": "debezium",
             "kafka": kafka,
             "topics": [topic],
+            "kafka_options": kafka_options,
             "tables": {"public.items": {"dataset": DATASET, "tenant": {"column": "tenant_id"}}},
         }))
         .send()
@@ -230,12 +245,16 @@ pub async fn run(args: DebeziumArgs) -> anyhow::Result<()> {
         args.events as f64 / (at.expect("reached").saturating_sub(first)).as_secs_f64()
     };
     println!(
-        "debezium ({:?} log, {}): backlog of {} events (a table's snapshot over {tenants} \
+        "debezium ({:?} log, {}{}): backlog of {} events (a table's snapshot over {tenants} \
          tenants, schemas on) ingested at {:.0} events/s and applied at {:.0} events/s, counted \
          from the first event ingested ({:.1} s after the source was defined: the consumer \
          group's join); Debezium wrote the backlog in {:.1} s, Connect's start included",
         args.common.log,
         env.store_url.split("://").next().unwrap_or(""),
+        args.kafka_options
+            .iter()
+            .map(|o| format!(", {o}"))
+            .collect::<String>(),
         args.events,
         rate(ingested_at),
         rate(applied_at),
