@@ -27,9 +27,11 @@ use tenantsync_store::Dataset;
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
 
 mod batches;
+mod debezium;
 mod outbox;
 mod publish;
 mod restart;
+mod service_db;
 mod subscribers;
 
 const DATASET: &str = "bench";
@@ -66,6 +68,10 @@ enum BenchCommand {
     /// The postgres-outbox source: a backlog of outbox rows relayed and applied per second, then
     /// commit->applied latency at a fixed rate. Needs a PostgreSQL with wal_level=logical.
     Outbox(outbox::OutboxArgs),
+    /// The debezium source: a backlog of Debezium events (a table's snapshot by the real
+    /// connector, in a real Kafka cluster) ingested and applied per second. Needs
+    /// --kafka-servers, a PostgreSQL with wal_level=logical, java and mvn (dev/debezium).
+    Debezium(debezium::DebeziumArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -204,6 +210,44 @@ impl Env {
     }
 }
 
+impl Env {
+    /// A server on this run's backends for the source benches: authentication off, as the
+    /// sources' writes never pass it, and write quotas out of the way.
+    fn source_bench_settings(&self) -> anyhow::Result<Settings> {
+        Settings::merge(
+            ServeArgs {
+                data_dir: Some(self.dir.path().to_owned()),
+                listen: Some("127.0.0.1:0".into()),
+                log: Some(self.log_url.clone()),
+                topic_prefix: Some(self.topics.prefix().to_owned()),
+                kafka_replication_factor: Some(self.kafka.replication_factor),
+                store: Some(self.store_url.clone()),
+                tenant_write_rate: Some(1_000_000),
+                insecure_no_auth: true,
+                ..ServeArgs::default()
+            },
+            FileConfig::default(),
+        )
+    }
+}
+
+/// The bench dataset's progress summed over its partitions: (changes in the changes log,
+/// changes applied).
+async fn dataset_progress(client: &reqwest::Client, base: &str) -> anyhow::Result<(u64, u64)> {
+    let body: serde_json::Value = client
+        .get(format!("{base}/v1/datasets/{DATASET}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let sum = |field: &str| -> u64 {
+        body["progress"]
+            .as_array()
+            .map_or(0, |ps| ps.iter().filter_map(|p| p[field].as_u64()).sum())
+    };
+    Ok((sum("end_offset"), sum("applied")))
+}
+
 async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Processor(args) => processor(args).await,
@@ -211,6 +255,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Subscribers(args) => subscribers::run(args).await,
         BenchCommand::Batches(args) => batches::run(args).await,
         BenchCommand::Outbox(args) => outbox::run(args).await,
+        BenchCommand::Debezium(args) => debezium::run(args).await,
         BenchCommand::Publish(args) => publish::run(args).await,
         BenchCommand::Restart(args) => restart::run(args).await,
     }

@@ -17,12 +17,10 @@ use chrono::Utc;
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use tenantsync::config::{FileConfig, ServeArgs, Settings};
 use tenantsync::serve;
 use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Op, TenantId};
-use tokio_postgres::NoTls;
 
-use crate::{Common, DATASET, Env, SHUTDOWN, declare_over_http};
+use crate::{Common, DATASET, Env, SHUTDOWN, dataset_progress, declare_over_http, service_db};
 
 #[derive(Debug, Args)]
 pub struct OutboxArgs {
@@ -49,43 +47,9 @@ pub struct OutboxArgs {
 const DATABASE: &str = "tenantsync_bench_outbox";
 const SOURCE: &str = "bench_outbox";
 
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .context("cannot connect to --postgres")?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-fn with_database(server: &str, database: &str) -> String {
-    let (base, query) = server.split_once('?').unwrap_or((server, ""));
-    let at = base.rfind('/').map_or(base.len(), |i| i);
-    let query = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{query}")
-    };
-    format!("{}/{database}{query}", &base[..at])
-}
-
-async fn drop_database(admin: &tokio_postgres::Client) -> anyhow::Result<()> {
-    admin
-        .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{DATABASE}';
-             DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"
-        ))
-        .await?;
-    Ok(())
-}
-
 pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
-    let admin = connect(&args.postgres).await?;
-    drop_database(&admin).await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
-        .await?;
-    let url = with_database(&args.postgres, DATABASE);
-    let service = connect(&url).await?;
+    let (admin, service) = service_db::fresh_database(&args.postgres, DATABASE).await?;
+    let url = service_db::with_database(&args.postgres, DATABASE);
     service
         .batch_execute(
             "CREATE TABLE outbox (id text PRIMARY KEY, aggregatetype text NOT NULL, \
@@ -95,20 +59,7 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
         .await?;
 
     let env = Env::new(&args.common)?;
-    let settings = Settings::merge(
-        ServeArgs {
-            data_dir: Some(env.dir.path().to_owned()),
-            listen: Some("127.0.0.1:0".into()),
-            log: Some(env.log_url.clone()),
-            topic_prefix: Some(env.topics.prefix().to_owned()),
-            kafka_replication_factor: Some(env.kafka.replication_factor),
-            store: Some(env.store_url.clone()),
-            tenant_write_rate: Some(1_000_000),
-            insecure_no_auth: true,
-            ..ServeArgs::default()
-        },
-        FileConfig::default(),
-    )?;
+    let settings = env.source_bench_settings()?;
     let client = reqwest::Client::new();
     let running = serve::start(&settings).await?;
     let base = format!("http://{}", running.addr);
@@ -158,21 +109,11 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut relayed_at, mut applied_at) = (None, None);
     while applied_at.is_none() {
-        let body: serde_json::Value = client
-            .get(format!("{base}/v1/datasets/{DATASET}"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let sum = |field: &str| -> u64 {
-            body["progress"]
-                .as_array()
-                .map_or(0, |ps| ps.iter().filter_map(|p| p[field].as_u64()).sum())
-        };
-        if relayed_at.is_none() && sum("end_offset") >= args.rows {
+        let (in_log, applied) = dataset_progress(&client, &base).await?;
+        if relayed_at.is_none() && in_log >= args.rows {
             relayed_at = Some(started.elapsed());
         }
-        if sum("applied") >= args.rows {
+        if applied >= args.rows {
             applied_at = Some(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -249,6 +190,6 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
     );
     running.stop(SHUTDOWN).await?;
     // Dropping the database drops the source's slot first.
-    drop_database(&admin).await?;
+    service_db::drop_database(&admin, DATABASE).await?;
     Ok(())
 }

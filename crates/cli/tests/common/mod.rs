@@ -5,6 +5,7 @@ pub mod model;
 pub mod outbox;
 pub mod pg;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde_json::{Map, Value, json};
-use tenantsync_core::{DatasetName, Topics};
+use tenantsync_core::{DatasetName, EntityId, Record, TenantId, Topics};
 
 /// The binary under test: this build's, or the one `TENANTSYNC_TEST_BINARY` names (to show that
 /// a test fails on an earlier build).
@@ -700,4 +701,34 @@ pub fn topic_ends(servers: &str, topic: &str, partitions: u32) -> Vec<i64> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Every record (tombstones included) of `tenants` in `dataset`, by (tenant, id), read straight
+/// from the master store at `store_url` (open it once the server is killed).
+pub async fn store_records(
+    store_url: &str,
+    dataset: &str,
+    tenants: &[String],
+) -> BTreeMap<(String, String), Record> {
+    let store = tenantsync_store::open(&store_url.parse().unwrap())
+        .await
+        .unwrap();
+    let dataset = DatasetName::new(dataset).unwrap();
+    let mut stored = BTreeMap::new();
+    for t in tenants {
+        let tenant = TenantId::new(t.as_str()).unwrap();
+        let mut after: Option<EntityId> = None;
+        loop {
+            let page = store
+                .scan(&dataset, &tenant, after.as_ref(), 500)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for r in page {
+                stored.insert((t.clone(), r.id.to_string()), r);
+            }
+        }
+    }
+    stored
 }

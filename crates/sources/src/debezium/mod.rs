@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tenantsync_core::ErrorClass;
-use tracing::info;
+use tracing::{debug, info};
 
 pub use event::{Mapped, map};
 
@@ -39,6 +39,18 @@ fn kafka_error(context: &str, e: KafkaError) -> SourceError {
     // Whatever Kafka says here (a broker down, a rebalance, a timeout) can heal; a wrong
     // setting shows as the same error again, in the source's status.
     SourceError::kafka(ErrorClass::Transient, format!("{context}: {e}"))
+}
+
+/// A subscribed topic that does not exist (yet): Debezium creates a table's topic with its first
+/// event, so a listed topic may be missing for as long as its table does not change. librdkafka
+/// says so as a consumption error, and goes on reading the topics that do exist.
+fn missing_topic(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+        )
+    )
 }
 
 fn consumer(debezium: &Debezium, group: &str) -> Result<StreamConsumer, KafkaError> {
@@ -146,7 +158,13 @@ pub async fn run(debezium: &Debezium, ctx: &ShardContext) -> Result<(), SourceEr
         let first = tokio::select! {
             _ = ctx.stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(REFRESH) => continue,
-            message = consumer.recv() => message.map_err(|e| kafka_error("reading", e))?,
+            message = consumer.recv() => match message {
+                Err(e) if missing_topic(&e) => {
+                    debug!(source = %ctx.source, error = %e, "a listed topic does not exist yet");
+                    continue;
+                }
+                message => message.map_err(|e| kafka_error("reading", e))?,
+            },
         };
         let mut batch = vec![first.detach()];
         let linger = tokio::time::sleep(LINGER);
@@ -154,7 +172,10 @@ pub async fn run(debezium: &Debezium, ctx: &ShardContext) -> Result<(), SourceEr
         while batch.len() < MAX_BATCH {
             tokio::select! {
                 _ = &mut linger => break,
-                message = consumer.recv() => batch.push(message.map_err(|e| kafka_error("reading", e))?.detach()),
+                message = consumer.recv() => match message {
+                    Err(e) if missing_topic(&e) => {}
+                    message => batch.push(message.map_err(|e| kafka_error("reading", e))?.detach()),
+                },
             }
         }
         let mut reads = Vec::with_capacity(batch.len());
