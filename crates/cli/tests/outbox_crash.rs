@@ -27,7 +27,7 @@ use common::{Server, WorkChange, env_or, pg};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, TenantId};
+use tenantsync_core::{ChangeId, DatasetName, TenantId};
 use tenantsync_log::Log;
 use tokio::sync::Mutex;
 
@@ -179,40 +179,14 @@ async fn outbox_relay_survives_sigkill_and_a_database_restart() {
     common::wait_caught_up(&server, DATASET).await;
     server.kill();
 
-    let store = tenantsync_store::open(
-        &format!("sqlite://{}", dir.path().join("store.sqlite3").display())
-            .parse()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let dataset = DatasetName::new(DATASET).unwrap();
-    let mut stored: BTreeMap<(String, String), Record> = BTreeMap::new();
-    for t in &tenants {
-        let tenant = TenantId::new(t.as_str()).unwrap();
-        let mut after: Option<EntityId> = None;
-        loop {
-            let page = store
-                .scan(&dataset, &tenant, after.as_ref(), 500)
-                .await
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for r in page {
-                stored.insert((t.clone(), r.id.to_string()), r);
-            }
-        }
-    }
-
+    let store_url = format!("sqlite://{}", dir.path().join("store.sqlite3").display());
     // 1. The master store equals the model of the committed rows.
     let model = &writer.model;
-    assert_eq!(stored.len(), model.records.len(), "number of records");
-    for (key, (version, data)) in &model.records {
-        let r = stored
-            .get(key)
-            .unwrap_or_else(|| panic!("{key:?} is missing from the master store"));
-        assert_eq!((r.version, &r.data), (*version, data), "{key:?}");
-    }
+    model.assert_stored(&common::store_records(&store_url, DATASET, &tenants).await);
+    let store = tenantsync_store::open(&store_url.parse().unwrap())
+        .await
+        .unwrap();
+    let dataset = DatasetName::new(DATASET).unwrap();
 
     // 2. No row of a rolled-back transaction was applied.
     for (tenant, change_id) in &writer.rolled_back {

@@ -22,7 +22,6 @@ use common::outbox::OutboxWriter;
 use common::{KafkaTarget, Server, WorkChange, pg};
 use pg_schema::PgSchema;
 use serde_json::{Value, json};
-use tenantsync_core::{DatasetName, EntityId, TenantId};
 
 const DATASET: &str = "orders";
 
@@ -332,38 +331,9 @@ async fn two_instances_split_an_outbox_and_one_takes_over_from_the_other() {
         .await;
     }
 
-    let master = tenantsync_store::open(&store.url.parse().unwrap())
-        .await
-        .unwrap();
-    let dataset = DatasetName::new(DATASET).unwrap();
-    let mut count = 0;
-    for t in &tenants {
-        let tenant = TenantId::new(t.as_str()).unwrap();
-        let mut after: Option<EntityId> = None;
-        loop {
-            let page = master
-                .scan(&dataset, &tenant, after.as_ref(), 500)
-                .await
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for r in page {
-                let key = (t.clone(), r.id.to_string());
-                let (version, data) = writer
-                    .model
-                    .records
-                    .get(&key)
-                    .unwrap_or_else(|| panic!("{key:?} is in the store but not in the model"));
-                assert_eq!((r.version, &r.data), (*version, data), "{key:?}");
-                count += 1;
-            }
-        }
-    }
-    assert_eq!(
-        count,
-        writer.model.records.len(),
-        "records in the store vs the model"
-    );
+    writer
+        .model
+        .assert_stored(&common::store_records(&store.url, DATASET, &tenants).await);
     drop(b);
     pg::drop_database(&server_url, db).await;
 }

@@ -1,11 +1,13 @@
 //! A reference model of what a workload's changes imply, written independently of the product:
 //! the tests compare the master store (and the state log) with it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::{Map, Value, json};
+
+use tenantsync_core::Record;
 
 use super::WorkChange;
 
@@ -45,6 +47,23 @@ fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
 }
 
 impl Model {
+    /// Asserts that the master store's records (from `store_records`) are the model's, record
+    /// for record: the same keys, each at the model's version with the model's data.
+    pub fn assert_stored(&self, stored: &BTreeMap<(String, String), Record>) {
+        for (key, r) in stored {
+            let (version, data) = self
+                .records
+                .get(key)
+                .unwrap_or_else(|| panic!("{key:?} is in the store but not in the model"));
+            assert_eq!((r.version, &r.data), (*version, data), "{key:?}");
+        }
+        assert_eq!(
+            stored.len(),
+            self.records.len(),
+            "records in the store vs the model"
+        );
+    }
+
     pub fn apply(&mut self, c: &WorkChange) {
         let key = (c.tenant.clone(), c.id.clone());
         let current = self.records.get(&key).cloned();

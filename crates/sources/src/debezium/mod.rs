@@ -55,6 +55,13 @@ fn missing_topic(e: &KafkaError) -> bool {
 
 fn consumer(debezium: &Debezium, group: &str) -> Result<StreamConsumer, KafkaError> {
     let mut config = ClientConfig::new();
+    // A Debezium event with its schema is a few KiB, and a table's topic is often one
+    // partition: librdkafka's default of 1 MiB per partition and fetch holds a backlog to a
+    // few hundred events per round trip (5,200 events/s against 13,600 with 16 MiB, measured
+    // with `tenantsync-bench debezium`). `kafka_options` may set it otherwise.
+    config
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.max.bytes", "67108864");
     for (k, v) in &debezium.kafka_options {
         config.set(k, v);
     }
@@ -121,8 +128,9 @@ pub async fn run(debezium: &Debezium, ctx: &ShardContext) -> Result<(), SourceEr
     })?);
     let mut subscribed: Vec<String> = Vec::new();
     let mut refreshed = Instant::now() - REFRESH;
-    // Per (topic, partition): the next offset to commit, and the source time of the newest
-    // event read (for lag in seconds).
+    // The next offset of every partition read so far (the position shown), and the source
+    // time of the newest event read (for lag in seconds).
+    let mut read_up_to: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut newest_ms: i64 = 0;
     loop {
         if refreshed.elapsed() >= REFRESH {
@@ -219,8 +227,9 @@ pub async fn run(debezium: &Debezium, ctx: &ShardContext) -> Result<(), SourceEr
         consumer
             .commit(&list, CommitMode::Async)
             .map_err(|e| kafka_error("committing", e))?;
+        read_up_to.extend(offsets);
         ctx.figures.set_position(
-            offsets
+            read_up_to
                 .iter()
                 .map(|((t, p), o)| format!("{t}/{p}@{o}"))
                 .collect::<Vec<_>>()
