@@ -17,12 +17,26 @@ use crate::{ApiError, AppState};
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
 
+/// `?after=&limit=` of a page of rejected entries (of a dataset, or of a source).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RejectedQuery {
     /// Entries after this id (the `next` of the previous page).
-    after: Option<u64>,
+    pub after: Option<u64>,
     limit: Option<usize>,
+}
+
+impl RejectedQuery {
+    /// The page size asked for: 100 by default, at most 1,000.
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Some(n) => {
+                Err(InvalidInput::new("limit", format!("must be 1 to {MAX_LIMIT}, got {n}")).into())
+            }
+        }
+    }
 }
 
 pub async fn list(
@@ -32,15 +46,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<RejectedQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let name = DatasetName::new(name)?;
-    let limit = match query.limit {
-        None => DEFAULT_LIMIT,
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(n) => {
-            return Err(
-                InvalidInput::new("limit", format!("must be 1 to {MAX_LIMIT}, got {n}")).into(),
-            );
-        }
-    };
+    let limit = query.limit()?;
     let dataset = extract::dataset(&state, &name).await?;
     let page = state
         .store

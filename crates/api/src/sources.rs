@@ -11,15 +11,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tenantsync_core::InvalidInput;
 use tenantsync_sources::{DefineError, Definition, DefinitionError, ShardStatus, SourceName};
 use tenantsync_store::{SourcePut, StoredSource};
 
 use crate::admin::audit;
 use crate::auth::Admin;
 use crate::extract::{self, ApiBody, ApiQuery};
+use crate::rejected::RejectedQuery;
 use crate::{ApiError, AppState};
 
 impl From<DefinitionError> for ApiError {
@@ -214,17 +213,6 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-const DEFAULT_LIMIT: usize = 100;
-const MAX_LIMIT: usize = 1_000;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RejectedQuery {
-    /// Rejections after this id (the `next` of the previous page).
-    after: Option<u64>,
-    limit: Option<usize>,
-}
-
 /// `GET /v1/sources/{name}/rejected`: rows or events that could not become a change, with their
 /// source position and why, oldest first; `dropped` counts those beyond the bound.
 pub async fn rejected(
@@ -234,15 +222,7 @@ pub async fn rejected(
     ApiQuery(query): ApiQuery<RejectedQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let name = source_name(name)?;
-    let limit = match query.limit {
-        None => DEFAULT_LIMIT,
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(n) => {
-            return Err(
-                InvalidInput::new("limit", format!("must be 1 to {MAX_LIMIT}, got {n}")).into(),
-            );
-        }
-    };
+    let limit = query.limit()?;
     found(&state, &name).await?;
     let page = state
         .store

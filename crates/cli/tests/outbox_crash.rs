@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::outbox::OutboxWriter;
-use common::{Server, WorkChange, env_or, pg};
+use common::{Server, env_or, pg};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -126,17 +126,7 @@ async fn outbox_relay_survives_sigkill_and_a_database_restart() {
 
     // A last row per tenant, then wait until every one is applied: each tenant's rows are
     // relayed in commit order into its one partition, so everything before it is applied too.
-    let last: Vec<WorkChange> = tenants
-        .iter()
-        .map(|t| WorkChange {
-            key: format!("{t}-last"),
-            op: "upsert",
-            tenant: t.clone(),
-            id: "last".into(),
-            data: json!({"done": true}).as_object().cloned(),
-            expected_version: None,
-        })
-        .collect();
+    let last = common::outbox::last_rows(&tenants);
     writer.commit(DATASET, &last).await;
     let mut server = Arc::try_unwrap(server).ok().unwrap().into_inner();
     let deadline = Instant::now() + Duration::from_secs(180);

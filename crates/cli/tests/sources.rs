@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::outbox::OutboxWriter;
-use common::{KafkaTarget, Server, WorkChange, pg};
+use common::{KafkaTarget, Server, pg};
 use pg_schema::PgSchema;
 use serde_json::{Value, json};
 
@@ -311,17 +311,7 @@ async fn two_instances_split_an_outbox_and_one_takes_over_from_the_other() {
         holders.len() == 4 && holders.iter().all(Option::is_some) && names.len() == 1
     })
     .await;
-    let last: Vec<WorkChange> = tenants
-        .iter()
-        .map(|t| WorkChange {
-            key: format!("{t}-last"),
-            op: "upsert",
-            tenant: t.clone(),
-            id: "last".into(),
-            data: json!({"done": true}).as_object().cloned(),
-            expected_version: None,
-        })
-        .collect();
+    let last = common::outbox::last_rows(&tenants);
     writer.commit(DATASET, &last).await;
     for t in &tenants {
         let url = b.url(&format!("/v1/datasets/{DATASET}/tenants/{t}/records/last"));

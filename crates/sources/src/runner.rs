@@ -257,8 +257,27 @@ impl Sources {
         // Whatever ended the run, the figures are kept and the claim given up, so that this
         // instance or another takes the shard again at once (after a failure, the supervisor's
         // backoff delays this instance's next try).
+        let renewed = self.renew(source, shard, epoch, &figures).await;
+        if matches!(renewed, Ok(true)) && (stop.is_cancelled() || result.is_ok()) {
+            let _ = self
+                .store
+                .release_source(source.as_str(), shard, epoch)
+                .await;
+        }
+        result
+    }
+
+    /// Renews the shard's claim for another [`LEASE`], storing its figures; false when the
+    /// claim was taken over or the source deleted.
+    async fn renew(
+        &self,
+        source: &SourceName,
+        shard: u32,
+        epoch: u64,
+        figures: &Figures,
+    ) -> Result<bool, SourceError> {
         let status = serde_json::to_string(&figures.snapshot()).expect("figures serialize");
-        let renewed = self
+        Ok(self
             .store
             .renew_source(
                 source.as_str(),
@@ -268,14 +287,7 @@ impl Sources {
                 LEASE.as_millis() as i64,
                 Some(&status),
             )
-            .await;
-        if matches!(renewed, Ok(true)) && (stop.is_cancelled() || result.is_ok()) {
-            let _ = self
-                .store
-                .release_source(source.as_str(), shard, epoch)
-                .await;
-        }
-        result
+            .await?)
     }
 
     /// Renews the claim with the shard's figures until it is lost or the definition changes;
@@ -299,19 +311,7 @@ impl Sources {
                 info!(%source, shard, "the source's definition changed; starting over");
                 return Ok(());
             }
-            let status = serde_json::to_string(&figures.snapshot()).expect("figures serialize");
-            let renewed = self
-                .store
-                .renew_source(
-                    source.as_str(),
-                    shard,
-                    epoch,
-                    now_ms(),
-                    LEASE.as_millis() as i64,
-                    Some(&status),
-                )
-                .await?;
-            if !renewed {
+            if !self.renew(source, shard, epoch, figures).await? {
                 warn!(%source, shard, "another instance took this source shard over");
                 return Ok(());
             }

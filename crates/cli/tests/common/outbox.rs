@@ -36,6 +36,23 @@ enum Ended {
     },
 }
 
+/// A last row for each tenant (`{tenant}-last` upserting record `last`): once every one is
+/// applied, everything each tenant committed before it is too, since a tenant's rows are
+/// applied in commit order.
+pub fn last_rows(tenants: &[String]) -> Vec<WorkChange> {
+    tenants
+        .iter()
+        .map(|t| WorkChange {
+            key: format!("{t}-last"),
+            op: "upsert",
+            tenant: t.clone(),
+            id: "last".into(),
+            data: serde_json::json!({"done": true}).as_object().cloned(),
+            expected_version: None,
+        })
+        .collect()
+}
+
 impl OutboxWriter {
     pub async fn new(url: &str, tenants: Vec<String>, ids: usize, seed: u64) -> Self {
         Self {
