@@ -311,9 +311,14 @@ async fn rows_handed_over_but_not_confirmed_durable_are_read_again_with_the_same
     let outbox = scratch.outbox(serde_json::json!({}));
     prepare(&outbox, &source).await.unwrap();
     let slot = slot_name(&source, 0);
+    // One transaction, so that the failing run's one hand-over has all the rows (the relay
+    // hands over whole transactions, in batches).
+    let mut writer = client(&scratch.url).await;
+    let tx = writer.transaction().await.unwrap();
     for i in 0..10 {
-        insert(&scratch.db, "t1", &format!("r{i}")).await;
+        insert(&tx, "t1", &format!("r{i}")).await;
     }
+    tx.commit().await.unwrap();
     let before = scratch.confirmed(&slot).await;
 
     // The ingest fails (the changes log is down): the run fails, the slot stays.
