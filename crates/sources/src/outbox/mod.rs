@@ -1,19 +1,21 @@
 //! The `postgres-outbox` kind: relays the rows a service inserts into its outbox table, read
-//! through PostgreSQL's logical decoding with the built-in `pgoutput` plugin, over an ordinary
-//! connection with the SQL functions (`pg_logical_slot_peek_binary_changes`,
-//! `pg_replication_slot_advance`). ARCHITECTURE.md ("Sources: the outbox relay") argues why it
+//! through PostgreSQL's logical decoding with the built-in `pgoutput` plugin, streamed over a
+//! replication connection (`START_REPLICATION ... LOGICAL`, see [`stream`]), which decodes each
+//! WAL record once. An ordinary connection beside it prepares the slot, deletes relayed rows
+//! when asked, and reads the lag. ARCHITECTURE.md ("Sources: the outbox relay") argues why it
 //! neither skips nor doubles.
 //!
 //! Each shard has its own logical replication slot, `tenantsync_{source}_{shard}`, on one
-//! publication of the table (inserts only), `tenantsync_{source}`. A round peeks whole committed
-//! transactions in commit order, hands this shard's rows to the ingest, and only once they are
-//! durable in the changes log advances the slot past them. It must never advance the slot past a
-//! transaction it did not hand over, and never past a WAL position whose commits it may not
-//! have seen whole (see [`Relay::boundary`]).
+//! publication of the table (inserts only), `tenantsync_{source}`. The relay collects whole
+//! committed transactions in commit order, hands this shard's rows to the ingest, and only
+//! once they are durable in the changes log confirms their end to the server. It must never
+//! confirm a position past a transaction it did not hand over, and a keepalive's position only
+//! when no transaction is open or waiting (see [`Relay::take`]).
 
 mod check;
 pub mod pgoutput;
 pub mod rows;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -28,30 +30,45 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use check::{drop_replication, prepare};
-use pgoutput::{Assembler, Lsn, StreamError};
+use pgoutput::{Assembler, Lsn, Message, StreamError, Transaction};
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationEvent};
 
 use crate::figures::Figures;
 use crate::ingest::Read;
 use crate::runner::ShardContext;
 use crate::{Outbox, SourceError, SourceName};
 
-/// The most pgoutput messages one peek asks for (a row is one message, a transaction adds two).
-/// PostgreSQL checks the limit only after a whole transaction, so a larger one still comes
-/// whole. Large, because each peek decodes the WAL from the slot's restart point again: fewer
-/// peeks under backlog cost less.
-pub const MAX_MESSAGES: i32 = 20_000;
+/// Collected transactions are handed over once no event arrived for this long: a burst of
+/// commits goes over as one batch, a lone commit waits only this long.
+pub const LINGER: Duration = Duration::from_millis(2);
 
-/// How long a caught-up shard waits before peeking again. Every committed row waits up to this
-/// long before it is read, so it bounds the relay's share of commit -> applied latency (half of
-/// it on average); 10 ms keeps that share a tenth of the 100 ms p99 target, for about 100
-/// cheap queries a second per idle shard.
-pub const POLL: Duration = Duration::from_millis(10);
+/// ... or once the oldest collected transaction waited this long, so that a steady stream of
+/// commits (no quiet moment) still goes over; a bound on the relay's share of commit ->
+/// applied latency.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_millis(10);
 
-/// While no row of this shard arrives, the slot is still advanced past WAL written by other
-/// tables, at most this often (or at once when this much WAL piled up), so that an idle outbox
-/// in a busy database does not make the server keep WAL.
-pub const IDLE_ADVANCE_EVERY: Duration = Duration::from_secs(1);
-pub const IDLE_ADVANCE_BYTES: u64 = 1 << 20;
+/// ... or once this many rows were collected (a transaction is never split, so a larger one
+/// still comes whole): the batch size under backlog.
+pub const MAX_BATCH_ROWS: usize = 10_000;
+
+/// How soon a confirmed position reaches the server (the replication client sends a status
+/// update at most this often, and only when the position moved).
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the client wakes up on an idle stream to send a status update, which also makes
+/// the server send a keepalive with its position, through which the slot moves past WAL
+/// written by other tables.
+pub const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+
+/// How often the server's WAL flush position is read for the lag figure.
+pub const LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a stopping relay waits for the server to end the stream (and release the slot).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a starting relay retries a slot that is still held, typically by this shard's
+/// previous run whose walsender has not yet exited.
+const SLOT_BUSY_RETRY: Duration = Duration::from_secs(5);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,6 +92,12 @@ pub enum OutboxError {
     Slot { slot: String, problem: String },
     #[error("slot {slot}: {error}")]
     Stream { slot: String, error: StreamError },
+    /// The replication stream failed (its messages show no password).
+    #[error("the replication stream of slot {slot}: {error}")]
+    Replication { slot: String, error: PgWireError },
+    /// The URL's parameters cannot be used for the replication connection.
+    #[error("the outbox's URL: {problem}")]
+    Config { problem: &'static str },
 }
 
 impl OutboxError {
@@ -99,9 +122,11 @@ impl Classify for OutboxError {
             } if e.code().is_some_and(|c| c.code() == "55006") => ErrorClass::Transient,
             OutboxError::Postgres { error, .. } => error.class(),
             OutboxError::ConnectionEnded => ErrorClass::Transient,
-            OutboxError::Url(_) | OutboxError::Slot { .. } | OutboxError::Stream { .. } => {
-                ErrorClass::Permanent
-            }
+            OutboxError::Replication { error, .. } => stream::class(error),
+            OutboxError::Url(_)
+            | OutboxError::Config { .. }
+            | OutboxError::Slot { .. }
+            | OutboxError::Stream { .. } => ErrorClass::Permanent,
         }
     }
 }
@@ -216,25 +241,29 @@ pub(crate) async fn relay(
         publication: publication_name(&shard.source),
         figures,
         confirmed: Lsn(0),
-        previous_insert: None,
-        last_advance: Instant::now(),
+        server_end: Lsn(0),
+        flushed: None,
         delete: None,
         assembler: Assembler::new(&outbox.schema, &outbox.table),
     };
     let work = async {
-        relay.start(&client).await?;
-        loop {
-            let full = relay.round(&client, handover).await?;
-            if !full {
-                tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(POLL) => {}
-                }
-            }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            started = relay.start(&client) => started?,
         }
+        let mut replication = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            opened = stream::open(&outbox.url, &relay.slot, &relay.publication, relay.confirmed) => opened?,
+        };
+        let result = relay
+            .follow(&client, &mut replication, stop, handover)
+            .await;
+        // Ends the stream so that the server releases the slot before the next run starts; a
+        // failure here changes nothing (the server ends the stream with the connection).
+        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, replication.shutdown()).await;
+        result
     };
     tokio::select! {
-        _ = stop.cancelled() => Ok(()),
         ended = connection => Err(match ended {
             Ok(()) => OutboxError::ConnectionEnded,
             Err(e) => OutboxError::postgres("the connection")(e),
@@ -249,16 +278,29 @@ struct Relay<'a> {
     slot: String,
     publication: String,
     figures: &'a Figures,
-    /// The slot's confirmed position as this run left it.
+    /// The position this run reported to the server as confirmed (the slot's at the start).
     confirmed: Lsn,
-    /// `pg_current_wal_insert_lsn()` as the previous round saw it.
-    previous_insert: Option<Lsn>,
-    last_advance: Instant,
+    /// The furthest WAL position the server said it had sent.
+    server_end: Lsn,
+    /// `pg_current_wal_flush_lsn()` and when it was read, for the lag figure.
+    flushed: Option<(Lsn, Instant)>,
     /// `DELETE ... WHERE id = ANY($1)` when `delete_after_relay`.
     delete: Option<String>,
-    /// Kept across reads, with the relations it was told of: PostgreSQL 15 describes them
-    /// again in every read, but nothing is lost by remembering.
+    /// Kept for the life of the stream, with the relations it was told of.
     assembler: Assembler,
+}
+
+/// Whole transactions read and not yet handed over, and the position that may be confirmed
+/// once they are durable.
+#[derive(Default)]
+struct Batch {
+    transactions: Vec<Transaction>,
+    rows: usize,
+    /// The end of the last transaction collected, or a keepalive's position received outside
+    /// any transaction after it: every commit before it is in this batch or already durable.
+    safe: Option<Lsn>,
+    /// When the first transaction was collected.
+    since: Option<Instant>,
 }
 
 impl Relay<'_> {
@@ -298,52 +340,123 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// One peek, hand-over, delete and advance; returns whether the peek was full (more may
-    /// be waiting).
-    async fn round(
+    /// Reads the stream until `stop`: collects whole transactions, hands them over in batches
+    /// ([`LINGER`], [`MAX_BATCH_WAIT`], [`MAX_BATCH_ROWS`]), and confirms a position only once
+    /// every commit before it is durable.
+    async fn follow(
         &mut self,
         client: &Client,
+        replication: &mut ReplicationClient,
+        stop: &CancellationToken,
         handover: &impl Handover,
-    ) -> Result<bool, SourceError> {
-        let (insert, flush) = {
-            let row = client
-                .query_one(
-                    "SELECT pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn()",
-                    &[],
-                )
-                .await
-                .map_err(OutboxError::postgres("reading the WAL position"))?;
-            (
-                Lsn(u64::from(row.get::<_, PgLsn>(0))),
-                Lsn(u64::from(row.get::<_, PgLsn>(1))),
-            )
-        };
-        let boundary = self.boundary(insert, flush);
+    ) -> Result<(), SourceError> {
+        let mut batch = Batch::default();
+        loop {
+            // With nothing collected, wait as long as it takes; otherwise until the batch is due.
+            let due = batch.since.map(|since| {
+                let quiet = tokio::time::Instant::now() + LINGER;
+                quiet.min(tokio::time::Instant::from_std(since + MAX_BATCH_WAIT))
+            });
+            let event = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = sleep_until(due) => None,
+                event = replication.recv() => Some(event),
+            };
+            let Some(event) = event else {
+                self.flush(client, replication, &mut batch, handover)
+                    .await?;
+                continue;
+            };
+            let event = event
+                .map_err(|error| OutboxError::Replication {
+                    slot: self.slot.clone(),
+                    error,
+                })?
+                .ok_or(OutboxError::ConnectionEnded)?;
+            self.take(event, &mut batch)?;
+            if batch.rows >= MAX_BATCH_ROWS
+                || batch
+                    .since
+                    .is_some_and(|since| since.elapsed() >= MAX_BATCH_WAIT)
+            {
+                self.flush(client, replication, &mut batch, handover)
+                    .await?;
+            } else if batch.transactions.is_empty() && batch.safe.is_some() {
+                // A keepalive with nothing pending: confirm at once, nothing to hand over.
+                self.flush(client, replication, &mut batch, handover)
+                    .await?;
+            }
+        }
+    }
 
-        let messages = client
-            .query(
-                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
-                 'proto_version', '1', 'publication_names', $3)",
-                &[&self.slot, &MAX_MESSAGES, &self.publication],
-            )
-            .await
-            .map_err(OutboxError::postgres("reading the slot"))?;
-        let full = messages.len() >= MAX_MESSAGES as usize;
-        let stream = |error| OutboxError::Stream {
+    /// Adds one event of the stream to the batch.
+    fn take(&mut self, event: ReplicationEvent, batch: &mut Batch) -> Result<(), OutboxError> {
+        let stream_error = |error| OutboxError::Stream {
             slot: self.slot.clone(),
             error,
         };
-        let mut transactions = Vec::new();
-        for message in &messages {
-            if let Some(tx) = self.assembler.push(message.get(0)).map_err(stream)? {
-                transactions.push(tx);
+        // The client decodes Begin and Commit itself; the assembler is given them back as
+        // messages, so that it checks the order of the whole stream as it did any read.
+        let completed = match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => self.assembler.push_message(Message::Begin {
+                final_lsn: Lsn(final_lsn.0),
+                commit_time: commit_time_micros,
+                xid,
+            }),
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => self.assembler.push_message(Message::Commit {
+                commit_lsn: Lsn(lsn.0),
+                end_lsn: Lsn(end_lsn.0),
+                commit_time: commit_time_micros,
+            }),
+            ReplicationEvent::XLogData { data, wal_end, .. } => {
+                self.server_end = self.server_end.max(Lsn(wal_end.0));
+                self.assembler.push(&data)
             }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                let wal_end = Lsn(wal_end.0);
+                self.server_end = self.server_end.max(wal_end);
+                // The server sends a transaction only whole, at its commit, so outside a
+                // transaction every commit before its position was sent before it (and is in
+                // this batch); inside one, the open transaction may commit before it.
+                if !self.assembler.in_transaction() {
+                    batch.safe = batch.safe.max(Some(wal_end));
+                }
+                Ok(None)
+            }
+            // Logical decoding messages are not outbox rows; the stream never stops by itself
+            // (no stop position is set).
+            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => Ok(None),
         }
-        drop(messages);
-        if self.assembler.in_transaction() {
-            return Err(stream(StreamError::Unfinished).into());
+        .map_err(stream_error)?;
+        if let Some(tx) = completed {
+            batch.safe = batch.safe.max(Some(tx.end_lsn));
+            batch.rows += tx.rows.len();
+            batch.since.get_or_insert_with(Instant::now);
+            batch.transactions.push(tx);
         }
+        Ok(())
+    }
 
+    /// Hands the batch's rows of this shard over, deletes them when asked, and only then
+    /// confirms the batch's safe position to the server.
+    async fn flush(
+        &mut self,
+        client: &Client,
+        replication: &ReplicationClient,
+        batch: &mut Batch,
+        handover: &impl Handover,
+    ) -> Result<(), SourceError> {
+        let Batch {
+            transactions, safe, ..
+        } = std::mem::take(batch);
         let mut mapped = rows::Mapped::default();
         for tx in &transactions {
             rows::map(
@@ -354,82 +467,63 @@ impl Relay<'_> {
                 &mut mapped,
             );
         }
-        // The oldest transaction not yet relayed is the first one read, as of this read.
+        // The oldest transaction not yet relayed is the first one of the batch.
         let lag_seconds = transactions
             .iter()
             .find(|tx| !tx.rows.is_empty())
             .map_or(0.0, |tx| age(tx.commit_time));
-        let relayed = !mapped.reads.is_empty();
-        if relayed {
+        drop(transactions);
+        if !mapped.reads.is_empty() {
             handover.hand_over(mapped.reads).await?;
         }
         if let Some(delete) = &self.delete
             && !mapped.relayed_ids.is_empty()
         {
-            // Before the advance: a crash between the two re-reads rows already deleted (the
-            // WAL still has them), which is harmless; the other order could leave rows behind.
+            // Before the confirmation: a crash between the two re-reads rows already deleted
+            // (the WAL still has them), which is harmless; the other order could leave rows
+            // behind.
             client
                 .execute(delete.as_str(), &[&mapped.relayed_ids])
                 .await
                 .map_err(OutboxError::postgres("deleting relayed rows"))?;
         }
-
-        let mut target = transactions.last().map(|tx| tx.end_lsn);
-        if !full && let Some(boundary) = boundary {
-            let due = relayed
-                || self.last_advance.elapsed() >= IDLE_ADVANCE_EVERY
-                || boundary.0.saturating_sub(self.confirmed.0) >= IDLE_ADVANCE_BYTES;
-            if due && target.is_none_or(|t| boundary > t) {
-                target = Some(boundary);
-            }
-        }
-        if let Some(target) = target.filter(|t| *t > self.confirmed) {
-            self.advance(client, target).await?;
+        if let Some(safe) = safe.filter(|s| *s > self.confirmed) {
+            replication.update_applied_lsn(pgwire_replication::Lsn(safe.0));
+            self.confirmed = safe;
         }
         self.figures.set_position(self.confirmed.to_string());
+        let server = self.server_position(client).await?;
         self.figures.set_lag(
-            Some(flush.0.saturating_sub(self.confirmed.0)),
+            Some(server.0.saturating_sub(self.confirmed.0)),
             "wal_bytes",
             Some(lag_seconds),
         );
-        Ok(full)
-    }
-
-    /// A WAL position that no record straddles and that the coming peek decodes up to, so that
-    /// every commit before it is in the peek's result: the slot may then be advanced to it even
-    /// when the peek found nothing for this shard.
-    ///
-    /// `pg_current_wal_insert_lsn()` is where the next record will start, so no record
-    /// straddles it; once `pg_current_wal_flush_lsn()` has passed it, the peek (which decodes
-    /// up to the flushed end of WAL as it starts) reads every record before it. The flush
-    /// position itself may fall inside a record (the WAL writer flushes whole pages), and
-    /// advancing there would skip a commit record that starts before it and was not decoded.
-    fn boundary(&mut self, insert: Lsn, flush: Lsn) -> Option<Lsn> {
-        let candidates = [Some(insert), self.previous_insert];
-        self.previous_insert = Some(insert);
-        candidates
-            .into_iter()
-            .flatten()
-            .filter(|b| *b <= flush)
-            .max()
-    }
-
-    async fn advance(&mut self, client: &Client, target: Lsn) -> Result<(), OutboxError> {
-        // GREATEST: a stalled holder of this shard may have advanced the slot further while
-        // this one read; moving back is refused by PostgreSQL, and not needed.
-        let row = client
-            .query_one(
-                "SELECT a.end_lsn FROM pg_replication_slots s, \
-                 pg_replication_slot_advance($1, GREATEST($2, s.confirmed_flush_lsn)) a \
-                 WHERE s.slot_name = $1",
-                &[&self.slot, &PgLsn::from(target.0)],
-            )
-            .await
-            .map_err(OutboxError::postgres("advancing the slot"))?;
-        let end: Option<PgLsn> = row.get(0);
-        self.confirmed = Lsn(end.map_or(target.0, u64::from)).max(self.confirmed);
-        self.last_advance = Instant::now();
         Ok(())
+    }
+
+    /// The server's WAL flush position, read at most every [`LAG_EVERY`] (the stream's own
+    /// position lags it under backlog), never behind what the stream showed.
+    async fn server_position(&mut self, client: &Client) -> Result<Lsn, OutboxError> {
+        let flushed = match self.flushed {
+            Some((flushed, at)) if at.elapsed() < LAG_EVERY => flushed,
+            _ => {
+                let row = client
+                    .query_one("SELECT pg_current_wal_flush_lsn()", &[])
+                    .await
+                    .map_err(OutboxError::postgres("reading the WAL position"))?;
+                let flushed = Lsn(u64::from(row.get::<_, PgLsn>(0)));
+                self.flushed = Some((flushed, Instant::now()));
+                flushed
+            }
+        };
+        Ok(flushed.max(self.server_end))
+    }
+}
+
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,6 @@
-//! The `pgoutput` logical decoding messages (protocol version 1) that
-//! `pg_logical_slot_peek_binary_changes` returns, one per row, and the assembly of those rows
-//! into whole committed transactions of inserted rows.
+//! The `pgoutput` logical decoding messages (protocol version 1) that the replication stream
+//! carries, one per row, and the assembly of those rows into whole committed transactions of
+//! inserted rows.
 //!
 //! Pure: no I/O, no clock. It must never guess: a message it does not know, a truncated one,
 //! or an insert into a relation it has not been described is an error, not a skipped row,
@@ -271,9 +271,9 @@ pub enum StreamError {
 }
 
 /// Turns messages into [`Transaction`]s of one table. Relations are remembered for the life
-/// of the assembler: PostgreSQL describes a relation once per decoding session, and a session
-/// is one peek, so an assembler should live as long as one peek's results (a longer life is
-/// harmless: a schema change comes with a new Relation message).
+/// of the assembler: PostgreSQL describes a relation once per decoding session (one replication
+/// connection, or one SQL peek), so an assembler should live at least as long as one session
+/// (a longer life is harmless: a schema change comes with a new Relation message).
 #[derive(Debug)]
 pub struct Assembler {
     namespace: String,
@@ -295,7 +295,13 @@ impl Assembler {
     /// Feeds one message; returns the transaction it completes, if any. A transaction with no
     /// row of the table is returned too (its end LSN is progress).
     pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Transaction>, StreamError> {
-        match decode(bytes)? {
+        self.push_message(decode(bytes)?)
+    }
+
+    /// [`Assembler::push`] for a message already decoded (the replication client decodes
+    /// Begin and Commit itself).
+    pub fn push_message(&mut self, message: Message) -> Result<Option<Transaction>, StreamError> {
+        match message {
             Message::Begin {
                 commit_time, xid, ..
             } => {

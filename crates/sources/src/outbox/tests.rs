@@ -158,6 +158,8 @@ type Recorded = Arc<Mutex<Vec<Read>>>;
 struct Recorder {
     reads: Recorded,
     fail: bool,
+    /// How long a failing hand-over takes, as a changes log timing out does.
+    fail_after: Duration,
 }
 
 impl Recorder {
@@ -165,6 +167,7 @@ impl Recorder {
         Self {
             reads: reads.clone(),
             fail: false,
+            fail_after: Duration::ZERO,
         }
     }
 }
@@ -173,6 +176,7 @@ impl Handover for Recorder {
     async fn hand_over(&self, reads: Vec<Read>) -> Result<(), SourceError> {
         self.reads.lock().unwrap().extend(reads);
         if self.fail {
+            tokio::time::sleep(self.fail_after).await;
             return Err(SourceError::database(
                 ErrorClass::Transient,
                 "the changes log is down",
@@ -311,9 +315,14 @@ async fn rows_handed_over_but_not_confirmed_durable_are_read_again_with_the_same
     let outbox = scratch.outbox(serde_json::json!({}));
     prepare(&outbox, &source).await.unwrap();
     let slot = slot_name(&source, 0);
+    // One transaction, so that the failing run's one hand-over has all the rows (the relay
+    // hands over whole transactions, in batches).
+    let mut writer = client(&scratch.url).await;
+    let tx = writer.transaction().await.unwrap();
     for i in 0..10 {
-        insert(&scratch.db, "t1", &format!("r{i}")).await;
+        insert(&tx, "t1", &format!("r{i}")).await;
     }
+    tx.commit().await.unwrap();
     let before = scratch.confirmed(&slot).await;
 
     // The ingest fails (the changes log is down): the run fails, the slot stays.
@@ -327,6 +336,9 @@ async fn rows_handed_over_but_not_confirmed_durable_are_read_again_with_the_same
         &Recorder {
             reads: seen.clone(),
             fail: true,
+            // Long enough for a position confirmed before the hand-over to reach the server
+            // (status updates go at most every STATUS_INTERVAL), so that the slot would show it.
+            fail_after: STATUS_INTERVAL * 5,
         },
     )
     .await;
