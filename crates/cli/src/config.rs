@@ -276,8 +276,8 @@ impl BatchLimitsSection {
 pub struct ConfiguredSource {
     pub name: SourceName,
     pub definition: Definition,
-    /// The definition as stored: JSON text that may hold a password, never shown.
-    pub stored: String,
+    /// The definition as given, to be stored: it may hold a password, and is never shown.
+    pub json: serde_json::Value,
 }
 
 impl std::fmt::Debug for ConfiguredSource {
@@ -299,7 +299,7 @@ fn configured_source(name: String, table: toml::Table) -> anyhow::Result<Configu
     Ok(ConfiguredSource {
         name,
         definition,
-        stored: json.to_string(),
+        json,
     })
 }
 

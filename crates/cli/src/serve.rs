@@ -342,14 +342,12 @@ async fn define_configured_sources(
     datasets: &Datasets,
 ) -> anyhow::Result<()> {
     for source in &settings.sources {
-        let json: serde_json::Value =
-            serde_json::from_str(&source.stored).context("a configured source is JSON")?;
         tenantsync_sources::define(
             store,
             datasets,
             &source.name,
             &source.definition,
-            &json,
+            &source.json,
             false,
         )
         .await

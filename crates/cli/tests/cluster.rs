@@ -49,19 +49,6 @@ async fn metric(server: &Server, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Polls until `check` holds, at most 60 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Counts of one writer's answers.
 #[derive(Default)]
 struct Counts {
@@ -105,14 +92,18 @@ async fn quota_holds_across_two_instances(dir: &Path, store: &str) {
     let b = Server::start_secure(&dir.join("b"), &args).await;
     common::declare(&a, DATASET, 2).await;
     for server in [&a, &b] {
-        eventually("both instances count two live instances", || async {
-            metric(server, "tenantsync_live_instances").await == Some(2.0)
-        })
+        common::eventually(
+            "both instances count two live instances",
+            Duration::from_secs(60),
+            || async { metric(server, "tenantsync_live_instances").await == Some(2.0) },
+        )
         .await;
         let url = server.url(&format!("/v1/datasets/{DATASET}"));
-        eventually("both instances know the dataset", || async {
-            reqwest::get(&url).await.is_ok_and(|r| r.status() == 200)
-        })
+        common::eventually(
+            "both instances know the dataset",
+            Duration::from_secs(60),
+            || async { reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) },
+        )
         .await;
     }
 
@@ -203,9 +194,11 @@ async fn a_stopped_instance_leaves_the_registry() {
         store.live_instances(i64::MIN).await.unwrap(),
         ["alpha", "beta"]
     );
-    eventually("a counts two live instances", || async {
-        metric(&a, "tenantsync_live_instances").await == Some(2.0)
-    })
+    common::eventually(
+        "a counts two live instances",
+        Duration::from_secs(60),
+        || async { metric(&a, "tenantsync_live_instances").await == Some(2.0) },
+    )
     .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(b.pid() as i32),
@@ -219,9 +212,11 @@ async fn a_stopped_instance_leaves_the_registry() {
         ["alpha"],
         "beta deregistered on its way out"
     );
-    eventually("a counts one live instance", || async {
-        metric(&a, "tenantsync_live_instances").await == Some(1.0)
-    })
+    common::eventually(
+        "a counts one live instance",
+        Duration::from_secs(60),
+        || async { metric(&a, "tenantsync_live_instances").await == Some(1.0) },
+    )
     .await;
 }
 
@@ -297,7 +292,7 @@ async fn idempotency_keys_are_pruned_after_their_window() {
     // Once older than the window the outcomes disappear: the status route can no longer tell
     // an old change from one not applied yet.
     for key in ["key-1", "key-2", "key-b"] {
-        eventually("the outcome is pruned", || async {
+        common::eventually("the outcome is pruned", Duration::from_secs(60), || async {
             change_status(&server, key).await["status"] == "pending"
         })
         .await;

@@ -26,7 +26,7 @@ use common::{KafkaTarget, Server, WorkChange, env_or};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tenantsync_core::{DatasetName, EntityId, Record, TenantId, Topics};
+use tenantsync_core::{DatasetName, Record, Topics};
 use tenantsync_log::Log;
 use tokio::sync::Mutex;
 
@@ -251,43 +251,16 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
     let total = submitted.load(Ordering::SeqCst);
     eprintln!("crash test: {total} changes submitted through {kills} kills");
 
-    let store = tenantsync_store::open(&store_url.parse().unwrap())
-        .await
-        .unwrap();
     let dataset = DatasetName::new(DATASET).unwrap();
-    let mut stored: BTreeMap<String, Record> = BTreeMap::new();
-    for t in &tenants {
-        let tenant = TenantId::new(t.as_str()).unwrap();
-        let mut after: Option<EntityId> = None;
-        loop {
-            let page = store
-                .scan(&dataset, &tenant, after.as_ref(), 500)
-                .await
-                .unwrap();
-            if page.is_empty() {
-                break;
-            }
-            after = Some(page.last().unwrap().id.clone());
-            for r in page {
-                stored.insert(r.key().to_string(), r);
-            }
-        }
-    }
+    let stored = common::store_records(&store_url, DATASET, &tenants).await;
 
     // 1. Master store == reference model, record for record.
-    let model = std::mem::take(&mut *model.lock().unwrap());
-    assert_eq!(stored.len(), model.records.len(), "number of keys");
-    for ((tenant, id), (version, data)) in &model.records {
-        let r = stored
-            .get(&format!("{tenant}:{id}"))
-            .unwrap_or_else(|| panic!("{tenant}:{id} missing from the store"));
-        assert_eq!((r.version, &r.data), (*version, data), "{tenant}:{id}");
-    }
+    std::mem::take(&mut *model.lock().unwrap()).assert_stored(&stored);
 
     // 2. The state log's last value per key == master store; 3. versions never went down.
     let log = backend.open_log(&data_dir.join("instance-0")).await;
     let topic = backend.topics().state(&dataset);
-    let mut last: BTreeMap<String, Record> = BTreeMap::new();
+    let mut last: BTreeMap<(String, String), Record> = BTreeMap::new();
     for p in 0..PARTITIONS {
         let end = log.end_offset(&topic, p).await.unwrap();
         let mut from = 0;
@@ -308,11 +281,11 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
             }
             for e in &entries {
                 let r = tenantsync_dataset::state::decode(e).unwrap();
-                let key = r.key().to_string();
+                let key = (r.tenant.to_string(), r.id.to_string());
                 if let Some(prev) = last.get(&key) {
                     assert!(
                         r.version >= prev.version,
-                        "{key} went from version {} to {}",
+                        "{key:?} went from version {} to {}",
                         prev.version,
                         r.version
                     );
@@ -332,7 +305,7 @@ async fn run(backend: Backend, data_dir: &std::path::Path, instances: usize) {
         assert_eq!(
             (l.version, &l.data),
             (r.version, &r.data),
-            "state log vs store for {key}"
+            "state log vs store for {key:?}"
         );
     }
 }

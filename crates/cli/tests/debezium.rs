@@ -415,19 +415,6 @@ async fn source_status(server: &Server, name: &str) -> Value {
     r.json().await.unwrap()
 }
 
-/// Polls until `check` holds, at most `within`.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Every row of every database, as (tenant, id) -> the row's columns.
 async fn source_tables(dbs: &[ServiceDb]) -> BTreeMap<(String, String), Map<String, Value>> {
     let mut rows = BTreeMap::new();
@@ -573,7 +560,7 @@ async fn debezium_sources_mirror_the_databases_across_a_connect_crash() {
     );
     // Changes made during the snapshot could be in it already; wait until it is in.
     let snapshot_rows = SNAPSHOT_ROWS as u64;
-    eventually(
+    common::eventually(
         "the snapshot is ingested",
         Duration::from_secs(120),
         || async {
@@ -662,7 +649,7 @@ async fn debezium_sources_mirror_the_databases_across_a_connect_crash() {
             "/v1/datasets/{DATASET}/tenants/{}/records/{}",
             m.tenant, m.id
         ));
-        eventually(
+        common::eventually(
             &format!("tenant {}'s last row is applied", m.tenant),
             Duration::from_secs(180),
             || async { http.get(&url).send().await.is_ok_and(|r| r.status() == 200) },

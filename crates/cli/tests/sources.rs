@@ -16,7 +16,7 @@ mod common;
 mod pg_schema;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::outbox::OutboxWriter;
 use common::{KafkaTarget, Server, pg};
@@ -24,19 +24,6 @@ use pg_schema::PgSchema;
 use serde_json::{Value, json};
 
 const DATASET: &str = "orders";
-
-/// Polls until `check` holds, at most 90 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn get_json(url: String) -> Value {
     let r = reqwest::get(&url).await.unwrap();
@@ -167,11 +154,15 @@ async fn definitions_are_checked_and_bad_rows_are_kept_with_their_reasons() {
     }
     let record =
         |id: &str| server.url(&format!("/v1/datasets/{DATASET}/tenants/acme/records/{id}"));
-    eventually("the row after the bad ones is applied", || async {
-        reqwest::get(record("e"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
+    common::eventually(
+        "the row after the bad ones is applied",
+        Duration::from_secs(90),
+        || async {
+            reqwest::get(record("e"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
     .await;
     assert_eq!(reqwest::get(record("a")).await.unwrap().status(), 200);
     assert_eq!(reqwest::get(record("d")).await.unwrap().status(), 404);
@@ -200,10 +191,14 @@ async fn definitions_are_checked_and_bad_rows_are_kept_with_their_reasons() {
             .iter()
             .all(|e| e["position"].as_str().is_some_and(|p| !p.is_empty()))
     );
-    eventually("the source reports its counts", || async {
-        let status = get_json(server.url("/v1/sources/rows")).await;
-        status["ingested"] == 2 && status["rejected"] == 3 && status["state"] == "running"
-    })
+    common::eventually(
+        "the source reports its counts",
+        Duration::from_secs(90),
+        || async {
+            let status = get_json(server.url("/v1/sources/rows")).await;
+            status["ingested"] == 2 && status["rejected"] == 3 && status["state"] == "running"
+        },
+    )
     .await;
     let metrics = reqwest::get(server.url("/metrics"))
         .await
@@ -226,9 +221,11 @@ async fn definitions_are_checked_and_bad_rows_are_kept_with_their_reasons() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    eventually("deleting the source drops its slots", || async {
-        slots(&server_url, db).await == 0
-    })
+    common::eventually(
+        "deleting the source drops its slots",
+        Duration::from_secs(90),
+        || async { slots(&server_url, db).await == 0 },
+    )
     .await;
     assert_eq!(
         reqwest::get(server.url("/v1/sources/rows"))
@@ -289,11 +286,15 @@ async fn two_instances_split_an_outbox_and_one_takes_over_from_the_other() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    eventually("the two instances run two shards each", || async {
-        let holders = holders(&b, "split").await;
-        let names: BTreeSet<_> = holders.iter().flatten().collect();
-        holders.len() == 4 && holders.iter().all(Option::is_some) && names.len() == 2
-    })
+    common::eventually(
+        "the two instances run two shards each",
+        Duration::from_secs(90),
+        || async {
+            let holders = holders(&b, "split").await;
+            let names: BTreeSet<_> = holders.iter().flatten().collect();
+            holders.len() == 4 && holders.iter().all(Option::is_some) && names.len() == 2
+        },
+    )
     .await;
 
     let tenants: Vec<String> = (0..30).map(|t| format!("tenant-{t:02}")).collect();
@@ -305,19 +306,25 @@ async fn two_instances_split_an_outbox_and_one_takes_over_from_the_other() {
     while writer.committed_rows < 4_000 {
         writer.transaction(DATASET, 10, 0.1).await;
     }
-    eventually("the remaining instance runs all four shards", || async {
-        let holders = holders(&b, "split").await;
-        let names: BTreeSet<_> = holders.iter().flatten().collect();
-        holders.len() == 4 && holders.iter().all(Option::is_some) && names.len() == 1
-    })
+    common::eventually(
+        "the remaining instance runs all four shards",
+        Duration::from_secs(90),
+        || async {
+            let holders = holders(&b, "split").await;
+            let names: BTreeSet<_> = holders.iter().flatten().collect();
+            holders.len() == 4 && holders.iter().all(Option::is_some) && names.len() == 1
+        },
+    )
     .await;
     let last = common::outbox::last_rows(&tenants);
     writer.commit(DATASET, &last).await;
     for t in &tenants {
         let url = b.url(&format!("/v1/datasets/{DATASET}/tenants/{t}/records/last"));
-        eventually("every tenant's last row is applied", || async {
-            reqwest::get(&url).await.is_ok_and(|r| r.status() == 200)
-        })
+        common::eventually(
+            "every tenant's last row is applied",
+            Duration::from_secs(90),
+            || async { reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) },
+        )
         .await;
     }
 

@@ -83,14 +83,23 @@ fn watch_state(
     }
 }
 
-/// Each partition's applied position, as the instance reports it.
+/// Each partition's applied position, as the instance reports it. A 503 (the log busy with a
+/// rebalance) is an answer to ask again, as in `common::wait_caught_up`.
 async fn applied(server: &Server) -> Vec<u64> {
-    let body: Value = reqwest::get(server.url(&format!("/v1/datasets/{DATASET}")))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = server.url(&format!("/v1/datasets/{DATASET}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let body: Value = loop {
+        let r = reqwest::get(&url).await.unwrap();
+        if r.status() != 503 {
+            assert!(r.status().is_success(), "GET {url}: {}", r.status());
+            break r.json().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET {url} answered 503 for 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     body["progress"]
         .as_array()
         .unwrap()

@@ -83,10 +83,7 @@ pub async fn define(
     connect: bool,
 ) -> Result<(SourcePut, u64), DefineError> {
     if let Some(existing) = store.source(name.as_str()).await? {
-        let same_shape = serde_json::from_str(&existing.definition)
-            .ok()
-            .and_then(|json| Definition::parse(&json).ok())
-            .map(|e| (e.kind(), e.shards()));
+        let same_shape = parse_stored(&existing).ok().map(|e| (e.kind(), e.shards()));
         if let Some((kind, shards)) = same_shape
             && (kind, shards) != (definition.kind(), definition.shards())
         {
@@ -123,8 +120,6 @@ pub async fn release(source: &SourceName, definition: &Definition) {
     if let Definition::PostgresOutbox(o) = definition
         && let Err(error) = outbox::drop_replication(o, source).await
     {
-        {
-            tracing::error!(%source, %error, "could not drop the replication slots of a deleted source; drop them by hand, or the database keeps its WAL for them");
-        }
+        tracing::error!(%source, %error, "could not drop the replication slots of a deleted source; drop them by hand, or the database keeps its WAL for them");
     }
 }

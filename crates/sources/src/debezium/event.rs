@@ -53,6 +53,14 @@ const POSITION_FIELDS: [&str; 13] = [
     "ord",
 ];
 
+/// A message mapped, with when its change was committed in the source database
+/// (`source.ts_ms`, for the source's lag in seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub mapped: Mapped,
+    pub committed_ms: Option<i64>,
+}
+
 /// Maps one message. `position` says where it was read (topic, partition, offset), for
 /// rejections.
 pub fn map(
@@ -60,19 +68,39 @@ pub fn map(
     position: String,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
-) -> Mapped {
+) -> Event {
+    let untimed = |mapped| Event {
+        mapped,
+        committed_ms: None,
+    };
+    let Some(value) = value else {
+        return untimed(Mapped::Skip);
+    };
+    let value: Value = match serde_json::from_slice(value) {
+        Ok(v) => v,
+        Err(e) => {
+            return untimed(Mapped::Read(Read::Rejected {
+                position,
+                reason: format!("the value is not JSON: {e}"),
+            }));
+        }
+    };
+    Event {
+        committed_ms: unwrap_envelope(&value)
+            .0
+            .pointer("/source/ts_ms")
+            .and_then(Value::as_i64),
+        mapped: map_value(debezium, position, key, &value),
+    }
+}
+
+/// [`map`] once the value parsed.
+fn map_value(debezium: &Debezium, position: String, key: Option<&[u8]>, value: &Value) -> Mapped {
     let reject = |reason: String| {
         Mapped::Read(Read::Rejected {
             position: position.clone(),
             reason,
         })
-    };
-    let Some(value) = value else {
-        return Mapped::Skip;
-    };
-    let value: Value = match serde_json::from_slice(value) {
-        Ok(v) => v,
-        Err(e) => return reject(format!("the value is not JSON: {e}")),
     };
     if value.is_null() {
         return Mapped::Skip;
@@ -81,7 +109,7 @@ pub fn map(
         Ok(k) => k,
         Err(e) => return reject(format!("the key is not JSON: {e}")),
     };
-    let (payload, schema) = unwrap_envelope(&value);
+    let (payload, schema) = unwrap_envelope(value);
     let Some(payload) = payload.as_object() else {
         return reject("the value is not a Debezium change event (no object payload)".into());
     };
@@ -391,6 +419,7 @@ mod tests {
             key.as_deref(),
             value.as_deref(),
         )
+        .mapped
     }
 
     fn change(debezium: &Debezium, schemas: bool, name: &str) -> Candidate {
@@ -525,7 +554,7 @@ mod tests {
         resent["payload"]["ts_ms"] = json!(1);
         let resent = serde_json::to_vec(&resent).unwrap();
         let first = change(&by_column(), true, "update");
-        let again = match map(&by_column(), "again".into(), key.as_deref(), Some(&resent)) {
+        let again = match map(&by_column(), "again".into(), key.as_deref(), Some(&resent)).mapped {
             Mapped::Read(Read::Change(c)) => c,
             other => panic!("{other:?}"),
         };
@@ -543,7 +572,7 @@ mod tests {
         without_pairs.tables.remove("public.pairs");
         let reason = rejection(&without_pairs, true, "composite_key_insert");
         assert!(reason.contains("public.pairs is not mapped"), "{reason}");
-        let rejected = map(&only_items, "x".into(), None, Some(b"not json"));
+        let rejected = map(&only_items, "x".into(), None, Some(b"not json")).mapped;
         assert!(
             matches!(rejected, Mapped::Read(Read::Rejected { .. })),
             "{rejected:?}"

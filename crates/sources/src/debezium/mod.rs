@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tenantsync_core::ErrorClass;
 use tracing::{debug, info};
 
-pub use event::{Mapped, map};
+use event::{Mapped, map};
 
 use crate::definition::Topics;
 use crate::ingest::{Candidate, Read};
@@ -199,7 +199,11 @@ pub async fn run(debezium: &Debezium, ctx: &ShardContext) -> Result<(), SourceEr
                 (message.topic().to_owned(), message.partition()),
                 message.offset() + 1,
             );
-            match map(debezium, position, message.key(), message.payload()) {
+            let event = map(debezium, position, message.key(), message.payload());
+            if let Some(ms) = event.committed_ms {
+                newest_ms = newest_ms.max(ms);
+            }
+            match event.mapped {
                 Mapped::Read(read) => reads.push(read),
                 Mapped::Skip => {}
                 Mapped::Truncate {
@@ -213,9 +217,6 @@ pub async fn run(debezium: &Debezium, ctx: &ShardContext) -> Result<(), SourceEr
                     let deletes = truncate(ctx, &position, &dataset, &tenant, &change_id).await?;
                     reads.extend(deletes);
                 }
-            }
-            if let Some(ms) = source_ms(message.payload()) {
-                newest_ms = newest_ms.max(ms);
             }
         }
         ctx.submit(reads).await?;
@@ -268,13 +269,6 @@ async fn truncate(
             })
         })
         .collect())
-}
-
-/// `source.ts_ms` of an event: when its change was committed in the source database.
-fn source_ms(value: Option<&[u8]>) -> Option<i64> {
-    let value: serde_json::Value = serde_json::from_slice(value?).ok()?;
-    let payload = value.get("payload").unwrap_or(&value);
-    payload.pointer("/source/ts_ms")?.as_i64()
 }
 
 /// Runs a blocking call of librdkafka's (metadata, watermarks) off the async threads.

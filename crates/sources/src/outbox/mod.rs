@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tenantsync_core::url::{PostgresUrl, UrlError};
 use tenantsync_core::{Classify, ErrorClass};
 use tenantsync_store::StoreError;
+use tenantsync_store::postgres::driver_config;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -70,7 +71,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// previous run whose walsender has not yet exited.
 const SLOT_BUSY_RETRY: Duration = Duration::from_secs(5);
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The outbox's connections' application name (in `pg_stat_activity`), unless the URL sets one.
+const APPLICATION: &str = "tenantsync-outbox";
 
 /// What can go wrong with the outbox's database.
 #[derive(Debug, thiserror::Error)]
@@ -157,18 +159,7 @@ type Connection =
     tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
 
 async fn connect(url: &PostgresUrl) -> Result<(Client, Connection), OutboxError> {
-    // The driver's configuration errors name the option, never its value.
-    let mut config: tokio_postgres::Config = url
-        .connection_string()
-        .parse()
-        .map_err(|e: tokio_postgres::Error| UrlError::refused_by_driver(&e))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("tenantsync-outbox");
-    }
-    config
+    driver_config(url, APPLICATION)?
         .connect(NoTls)
         .await
         .map_err(OutboxError::postgres("connecting"))

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig};
 use tenantsync_core::ErrorClass;
-use tenantsync_core::url::{PostgresUrl, UrlError};
+use tenantsync_core::url::PostgresUrl;
 use tokio_postgres::config::Host;
 
 use super::pgoutput::Lsn;
 use super::{IDLE_WAKEUP, OutboxError, SLOT_BUSY_RETRY, STATUS_INTERVAL};
+use tenantsync_store::postgres::driver_config;
 
 /// Opens the stream of `slot` at `confirmed`, the slot's confirmed position: the server
 /// reports nothing as confirmed beyond it until the relay says so, and streams from it
@@ -59,11 +60,7 @@ fn replication_config(
     publication: &str,
     confirmed: Lsn,
 ) -> Result<ReplicationConfig, OutboxError> {
-    // The driver's configuration errors name the option, never its value.
-    let parsed: tokio_postgres::Config = url
-        .connection_string()
-        .parse()
-        .map_err(|e: tokio_postgres::Error| UrlError::refused_by_driver(&e))?;
+    let parsed = driver_config(url, super::APPLICATION)?;
     let host = match parsed.get_hosts().first() {
         Some(Host::Tcp(name)) => name.clone(),
         Some(Host::Unix(directory)) => directory.to_string_lossy().into_owned(),
@@ -89,12 +86,7 @@ fn replication_config(
     .with_ack_lsn(position)
     .with_status_interval(STATUS_INTERVAL)
     .with_wakeup_interval(IDLE_WAKEUP)
-    .with_application_name(
-        parsed
-            .get_application_name()
-            .unwrap_or("tenantsync-outbox")
-            .to_owned(),
-    );
+    .with_application_name(parsed.get_application_name().unwrap_or_default().to_owned());
     Ok(config)
 }
 

@@ -68,6 +68,26 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// The driver's configuration of `url`, with a connect timeout of 10 s and `application` as the
+/// application name unless the URL sets them. Every PostgreSQL connection tenantsync opens (the
+/// store's, an outbox's) is configured here. Its errors name the option, never its value.
+pub fn driver_config(
+    url: &PostgresUrl,
+    application: &str,
+) -> Result<tokio_postgres::Config, UrlError> {
+    let mut config: tokio_postgres::Config = url
+        .connection_string()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| UrlError::refused_by_driver(&e))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(application);
+    }
+    Ok(config)
+}
+
 impl PostgresStore {
     /// Connects to the database at `url` (a `postgres://` URL; `options=-csearch_path%3DS`
     /// selects the schema) and applies missing migrations. TLS is not supported yet.
@@ -77,17 +97,7 @@ impl PostgresStore {
 
     /// [`PostgresStore::connect`] to a parsed URL.
     pub async fn connect_url(url: &PostgresUrl) -> Result<Self, StoreError> {
-        // The driver's configuration errors name the option, never its value.
-        let mut config: tokio_postgres::Config = url
-            .connection_string()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| UrlError::refused_by_driver(&e))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("tenantsync");
-        }
+        let config = driver_config(url, "tenantsync")?;
         let manager = Manager::from_config(
             config,
             NoTls,
