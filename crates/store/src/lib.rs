@@ -6,7 +6,8 @@
 //! entries that could not be decoded), [`FeedStore`] (a tenant's records by seq, tombstone
 //! purges), [`SubscriptionStore`], [`AccessStore`] (tokens, the audit log, shared secrets),
 //! [`ErasureStore`], [`CoordinationStore`] (the batcher's claim, the HTTP batch queue) and
-//! [`SourceStore`] (source definitions, their shards' claims and status, their rejections).
+//! [`SourceStore`] (source definitions, their shards' claims and status, their rejections) and
+//! [`PushStore`] (webhook and sink definitions, their claims, progress and attempts).
 //! [`MasterStore`] is all of them at once; a component that needs one concern takes that trait
 //! (an `Arc<dyn MasterStore>` converts to an `Arc<dyn FeedStore>` and the like).
 //!
@@ -23,6 +24,7 @@ mod error;
 mod feed;
 mod migrations;
 pub mod postgres;
+mod push;
 mod records;
 mod rejected;
 mod rows;
@@ -39,6 +41,7 @@ pub use coordination::{BatchLease, BatcherClaim, CoordinationStore};
 pub use erasure::{Erasure, ErasureStore};
 pub use error::{ErrorClass, StoreError};
 pub use feed::{FeedPosition, FeedRecord, FeedStore, TenantFeed};
+pub use push::{PushAttempt, PushClaim, PushKind, PushProgress, PushPut, PushStore, StoredPush};
 pub use records::{Applied, Dataset, LoggedChange, RecordStore, StoredOutcome};
 pub use rejected::{RejectedEntry, RejectedPage, RejectedStore};
 pub use sources::{
@@ -65,6 +68,7 @@ pub trait MasterStore:
     + ErasureStore
     + CoordinationStore
     + SourceStore
+    + PushStore
 {
 }
 
@@ -78,6 +82,7 @@ impl<T> MasterStore for T where
         + ErasureStore
         + CoordinationStore
         + SourceStore
+        + PushStore
 {
 }
 

@@ -18,6 +18,7 @@ mod access;
 mod coordination;
 mod erasure;
 mod feed;
+mod push;
 mod records;
 mod rejected;
 mod sources;

@@ -1,0 +1,13 @@
+//! Database sinks: a table in a consumer's own database kept identical to a dataset.
+
+use tenantsync_store::StoredPush;
+
+use crate::PushError;
+use crate::runner::TargetContext;
+
+/// Delivers the sink until `ctx.stop`.
+pub async fn run(_ctx: &TargetContext, _stored: &StoredPush) -> Result<(), PushError> {
+    Err(PushError::Definition(
+        "sink delivery is not built yet".into(),
+    ))
+}
