@@ -16,6 +16,7 @@
 //!
 //! Every target runs on its own: a slow, failing or hanging one holds back only itself.
 
+pub mod definition;
 pub mod error;
 pub mod figures;
 pub mod follow;

@@ -1,5 +1,7 @@
 //! Database sinks: a table in a consumer's own database kept identical to a dataset.
 
+pub mod definition;
+
 use tenantsync_store::StoredPush;
 
 use crate::PushError;

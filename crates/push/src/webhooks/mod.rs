@@ -1,5 +1,7 @@
 //! Webhooks: changes pushed to outside HTTP endpoints, signed per Standard Webhooks v1.
 
+pub mod definition;
+
 use std::time::Duration;
 
 use tenantsync_store::StoredPush;
@@ -29,8 +31,8 @@ impl Default for WebhookSettings {
 }
 
 /// Whether the stored endpoint is to be delivered (it is enabled).
-pub fn runs(_stored: &StoredPush) -> bool {
-    false
+pub fn runs(stored: &StoredPush) -> bool {
+    definition::Definition::parse(&stored.definition).is_ok_and(|d| d.runs())
 }
 
 /// Delivers the endpoint until `ctx.stop`.
