@@ -156,13 +156,13 @@ impl Push {
             for stored in self.store.pushes(kind).await? {
                 let runs = match kind {
                     PushKind::Webhook => webhooks::runs(&stored),
-                    PushKind::Sink => true,
+                    PushKind::Sink => sinks::runs(&stored),
                 };
                 if runs {
                     wanted.push(stored);
                 } else {
                     // Disabled: a run still going ends at its next renewal (the revision
-                    // changed), releasing the claim.
+                    // changed), releasing the claim, and keeps its position.
                 }
             }
         }

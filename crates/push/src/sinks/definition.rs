@@ -73,6 +73,13 @@ pub struct SinkSpec {
     pub table: String,
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnSpec>,
+    /// A disabled sink keeps its position and writes nothing until enabled again.
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+}
+
+fn enabled_default() -> bool {
+    true
 }
 
 /// A sink as stored (JSON in the master store).
@@ -87,6 +94,7 @@ pub struct Definition {
     pub table: String,
     /// Extra columns by name, each a field of `data`.
     pub columns: BTreeMap<String, Column>,
+    pub enabled: bool,
 }
 
 impl Definition {
@@ -148,6 +156,7 @@ impl Definition {
             tenants: Tenants::from_selection(&selection),
             table: spec.table,
             columns,
+            enabled: spec.enabled,
         })
     }
 
@@ -188,6 +197,7 @@ impl Definition {
             "tenants": self.tenants,
             "table": self.table,
             "columns": self.columns,
+            "enabled": self.enabled,
         })
     }
 }

@@ -18,6 +18,15 @@ pub struct WebhookSettings {
     pub https_only: bool,
     /// How long an attempt may take before it counts as failed.
     pub timeout: Duration,
+    /// Networks allowed even when private (CIDRs), with `allow_private_networks` off.
+    pub allow_networks: Vec<String>,
+    /// Resolve endpoints' names with this DNS server instead of the system's.
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// Delays before the retries of a failed message: the first attempt is immediate, the
+    /// n-th retry waits the n-th delay (the last one repeats), with jitter.
+    pub retry_schedule: Vec<Duration>,
+    /// An endpoint failing without a success for this long is disabled.
+    pub disable_after: Duration,
 }
 
 impl Default for WebhookSettings {
@@ -26,6 +35,12 @@ impl Default for WebhookSettings {
             allow_private_networks: false,
             https_only: false,
             timeout: Duration::from_secs(15),
+            allow_networks: Vec::new(),
+            dns_server: None,
+            retry_schedule: [5, 300, 1800, 7200, 18000, 36000, 36000]
+                .map(Duration::from_secs)
+                .to_vec(),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }
