@@ -40,6 +40,7 @@ migrations! {
     7 => "0007_instances",
     8 => "0008_outcome_times",
     9 => "0009_sources",
+    10 => "0010_push",
 }
 
 /// The newest version a list knows, to refuse a database migrated by a newer build.

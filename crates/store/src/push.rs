@@ -255,3 +255,27 @@ pub trait PushStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<PushAttempt>, StoreError>;
 }
+
+/// What [`PushStore::put_push`] did, from the revision its upsert returned (`None`: it wrote
+/// nothing) and the target read after it in the same transaction; both backends decide it here.
+pub(crate) fn put_outcome(
+    written: Option<i64>,
+    stored: Option<&StoredPush>,
+    definition: &str,
+    expected: Option<u64>,
+) -> PushPut {
+    match (written, stored) {
+        // An update returns 2 at least.
+        (Some(1), _) => PushPut::Created,
+        (Some(_), _) => PushPut::Updated,
+        // The text was the same, at the revision expected if any. Otherwise the revision was not
+        // the one expected, or (PostgreSQL, `expected` above 0) another writer created the target
+        // after this put found none: a conflict either way.
+        (None, Some(s))
+            if s.definition == definition && expected.is_none_or(|r| r == s.revision) =>
+        {
+            PushPut::Unchanged
+        }
+        (None, _) => PushPut::Conflict,
+    }
+}

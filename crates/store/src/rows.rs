@@ -11,9 +11,9 @@ use tenantsync_core::{
 };
 
 use crate::{
-    AuditEntry, BatchLease, BatcherClaim, Erasure, FeedPosition, Progress, RejectedEntry,
-    SourceRejection, SourceShard, StoreError, StoredOutcome, StoredSource, StoredToken,
-    Subscription, TenantSelection,
+    AuditEntry, BatchLease, BatcherClaim, Erasure, FeedPosition, Progress, PushAttempt, PushClaim,
+    PushKind, PushProgress, RejectedEntry, SourceRejection, SourceShard, StoreError, StoredOutcome,
+    StoredPush, StoredSource, StoredToken, Subscription, TenantSelection,
 };
 
 const APPLIED: &str = "applied";
@@ -418,6 +418,126 @@ pub(crate) fn source_rejection_from_row(
     ))
 }
 
+/// A row of `push_targets` (name, definition, revision, created_at, updated_at) read back.
+pub(crate) fn stored_push_from_row(
+    kind: PushKind,
+    name: String,
+    definition: String,
+    revision: i64,
+    created_at: i64,
+    updated_at: i64,
+) -> Result<StoredPush, StoreError> {
+    Ok(StoredPush {
+        kind,
+        name,
+        definition,
+        revision: to_u64("push revision", revision)?,
+        created_at: from_micros("push created_at", created_at)?,
+        updated_at: from_micros("push updated_at", updated_at)?,
+    })
+}
+
+/// A row of `push_claims` (name, owner, epoch, lease_until_ms, status) read back.
+pub(crate) fn push_claim_from_row(
+    name: String,
+    owner: String,
+    epoch: i64,
+    lease_until_ms: i64,
+    status: Option<String>,
+) -> Result<PushClaim, StoreError> {
+    Ok(PushClaim {
+        name,
+        owner,
+        epoch: to_u64("push claim epoch", epoch)?,
+        lease_until_ms,
+        status,
+    })
+}
+
+/// A progress entry's (next_seq, live_from, updated_at) columns.
+pub(crate) fn push_progress_to_row(entry: &PushProgress) -> Result<(i64, i64, i64), StoreError> {
+    Ok((
+        to_i64("push progress seq", entry.position.next_seq)?,
+        to_i64("push progress live_from", entry.position.live_from)?,
+        to_micros(entry.updated_at),
+    ))
+}
+
+/// A row of `push_progress` (dataset, tenant, next_seq, live_from, state, updated_at) read back.
+pub(crate) fn push_progress_from_row(
+    dataset: String,
+    tenant: String,
+    next_seq: i64,
+    live_from: i64,
+    state: Option<String>,
+    updated_at: i64,
+) -> Result<PushProgress, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "push progress",
+        detail,
+    };
+    Ok(PushProgress {
+        dataset: DatasetName::new(dataset).map_err(|e| corrupt(e.to_string()))?,
+        tenant: TenantId::new(tenant).map_err(|e| corrupt(e.to_string()))?,
+        position: FeedPosition {
+            next_seq: to_u64("push progress seq", next_seq)?,
+            live_from: to_u64("push progress live_from", live_from)?,
+        },
+        state,
+        updated_at: from_micros("push progress updated_at", updated_at)?,
+    })
+}
+
+/// A row of `push_attempts` as read, before validation; also what recording writes.
+pub(crate) struct PushAttemptRow {
+    pub at: i64,
+    pub message: String,
+    pub dataset: String,
+    pub tenant: String,
+    pub records: i64,
+    pub status: Option<i64>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+impl PushAttemptRow {
+    pub(crate) fn new(attempt: &PushAttempt) -> Self {
+        Self {
+            at: to_micros(attempt.at),
+            message: attempt.message.clone(),
+            dataset: attempt.dataset.as_str().to_owned(),
+            tenant: attempt.tenant.as_str().to_owned(),
+            records: i64::from(attempt.records),
+            status: attempt.status.map(i64::from),
+            latency_ms: i64::from(attempt.latency_ms),
+            error: attempt.error.clone(),
+        }
+    }
+
+    pub(crate) fn into_attempt(self) -> Result<PushAttempt, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: "push attempt",
+            detail,
+        };
+        let number = |what: &str, value: i64| format!("{what} {value} out of range");
+        Ok(PushAttempt {
+            at: from_micros("push attempt at", self.at)?,
+            message: self.message,
+            dataset: DatasetName::new(self.dataset).map_err(|e| corrupt(e.to_string()))?,
+            tenant: TenantId::new(self.tenant).map_err(|e| corrupt(e.to_string()))?,
+            records: u32::try_from(self.records)
+                .map_err(|_| corrupt(number("records", self.records)))?,
+            status: self
+                .status
+                .map(|s| u16::try_from(s).map_err(|_| corrupt(number("status", s))))
+                .transpose()?,
+            latency_ms: u32::try_from(self.latency_ms)
+                .map_err(|_| corrupt(number("latency_ms", self.latency_ms)))?,
+            error: self.error,
+        })
+    }
+}
+
 pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
         what: "JSON column",
@@ -560,6 +680,27 @@ mod tests {
             source_rejection_from_row(1, "p".into(), "r".into(), i64::MAX),
             Err(StoreError::Corrupt { .. })
         ));
+        assert!(matches!(
+            push_progress_from_row("items".into(), "ACME".into(), 0, 0, None, 0),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let attempt = |status, records| PushAttemptRow {
+            at: 0,
+            message: "m".into(),
+            dataset: "items".into(),
+            tenant: "acme".into(),
+            records,
+            status,
+            latency_ms: 3,
+            error: None,
+        };
+        assert!(attempt(Some(200), 1).into_attempt().is_ok());
+        for bad in [attempt(Some(65_536), 1), attempt(None, -1)] {
+            assert!(matches!(
+                bad.into_attempt(),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
         let mut bad_tenant = row("{}");
         bad_tenant.tenant = "ACME".into();
         assert!(matches!(

@@ -2,7 +2,7 @@
 //!
 //! One module per concern of the store (records, feed, subscriptions, access, erasure,
 //! coordination (claims, the batch queue, the instance registry), rejected entries, sources
-//! (definitions, shard claims, rejections); `model` holds the randomised and model-based cases
+//! (definitions, shard claims, rejections), push (targets, claims, progress, attempts); `model` holds the randomised and model-based cases
 //! of records). Each case is a plain async fn over `&dyn MasterStore` (or `Arc<dyn MasterStore>`
 //! when it shares the store between concurrent tasks); the `conformance!` macro instantiates
 //! every case for every backend, each on a fresh store (its own temp dir or PostgreSQL schema),
@@ -18,6 +18,7 @@ mod coordination;
 mod erasure;
 mod feed;
 mod model;
+mod push;
 mod records;
 mod rejected;
 mod sources;
@@ -163,6 +164,20 @@ conformance! {
             shared source_renew_racing_takeover_one_wins,
             shared source_delete_racing_claims_and_recorders_leaves_nothing,
             shared source_rejection_recorders_racing_keep_ids_in_order,
+        ],
+        push: [
+            store push_definitions_are_revised_only_when_changed,
+            store push_puts_compare_and_set,
+            store push_kinds_are_separate_namespaces,
+            store push_claim_lifecycle,
+            store push_progress_is_written_under_the_current_epoch,
+            store replacing_progress_fences_the_holder,
+            store deleting_a_push_target_removes_everything_kept_for_it,
+            store push_attempts_are_bounded_newest_first,
+            shared push_claim_racers_one_wins,
+            shared push_progress_racing_a_replay_never_lands_after_it,
+            shared push_claims_racing_a_replay_read_it_or_are_fenced,
+            shared push_delete_racing_writes_leaves_nothing,
         ],
     }
 }
