@@ -1,6 +1,7 @@
 //! Webhooks: changes pushed to outside HTTP endpoints, signed per Standard Webhooks v1.
 
 pub mod definition;
+pub mod sign;
 
 use std::time::Duration;
 
