@@ -262,3 +262,27 @@ fn reserved_headers_are_matched_in_any_case() {
     assert!(!reserved_header("authorization"));
     assert!(!reserved_header("user-agent"));
 }
+
+/// The client speaks TLS to an `https` endpoint (a TLS backend is built in): what reaches a
+/// plain socket there is a TLS handshake record.
+#[tokio::test]
+async fn https_endpoints_get_a_tls_handshake() {
+    use tokio::io::AsyncReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first_byte = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket.read_u8().await.unwrap()
+    });
+    let sender = sender(open_settings());
+    let attempt = post_to(&sender, &format!("https://{addr}/hook")).await;
+    assert_eq!(attempt.status, None);
+    // 0x16: a TLS handshake record (the ClientHello). Without a TLS backend the client would
+    // not connect at all.
+    let first_byte = tokio::time::timeout(Duration::from_secs(30), first_byte)
+        .await
+        .expect("the client never connected")
+        .unwrap();
+    assert_eq!(first_byte, 0x16);
+}
