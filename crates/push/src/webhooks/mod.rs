@@ -1,6 +1,11 @@
 //! Webhooks: changes pushed to outside HTTP endpoints, signed per Standard Webhooks v1.
 
 pub mod definition;
+pub mod send;
+pub mod sign;
+pub mod ssrf;
+#[cfg(test)]
+pub(crate) mod test_dns;
 
 use std::time::Duration;
 
