@@ -8,28 +8,18 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use chrono::{DateTime, Duration as TimeDelta, Utc};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tenantsync_core::DatasetName;
 
 use crate::definition::{DefinitionError, Tenants};
 use crate::follow::Scope;
+use crate::webhooks::send::reserved_header;
+use crate::webhooks::sign::Secret;
 
 /// How long a rotated-out secret still signs deliveries.
 pub const ROTATION_OVERLAP: TimeDelta = TimeDelta::hours(24);
-
-/// Headers an endpoint's definition may not set: tenantsync sets them.
-const RESERVED_HEADERS: [&str; 6] = [
-    "content-type",
-    "content-length",
-    "host",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-];
 
 /// `PUT /v1/webhooks/{name}`: `{"url", "datasets", "tenants", "headers", "max_rate",
 /// "enabled"}`.
@@ -85,14 +75,9 @@ pub struct Definition {
     pub secrets: Vec<SigningSecret>,
 }
 
-/// A new signing secret: `whsec_` + base64 of 32 random bytes.
+/// A new signing secret, as text.
 pub fn new_secret() -> String {
-    let mut key = [0u8; 32];
-    rand::rng().fill_bytes(&mut key);
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
+    Secret::generate().expose()
 }
 
 impl Definition {
@@ -121,7 +106,7 @@ impl Definition {
             if reqwest::header::HeaderName::from_bytes(lower.as_bytes()).is_err() {
                 return Err(DefinitionError::new(field, "not a valid HTTP header name"));
             }
-            if RESERVED_HEADERS.contains(&lower.as_str()) {
+            if reserved_header(&lower) {
                 return Err(DefinitionError::new(
                     field,
                     "tenantsync sets this header itself",
