@@ -193,6 +193,11 @@ fn rec(seq: u64, t: &str, id: &str, version: u64, data: Option<Value>) -> FeedRe
     }
 }
 
+/// Writes under epoch 1, without a reset, moving the tenant to `next`.
+async fn put(t: &dyn SinkTable, tenant: &TenantId, records: &[FeedRecord], next: u64) {
+    t.write(1, tenant, false, records, pos(next)).await.unwrap();
+}
+
 fn pos(next_seq: u64) -> FeedPosition {
     FeedPosition {
         next_seq,
@@ -215,15 +220,13 @@ async fn creates_and_reuses_the_table(h: &Harness) {
     t.prepare().await.unwrap();
     assert_eq!(h.rows("items").await, vec![]);
     assert_eq!(t.progress().await.unwrap(), HashMap::new());
-    t.write(
-        1,
+    put(
+        &*t,
         &tenant("a"),
-        false,
         &[rec(0, "a", "x", 1, Some(json!({"n": 1})))],
-        pos(1),
+        1,
     )
-    .await
-    .unwrap();
+    .await;
     drop(t);
     let t = h.open("s1", &d).await;
     t.prepare().await.unwrap();
@@ -289,15 +292,13 @@ async fn refuses_a_wrong_shape(h: &Harness) {
     .await;
     let t = h.open("s2", &h.definition("roomy", json!({}))).await;
     t.prepare().await.unwrap();
-    t.write(
-        1,
+    put(
+        &*t,
         &tenant("a"),
-        false,
         &[rec(0, "a", "x", 1, Some(json!({})))],
-        pos(1),
+        1,
     )
-    .await
-    .unwrap();
+    .await;
     // An extra column of the definition that the table lacks is named.
     let d = h.definition(
         "roomy",
@@ -315,48 +316,16 @@ async fn never_goes_back_in_version(h: &Harness) {
     let t = h.open("s1", &h.definition("items", json!({}))).await;
     t.prepare().await.unwrap();
     let a = tenant("a");
-    t.write(
-        1,
-        &a,
-        false,
-        &[rec(5, "a", "x", 2, Some(json!({"n": 2})))],
-        pos(6),
-    )
-    .await
-    .unwrap();
+    put(&*t, &a, &[rec(5, "a", "x", 2, Some(json!({"n": 2})))], 6).await;
     // An older version, then the same version with other data: neither changes the row.
-    t.write(
-        1,
-        &a,
-        false,
-        &[rec(3, "a", "x", 1, Some(json!({"n": 1})))],
-        pos(7),
-    )
-    .await
-    .unwrap();
-    t.write(
-        1,
-        &a,
-        false,
-        &[rec(4, "a", "x", 2, Some(json!({"n": 9})))],
-        pos(8),
-    )
-    .await
-    .unwrap();
+    put(&*t, &a, &[rec(3, "a", "x", 1, Some(json!({"n": 1})))], 7).await;
+    put(&*t, &a, &[rec(4, "a", "x", 2, Some(json!({"n": 9})))], 8).await;
     assert_eq!(
         h.rows("items").await,
         vec![row("a", "x", 2, json!({"n": 2}))]
     );
     assert_eq!(t.progress().await.unwrap(), progress_of(&[("a", 8)]));
-    t.write(
-        1,
-        &a,
-        false,
-        &[rec(9, "a", "x", 3, Some(json!({"n": 3})))],
-        pos(10),
-    )
-    .await
-    .unwrap();
+    put(&*t, &a, &[rec(9, "a", "x", 3, Some(json!({"n": 3})))], 10).await;
     assert_eq!(
         h.rows("items").await,
         vec![row("a", "x", 3, json!({"n": 3}))]
@@ -367,40 +336,34 @@ async fn deletes_only_when_not_newer(h: &Harness) {
     let t = h.open("s1", &h.definition("items", json!({}))).await;
     t.prepare().await.unwrap();
     let a = tenant("a");
-    t.write(
-        1,
+    put(
+        &*t,
         &a,
-        false,
         &[
             rec(0, "a", "x", 3, Some(json!({}))),
             rec(1, "a", "y", 1, Some(json!({}))),
         ],
-        pos(2),
+        2,
     )
-    .await
-    .unwrap();
+    .await;
     // A tombstone older than the row leaves it.
-    t.write(1, &a, false, &[rec(2, "a", "x", 2, None)], pos(3))
-        .await
-        .unwrap();
+    put(&*t, &a, &[rec(2, "a", "x", 2, None)], 3).await;
     assert_eq!(
         h.rows("items").await,
         vec![row("a", "x", 3, json!({})), row("a", "y", 1, json!({}))]
     );
     // Of the same version or newer, it deletes; of a record not there, it does nothing.
-    t.write(
-        1,
+    put(
+        &*t,
         &a,
-        false,
         &[
             rec(3, "a", "x", 3, None),
             rec(4, "a", "y", 5, None),
             rec(5, "a", "z", 1, None),
         ],
-        pos(6),
+        6,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(h.rows("items").await, vec![]);
     assert_eq!(t.progress().await.unwrap(), progress_of(&[("a", 6)]));
 }
@@ -408,10 +371,9 @@ async fn deletes_only_when_not_newer(h: &Harness) {
 async fn a_record_twice_in_one_write_keeps_its_highest_version(h: &Harness) {
     let t = h.open("s1", &h.definition("items", json!({}))).await;
     t.prepare().await.unwrap();
-    t.write(
-        1,
+    put(
+        &*t,
         &tenant("a"),
-        false,
         &[
             rec(0, "a", "x", 1, Some(json!({"n": 1}))),
             rec(3, "a", "x", 3, Some(json!({"n": 3}))),
@@ -419,10 +381,9 @@ async fn a_record_twice_in_one_write_keeps_its_highest_version(h: &Harness) {
             rec(2, "a", "y", 2, Some(json!({"n": 2}))),
             rec(4, "a", "y", 3, None),
         ],
-        pos(5),
+        5,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         h.rows("items").await,
         vec![row("a", "x", 3, json!({"n": 3}))]
@@ -432,27 +393,23 @@ async fn a_record_twice_in_one_write_keeps_its_highest_version(h: &Harness) {
 async fn reset_replaces_the_tenants_rows(h: &Harness) {
     let t = h.open("s1", &h.definition("items", json!({}))).await;
     t.prepare().await.unwrap();
-    t.write(
-        1,
+    put(
+        &*t,
         &tenant("a"),
-        false,
         &[
             rec(0, "a", "x", 1, Some(json!({}))),
             rec(1, "a", "y", 4, Some(json!({}))),
         ],
-        pos(2),
+        2,
     )
-    .await
-    .unwrap();
-    t.write(
-        1,
+    .await;
+    put(
+        &*t,
         &tenant("b"),
-        false,
         &[rec(0, "b", "x", 1, Some(json!({})))],
-        pos(1),
+        1,
     )
-    .await
-    .unwrap();
+    .await;
     // The new snapshot holds y at a lower version than the table (versions restart after a
     // record was deleted and purged) and z; x is gone.
     t.write(
@@ -485,15 +442,7 @@ async fn progress_is_saved_with_the_rows(h: &Harness) {
     let t = h.open("s1", &h.definition("items", json!({}))).await;
     t.prepare().await.unwrap();
     let a = tenant("a");
-    t.write(
-        1,
-        &a,
-        false,
-        &[rec(0, "a", "x", 1, Some(json!({})))],
-        pos(1),
-    )
-    .await
-    .unwrap();
+    put(&*t, &a, &[rec(0, "a", "x", 1, Some(json!({})))], 1).await;
     // A row the database refuses fails the whole write.
     h.exec(
         "CREATE TRIGGER poison BEFORE INSERT ON items WHEN NEW.id = 'poison' \
@@ -584,24 +533,20 @@ async fn a_recreated_table_clears_progress(h: &Harness) {
     let (t, o) = (h.open("s1", &d).await, h.open("s2", &other).await);
     t.prepare().await.unwrap();
     o.prepare().await.unwrap();
-    t.write(
-        1,
+    put(
+        &*t,
         &tenant("a"),
-        false,
         &[rec(0, "a", "x", 1, Some(json!({})))],
-        pos(3),
+        3,
     )
-    .await
-    .unwrap();
-    o.write(
-        1,
+    .await;
+    put(
+        &*o,
         &tenant("a"),
-        false,
         &[rec(0, "a", "x", 1, Some(json!({})))],
-        pos(4),
+        4,
     )
-    .await
-    .unwrap();
+    .await;
     h.exec("DROP TABLE items", "DROP TABLE items").await;
     t.prepare().await.unwrap();
     assert_eq!(t.progress().await.unwrap(), HashMap::new());
@@ -645,19 +590,11 @@ async fn extra_typed_columns(h: &Harness) {
     t.prepare().await.unwrap();
     t.prepare().await.unwrap();
     let a = tenant("a");
-    t.write(
-        1,
-        &a,
-        false,
-        &[
+    put(&*t, &a, &[
             rec(0, "a", "right", 1, Some(json!({"price": 2.5, "qty": 3, "active": true, "label": "x", "tags": ["a"], "rank": 7}))),
             rec(1, "a", "wrong", 1, Some(json!({"price": "2.5", "qty": 1.5, "active": "yes", "label": 12, "tags": {"k": null}, "rank": null}))),
             rec(2, "a", "missing", 1, Some(json!({}))),
-        ],
-        pos(3),
-    )
-    .await
-    .unwrap();
+        ], 3).await;
     let sql = "SELECT id, price, qty, active, label, tags, \"order\" FROM items ORDER BY id";
     let found: Vec<Extras> = match &h.backend {
         Backend::Sqlite { path, .. } => {

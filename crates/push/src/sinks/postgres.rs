@@ -26,7 +26,8 @@ use tokio_postgres::types::ToSql;
 
 use super::definition::ColumnType;
 use super::table::{
-    Changes, ExtraValue, FoundColumn, SinkTable, TableSpec, position, shape_difference, to_i64,
+    Changes, ExtraValue, FoundColumn, SinkTable, Statements as Sql, TableSpec, position,
+    shape_difference, to_i64,
 };
 use crate::PushError;
 
@@ -49,53 +50,36 @@ pub struct PostgresTable {
     sql: Sql,
 }
 
-/// The statements of one sink, built once from its names (identifiers were checked when the
-/// sink was defined, and are quoted here).
-struct Sql {
-    table: String,
-    own_tables: String,
-    create_table: String,
-    clear_new_table: String,
-    drop_stale: String,
-    read_progress: String,
-    fence: String,
-    reset: String,
-    upsert: String,
-    delete: String,
-    write_progress: String,
-}
-
-impl Sql {
-    fn new(spec: &TableSpec) -> Self {
-        let (table, schema) = spec.quoted();
-        let progress = format!("{schema}tenantsync_sink_progress");
-        let fence = format!("{schema}tenantsync_sink_fence");
-        let mut create_columns = String::new();
-        let (mut insert_columns, mut select, mut unnest, mut aliases, mut set) = (
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-        );
-        for (i, (name, ty, _)) in spec.columns.iter().enumerate() {
-            let (sql_type, array, cast) = match ty {
-                ColumnType::Text => ("text", "text[]", ""),
-                ColumnType::Bigint => ("bigint", "int8[]", ""),
-                ColumnType::Double => ("double precision", "float8[]", ""),
-                ColumnType::Boolean => ("boolean", "bool[]", ""),
-                ColumnType::Json => ("jsonb", "text[]", "::jsonb"),
-            };
-            create_columns.push_str(&format!(", \"{name}\" {sql_type}"));
-            insert_columns.push_str(&format!(", \"{name}\""));
-            select.push_str(&format!(", u.c{i}{cast}"));
-            unnest.push_str(&format!(", ${}::{array}", i + 6));
-            aliases.push_str(&format!(", c{i}"));
-            set.push_str(&format!(", \"{name}\" = excluded.\"{name}\""));
-        }
-        Sql {
-            own_tables: format!(
-                "CREATE TABLE IF NOT EXISTS {progress} (
+fn statements(spec: &TableSpec) -> Sql {
+    let (table, schema) = spec.quoted();
+    let progress = format!("{schema}tenantsync_sink_progress");
+    let fence = format!("{schema}tenantsync_sink_fence");
+    let mut create_columns = String::new();
+    let (mut insert_columns, mut select, mut unnest, mut aliases, mut set) = (
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+    );
+    for (i, (name, ty, _)) in spec.columns.iter().enumerate() {
+        let (sql_type, array, cast) = match ty {
+            ColumnType::Text => ("text", "text[]", ""),
+            ColumnType::Bigint => ("bigint", "int8[]", ""),
+            ColumnType::Double => ("double precision", "float8[]", ""),
+            ColumnType::Boolean => ("boolean", "bool[]", ""),
+            ColumnType::Json => ("jsonb", "text[]", "::jsonb"),
+        };
+        create_columns.push_str(&format!(", \"{name}\" {sql_type}"));
+        insert_columns.push_str(&format!(", \"{name}\""));
+        select.push_str(&format!(", u.c{i}{cast}"));
+        unnest.push_str(&format!(", ${}::{array}", i + 6));
+        aliases.push_str(&format!(", c{i}"));
+        set.push_str(&format!(", \"{name}\" = excluded.\"{name}\""));
+    }
+    Sql {
+        own_tables: format!(
+            "CREATE TABLE IF NOT EXISTS {progress} (
                      sink       text        NOT NULL,
                      tenant     text        NOT NULL,
                      dataset    text        NOT NULL,
@@ -109,9 +93,9 @@ impl Sql {
                      sink  text   NOT NULL PRIMARY KEY,
                      epoch bigint NOT NULL
                  )"
-            ),
-            create_table: format!(
-                "CREATE TABLE {table} (
+        ),
+        create_table: format!(
+            "CREATE TABLE {table} (
                      tenant     text        NOT NULL,
                      id         text        NOT NULL,
                      version    bigint      NOT NULL,
@@ -119,44 +103,43 @@ impl Sql {
                      updated_at timestamptz NOT NULL{create_columns},
                      PRIMARY KEY (tenant, id)
                  )"
-            ),
-            clear_new_table: format!("DELETE FROM {progress} WHERE table_name = $1"),
-            drop_stale: format!(
-                "DELETE FROM {progress} WHERE sink = $1 AND (dataset <> $2 OR table_name <> $3)"
-            ),
-            read_progress: format!(
-                "SELECT tenant, next_seq, live_from FROM {progress} \
+        ),
+        clear_new_table: format!("DELETE FROM {progress} WHERE table_name = $1"),
+        drop_stale: format!(
+            "DELETE FROM {progress} WHERE sink = $1 AND (dataset <> $2 OR table_name <> $3)"
+        ),
+        read_progress: format!(
+            "SELECT tenant, next_seq, live_from FROM {progress} \
                  WHERE sink = $1 AND dataset = $2 AND table_name = $3"
-            ),
-            fence: format!(
-                "INSERT INTO {fence} AS f (sink, epoch) VALUES ($1, $2) \
+        ),
+        fence: format!(
+            "INSERT INTO {fence} AS f (sink, epoch) VALUES ($1, $2) \
                  ON CONFLICT (sink) DO UPDATE SET epoch = greatest(f.epoch, excluded.epoch) \
                  RETURNING epoch"
-            ),
-            reset: format!("DELETE FROM {table} WHERE tenant = $1"),
-            upsert: format!(
-                "INSERT INTO {table} AS t (tenant, id, version, data, updated_at{insert_columns}) \
+        ),
+        reset: format!("DELETE FROM {table} WHERE tenant = $1"),
+        upsert: format!(
+            "INSERT INTO {table} AS t (tenant, id, version, data, updated_at{insert_columns}) \
                  SELECT $1, u.id, u.version, u.data::jsonb, u.updated_at{select} \
                  FROM unnest($2::text[], $3::int8[], $4::text[], $5::timestamptz[]{unnest}) \
                       AS u(id, version, data, updated_at{aliases}) \
                  ON CONFLICT (tenant, id) DO UPDATE SET version = excluded.version, \
                      data = excluded.data, updated_at = excluded.updated_at{set} \
                  WHERE t.version < excluded.version"
-            ),
-            delete: format!(
-                "DELETE FROM {table} AS t USING unnest($2::text[], $3::int8[]) AS u(id, version) \
+        ),
+        delete: format!(
+            "DELETE FROM {table} AS t USING unnest($2::text[], $3::int8[]) AS u(id, version) \
                  WHERE t.tenant = $1 AND t.id = u.id AND t.version <= u.version"
-            ),
-            write_progress: format!(
-                "INSERT INTO {progress} \
+        ),
+        write_progress: format!(
+            "INSERT INTO {progress} \
                      (sink, tenant, dataset, table_name, next_seq, live_from, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, now()) \
                  ON CONFLICT (sink, tenant) DO UPDATE SET dataset = excluded.dataset, \
                      table_name = excluded.table_name, next_seq = excluded.next_seq, \
                      live_from = excluded.live_from, updated_at = excluded.updated_at"
-            ),
-            table,
-        }
+        ),
+        table,
     }
 }
 
@@ -214,7 +197,7 @@ impl PostgresTable {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| PushError::sink(ErrorClass::Permanent, e.to_string()))?;
-        let sql = Sql::new(&spec);
+        let sql = statements(&spec);
         Ok(Self { pool, spec, sql })
     }
 

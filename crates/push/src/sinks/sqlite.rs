@@ -24,8 +24,8 @@ use tenantsync_store::{FeedPosition, FeedRecord, StoreError};
 
 use super::definition::ColumnType;
 use super::table::{
-    Changes, ExtraValue, FoundColumn, SinkTable, TableSpec, position, rfc3339, shape_difference,
-    to_i64,
+    Changes, ExtraValue, FoundColumn, SinkTable, Statements as Sql, TableSpec, position, rfc3339,
+    shape_difference, to_i64,
 };
 use crate::PushError;
 
@@ -40,20 +40,6 @@ struct Inner {
     conn: Mutex<Connection>,
     spec: TableSpec,
     sql: Sql,
-}
-
-struct Sql {
-    table: String,
-    own_tables: String,
-    create_table: String,
-    clear_new_table: String,
-    drop_stale: String,
-    read_progress: String,
-    fence: String,
-    reset: String,
-    upsert: String,
-    delete: String,
-    write_progress: String,
 }
 
 /// SQLite's type of a column of `ty`, as created.
@@ -81,19 +67,18 @@ fn affinity(declared: &str) -> &'static str {
     }
 }
 
-impl Sql {
-    fn new(spec: &TableSpec) -> Self {
-        let (table, _) = spec.quoted();
-        let (mut create, mut insert, mut values, mut set) =
-            (String::new(), String::new(), String::new(), String::new());
-        for (i, (name, ty, _)) in spec.columns.iter().enumerate() {
-            create.push_str(&format!(", \"{name}\" {}", sqlite_type(*ty)));
-            insert.push_str(&format!(", \"{name}\""));
-            values.push_str(&format!(", ?{}", i + 6));
-            set.push_str(&format!(", \"{name}\" = excluded.\"{name}\""));
-        }
-        Sql {
-            own_tables: "CREATE TABLE IF NOT EXISTS tenantsync_sink_progress (
+fn statements(spec: &TableSpec) -> Sql {
+    let (table, _) = spec.quoted();
+    let (mut create, mut insert, mut values, mut set) =
+        (String::new(), String::new(), String::new(), String::new());
+    for (i, (name, ty, _)) in spec.columns.iter().enumerate() {
+        create.push_str(&format!(", \"{name}\" {}", sqlite_type(*ty)));
+        insert.push_str(&format!(", \"{name}\""));
+        values.push_str(&format!(", ?{}", i + 6));
+        set.push_str(&format!(", \"{name}\" = excluded.\"{name}\""));
+    }
+    Sql {
+        own_tables: "CREATE TABLE IF NOT EXISTS tenantsync_sink_progress (
                      sink       TEXT    NOT NULL,
                      tenant     TEXT    NOT NULL,
                      dataset    TEXT    NOT NULL,
@@ -107,9 +92,9 @@ impl Sql {
                      sink  TEXT    NOT NULL PRIMARY KEY,
                      epoch INTEGER NOT NULL
                  )"
-            .to_owned(),
-            create_table: format!(
-                "CREATE TABLE {table} (
+        .to_owned(),
+        create_table: format!(
+            "CREATE TABLE {table} (
                      tenant     TEXT    NOT NULL,
                      id         TEXT    NOT NULL,
                      version    INTEGER NOT NULL,
@@ -117,37 +102,35 @@ impl Sql {
                      updated_at TEXT    NOT NULL{create},
                      PRIMARY KEY (tenant, id)
                  )"
-            ),
-            clear_new_table: "DELETE FROM tenantsync_sink_progress WHERE table_name = ?1"
-                .to_owned(),
-            drop_stale: "DELETE FROM tenantsync_sink_progress \
+        ),
+        clear_new_table: "DELETE FROM tenantsync_sink_progress WHERE table_name = ?1".to_owned(),
+        drop_stale: "DELETE FROM tenantsync_sink_progress \
                  WHERE sink = ?1 AND (dataset <> ?2 OR table_name <> ?3)"
-                .to_owned(),
-            read_progress: "SELECT tenant, next_seq, live_from FROM tenantsync_sink_progress \
+            .to_owned(),
+        read_progress: "SELECT tenant, next_seq, live_from FROM tenantsync_sink_progress \
                  WHERE sink = ?1 AND dataset = ?2 AND table_name = ?3"
-                .to_owned(),
-            fence: "INSERT INTO tenantsync_sink_fence (sink, epoch) VALUES (?1, ?2) \
+            .to_owned(),
+        fence: "INSERT INTO tenantsync_sink_fence (sink, epoch) VALUES (?1, ?2) \
                  ON CONFLICT (sink) DO UPDATE SET epoch = max(epoch, excluded.epoch) \
                  RETURNING epoch"
-                .to_owned(),
-            reset: format!("DELETE FROM {table} WHERE tenant = ?1"),
-            upsert: format!(
-                "INSERT INTO {table} AS t (tenant, id, version, data, updated_at{insert}) \
+            .to_owned(),
+        reset: format!("DELETE FROM {table} WHERE tenant = ?1"),
+        upsert: format!(
+            "INSERT INTO {table} AS t (tenant, id, version, data, updated_at{insert}) \
                  VALUES (?1, ?2, ?3, ?4, ?5{values}) \
                  ON CONFLICT (tenant, id) DO UPDATE SET version = excluded.version, \
                      data = excluded.data, updated_at = excluded.updated_at{set} \
                  WHERE t.version < excluded.version"
-            ),
-            delete: format!("DELETE FROM {table} WHERE tenant = ?1 AND id = ?2 AND version <= ?3"),
-            write_progress: "INSERT INTO tenantsync_sink_progress \
+        ),
+        delete: format!("DELETE FROM {table} WHERE tenant = ?1 AND id = ?2 AND version <= ?3"),
+        write_progress: "INSERT INTO tenantsync_sink_progress \
                      (sink, tenant, dataset, table_name, next_seq, live_from, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                  ON CONFLICT (sink, tenant) DO UPDATE SET dataset = excluded.dataset, \
                      table_name = excluded.table_name, next_seq = excluded.next_seq, \
                      live_from = excluded.live_from, updated_at = excluded.updated_at"
-                .to_owned(),
-            table,
-        }
+            .to_owned(),
+        table,
     }
 }
 
@@ -159,7 +142,7 @@ fn sq(error: rusqlite::Error) -> PushError {
 impl SqliteTable {
     /// Opens (or creates) the database file; its directory must exist.
     pub async fn open(path: PathBuf, spec: TableSpec) -> Result<Self, PushError> {
-        let sql = Sql::new(&spec);
+        let sql = statements(&spec);
         let conn = blocking(move || {
             let conn = Connection::open(&path).map_err(sq)?;
             conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;

@@ -99,6 +99,28 @@ impl TableSpec {
     }
 }
 
+/// The SQL of one sink's table, built once by its backend from the definition's names (which
+/// were checked when the sink was defined, and are quoted in it).
+pub struct Statements {
+    /// The data table's name, quoted.
+    pub table: String,
+    /// Creates tenantsync's own tables when absent.
+    pub own_tables: String,
+    pub create_table: String,
+    /// Deletes the progress rows that refer to a table just created (`$1`: its name).
+    pub clear_new_table: String,
+    /// Deletes this sink's progress rows of another table or dataset.
+    pub drop_stale: String,
+    pub read_progress: String,
+    /// Raises the sink's fence and returns its epoch.
+    pub fence: String,
+    /// Deletes a tenant's rows.
+    pub reset: String,
+    pub upsert: String,
+    pub delete: String,
+    pub write_progress: String,
+}
+
 /// Opens the sink's table (connections are made when first needed).
 pub async fn open(sink: &str, definition: &Definition) -> Result<Box<dyn SinkTable>, PushError> {
     let spec = TableSpec::new(sink, definition);
