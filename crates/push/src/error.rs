@@ -12,6 +12,10 @@ pub enum PushError {
     /// The sink's database, with whether retrying may help.
     #[error("the sink database: {message}")]
     Sink { message: String, class: ErrorClass },
+    /// The sink's table exists with another shape (says what differs); fixed by changing the
+    /// table or the definition.
+    #[error("the sink's table: {0}")]
+    Table(String),
     /// The stored definition cannot run (it does not parse, or names something that does not
     /// exist); fixed by defining the target again.
     #[error("{0}")]
@@ -36,7 +40,7 @@ impl Classify for PushError {
         match self {
             PushError::Store(e) => e.class(),
             PushError::Sink { class, .. } => *class,
-            PushError::Definition(_) => ErrorClass::Permanent,
+            PushError::Definition(_) | PushError::Table(_) => ErrorClass::Permanent,
             PushError::Fenced => ErrorClass::Transient,
         }
     }
