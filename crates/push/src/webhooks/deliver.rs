@@ -236,11 +236,10 @@ impl<'a, T: Transport> Delivery<'a, T> {
                 })
                 .cloned();
             if let Some(key) = due {
-                let step = self.step(key).await?;
-                self.show_state();
-                if step == Step::Disabled {
+                if self.step(key).await? == Step::Disabled {
                     return Ok(());
                 }
+                self.show_state();
                 continue;
             }
             self.show_state();
