@@ -153,6 +153,21 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    fn names() -> (DatasetName, TenantId) {
+        (DatasetName::new("d").unwrap(), TenantId::new("t").unwrap())
+    }
+
+    pub(super) fn span(next_seq: Offset, live_from: Offset, to_seq: Offset) -> Span {
+        Span {
+            from: FeedPosition {
+                next_seq,
+                live_from,
+            },
+            to_seq,
+            reset: false,
+        }
+    }
+
     #[test]
     fn retries_follow_the_schedule_with_jitter_and_repeat_the_last_delay() {
         let now = Utc::now();
@@ -186,15 +201,8 @@ mod tests {
     #[test]
     fn the_id_depends_on_every_part() {
         let created = Utc::now();
-        let (d, t) = (DatasetName::new("d").unwrap(), TenantId::new("t").unwrap());
-        let span = Span {
-            from: FeedPosition {
-                next_seq: 3,
-                live_from: 7,
-            },
-            to_seq: 9,
-            reset: false,
-        };
+        let (d, t) = names();
+        let span = span(3, 7, 9);
         let id = message_id("e", created, &d, &t, span);
         assert!(id.starts_with("msg_"));
         assert_eq!(id, message_id("e", created, &d, &t, span));
@@ -220,19 +228,7 @@ mod tests {
                     ..span
                 },
             ),
-            message_id(
-                "e",
-                created,
-                &d,
-                &t,
-                Span {
-                    from: FeedPosition {
-                        next_seq: 3,
-                        live_from: 8,
-                    },
-                    ..span
-                },
-            ),
+            message_id("e", created, &d, &t, super::tests::span(3, 8, 9)),
         ];
         for other in others {
             assert_ne!(id, other);
@@ -242,15 +238,8 @@ mod tests {
     #[test]
     fn the_body_says_reset_only_when_it_is_one_and_carries_a_feed_cursor() {
         let key = CursorKey::new(b"k");
-        let (d, t) = (DatasetName::new("d").unwrap(), TenantId::new("t").unwrap());
-        let span = Span {
-            from: FeedPosition {
-                next_seq: 0,
-                live_from: 4,
-            },
-            to_seq: 4,
-            reset: false,
-        };
+        let (d, t) = names();
+        let span = span(0, 4, 4);
         let plain: Value = serde_json::from_slice(&body(&key, &d, &t, span, &[])).unwrap();
         assert_eq!(plain["type"], "changes");
         assert_eq!(plain["dataset"], "d");

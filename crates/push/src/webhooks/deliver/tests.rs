@@ -207,8 +207,19 @@ impl Fixture {
             .unwrap()
     }
 
-    /// Starts delivering the endpoint as stored now, under a new claim.
+    /// Starts delivering the endpoint as stored now, under a new claim, retrying at once.
     async fn start(&self, fake: &Arc<Fake>) -> Run {
+        self.start_with(
+            fake,
+            WebhookSettings {
+                retry_schedule: vec![Duration::from_millis(20)],
+                ..WebhookSettings::default()
+            },
+        )
+        .await
+    }
+
+    async fn start_with(&self, fake: &Arc<Fake>, settings: WebhookSettings) -> Run {
         let stored = self.stored().await;
         let definition = Definition::parse(&stored.definition).unwrap();
         let epoch = self
@@ -223,10 +234,6 @@ impl Fixture {
             .await
             .unwrap()
             .unwrap();
-        let settings = WebhookSettings {
-            retry_schedule: vec![Duration::from_millis(20)],
-            ..WebhookSettings::default()
-        };
         let figures = Arc::new(Figures::default());
         let stop = CancellationToken::new();
         let ctx = TargetContext {
@@ -248,6 +255,38 @@ impl Fixture {
             stop,
             figures,
         }
+    }
+
+    /// Changes the stored definition, as an operator would.
+    async fn redefine(&self, change: impl FnOnce(&mut Definition)) {
+        let stored = self.stored().await;
+        let mut definition = Definition::parse(&stored.definition).unwrap();
+        change(&mut definition);
+        let (put, _) = self
+            .store
+            .put_push(
+                PushKind::Webhook,
+                NAME,
+                &definition.to_json(),
+                Some(stored.revision),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(put, PushPut::Updated);
+    }
+
+    async fn replay(&self, from: ReplayFrom) -> Result<usize, ReplayError> {
+        let definition = Definition::parse(&self.stored().await.definition).unwrap();
+        replay(
+            self.store.as_ref(),
+            &self.hub,
+            &self.key,
+            NAME,
+            &definition,
+            from,
+        )
+        .await
     }
 
     async fn progress(&self, tenant: &str) -> Option<PushProgress> {
@@ -388,19 +427,10 @@ async fn a_message_in_flight_keeps_its_id_under_another_holder_and_honours_retry
 
     // Another holder, once the definition changed (the receiver is fixed), sends it again at
     // once, with the same id.
-    let mut definition = Definition::parse(&f.stored().await.definition).unwrap();
-    definition.headers.insert("x-fixed".into(), "1".into());
-    let revision = f.stored().await.revision;
-    f.store
-        .put_push(
-            PushKind::Webhook,
-            NAME,
-            &definition.to_json(),
-            Some(revision),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    f.redefine(|d| {
+        d.headers.insert("x-fixed".into(), "1".into());
+    })
+    .await;
     fake.answer("a", Answer::Ok);
     let run = f.start(&fake).await;
     until("the retry", || fake.sent().len() == 2).await;
@@ -436,18 +466,7 @@ async fn gone_disables_the_endpoint_and_keeps_its_positions() {
     assert!(p.state.is_some(), "the message that got 410 is kept");
 
     // Enabled again: it resumes with that message.
-    let mut definition = definition;
-    definition.disabled = None;
-    f.store
-        .put_push(
-            PushKind::Webhook,
-            NAME,
-            &definition.to_json(),
-            Some(stored.revision),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    f.redefine(|d| d.disabled = None).await;
     fake.answer("a", Answer::Ok);
     let run = f.start(&fake).await;
     until("the message again", || fake.sent().len() == 3).await;
@@ -464,45 +483,21 @@ async fn an_endpoint_failing_too_long_is_disabled() {
     f.write("a", "x", data(1)).await;
     let fake = Arc::new(Fake::default());
     fake.answer("a", Answer::Fail);
-    let stored = f.stored().await;
-    let definition = Definition::parse(&stored.definition).unwrap();
-    let epoch = f
-        .store
-        .claim_push(
-            PushKind::Webhook,
-            NAME,
-            "test",
-            Utc::now().timestamp_millis(),
-            60_000,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    let ctx = TargetContext {
-        kind: PushKind::Webhook,
-        name: NAME.into(),
-        epoch,
-        created_at: stored.created_at,
-        store: f.store.clone(),
-        hub: f.hub.clone(),
-        cursor_key: f.key.clone(),
-        figures: Arc::new(Figures::default()),
-        settings: Arc::new(PushSettings {
-            webhooks: WebhookSettings {
+    let run = f
+        .start_with(
+            &fake,
+            WebhookSettings {
                 retry_schedule: vec![Duration::from_millis(20)],
                 disable_after: Duration::from_millis(300),
                 ..WebhookSettings::default()
             },
-        }),
-        stop: CancellationToken::new(),
-    };
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        deliver(&ctx, &stored, &definition, fake.clone()),
-    )
-    .await
-    .expect("the run ends by itself")
-    .unwrap();
+        )
+        .await;
+    tokio::time::timeout(Duration::from_secs(10), run.task)
+        .await
+        .expect("the run ends by itself")
+        .unwrap()
+        .unwrap();
     let definition = Definition::parse(&f.stored().await.definition).unwrap();
     assert!(
         definition
@@ -612,17 +607,7 @@ async fn replay_since_a_time_and_from_a_cursor() {
     let snapshot = fake.sent_to("a")[0].clone();
     assert_eq!(snapshot.changes(), [("x".into(), 1), ("y".into(), 1)]);
 
-    let definition = Definition::parse(&f.stored().await.definition).unwrap();
-    let moved = replay(
-        f.store.as_ref(),
-        &f.hub,
-        &f.key,
-        NAME,
-        &definition,
-        ReplayFrom::Since(since),
-    )
-    .await
-    .unwrap();
+    let moved = f.replay(ReplayFrom::Since(since)).await.unwrap();
     assert_eq!(moved, 1, "b has nothing since");
     let run = f.start(&fake).await;
     until("the replay", || fake.sent_to("a").len() == 2).await;
@@ -643,16 +628,7 @@ async fn replay_since_a_time_and_from_a_cursor() {
     let run = f.start(&fake).await;
     until("b's second message", || fake.sent_to("b").len() == 2).await;
     run.stop().await;
-    let moved = replay(
-        f.store.as_ref(),
-        &f.hub,
-        &f.key,
-        NAME,
-        &definition,
-        ReplayFrom::Cursor(cursor),
-    )
-    .await
-    .unwrap();
+    let moved = f.replay(ReplayFrom::Cursor(cursor)).await.unwrap();
     assert_eq!(moved, 1);
     let run = f.start(&fake).await;
     until("b again", || fake.sent_to("b").len() == 3).await;
@@ -666,15 +642,7 @@ async fn replay_since_a_time_and_from_a_cursor() {
         position: FeedPosition::default(),
     }
     .encode(&f.key);
-    let refused = replay(
-        f.store.as_ref(),
-        &f.hub,
-        &f.key,
-        NAME,
-        &definition,
-        ReplayFrom::Cursor(foreign),
-    )
-    .await;
+    let refused = f.replay(ReplayFrom::Cursor(foreign)).await;
     assert!(
         matches!(refused, Err(ReplayError::NotCovered("tenant"))),
         "{refused:?}"
