@@ -14,8 +14,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tenantsync_core::{DatasetName, InvalidInput, TenantId};
-use tenantsync_feed::{CursorKey, FeedCursor, FeedError, Page, read_or_wait, read_page};
-use tenantsync_store::{FeedPosition, FeedRecord};
+use tenantsync_feed::{
+    CursorKey, FeedCursor, FeedError, Page, change_json, read_or_wait, read_page,
+};
+use tenantsync_store::FeedPosition;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -58,18 +60,6 @@ impl FeedQuery {
             state.config.feed.max_wait,
         )
     }
-}
-
-/// A change as subscribers see it.
-pub fn change_json(r: &FeedRecord) -> Value {
-    let record = &r.record;
-    json!({
-        "op": if record.is_deleted() { "delete" } else { "upsert" },
-        "id": record.id,
-        "version": record.version,
-        "data": record.data,
-        "updated_at": record.updated_at,
-    })
 }
 
 fn wants_event_stream(headers: &HeaderMap) -> bool {

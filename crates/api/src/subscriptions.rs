@@ -12,13 +12,14 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tenantsync_core::{DatasetName, InvalidInput, SubscriptionName, TenantId};
+use tenantsync_feed::change_json;
 use tenantsync_feed::subscriptions::{self, Batch};
 use tenantsync_store::{Subscription, TenantSelection};
 
 use crate::admin::audit;
 use crate::auth::Caller;
 use crate::extract::{self, AccessCheck, Allowed, ApiBody, ApiQuery, PathParams};
-use crate::feed::{FeedQuery, change_json};
+use crate::feed::FeedQuery;
 use crate::metrics::Gauge;
 use crate::revocation::TokenWatch;
 use crate::{ApiError, AppState};

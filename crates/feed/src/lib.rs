@@ -14,4 +14,4 @@ mod tenant_feed;
 
 pub use cursor::{CursorError, CursorKey, FeedCursor, SubscriptionCursor};
 pub use hub::{Hub, HubStats, HubTails};
-pub use tenant_feed::{FeedError, Page, read_or_wait, read_page};
+pub use tenant_feed::{FeedError, Page, change_json, read_or_wait, read_page};

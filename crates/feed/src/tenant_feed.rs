@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tenantsync_core::{DatasetName, TenantId};
 use tenantsync_store::{FeedPosition, FeedRecord, FeedStore, Offset, StoreError};
 use tokio::time::Instant;
@@ -42,6 +43,19 @@ pub struct Page {
     pub next: FeedPosition,
     /// Whether the reader has caught up with everything the store held when the page was read.
     pub up_to_date: bool,
+}
+
+/// A change as every reader is shown it (feed pages, SSE events, subscription batches, webhook
+/// messages): `{"op", "id", "version", "data", "updated_at"}`.
+pub fn change_json(r: &FeedRecord) -> Value {
+    let record = &r.record;
+    json!({
+        "op": if record.is_deleted() { "delete" } else { "upsert" },
+        "id": record.id,
+        "version": record.version,
+        "data": record.data,
+        "updated_at": record.updated_at,
+    })
 }
 
 /// Records kept in a tenant's shared tail at most, and read into it per refresh.

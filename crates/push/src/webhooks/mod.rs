@@ -1,6 +1,9 @@
 //! Webhooks: changes pushed to outside HTTP endpoints, signed per Standard Webhooks v1.
 
 pub mod definition;
+pub mod deliver;
+pub mod message;
+pub mod replay;
 pub mod send;
 pub mod sign;
 pub mod ssrf;
@@ -55,9 +58,14 @@ pub fn runs(stored: &StoredPush) -> bool {
     definition::Definition::parse(&stored.definition).is_ok_and(|d| d.runs())
 }
 
-/// Delivers the endpoint until `ctx.stop`.
-pub async fn run(_ctx: &TargetContext, _stored: &StoredPush) -> Result<(), PushError> {
-    Err(PushError::Definition(
-        "webhook delivery is not built yet".into(),
-    ))
+/// Delivers the endpoint until `ctx.stop` (or until it disables itself: see [`deliver`]).
+pub async fn run(ctx: &TargetContext, stored: &StoredPush) -> Result<(), PushError> {
+    let definition =
+        definition::Definition::parse(&stored.definition).map_err(PushError::Definition)?;
+    let settings = &ctx.settings.webhooks;
+    let guard = ssrf::Guard::new(settings).map_err(|e| PushError::Definition(e.to_string()))?;
+    let sender =
+        send::Sender::new(guard, settings).map_err(|e| PushError::Definition(e.to_string()))?;
+    let transport = deliver::Http::new(sender, &definition)?;
+    deliver::deliver(ctx, stored, &definition, transport).await
 }
