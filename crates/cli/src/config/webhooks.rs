@@ -6,9 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::Deserialize;
 use tenantsync_push::webhooks::WebhookSettings;
+use tenantsync_push::webhooks::ssrf::Guard;
 
 /// How long an attempt may take, in seconds, unless configured.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 15;
@@ -45,18 +46,6 @@ impl WebhooksSection {
         allow_private_networks: bool,
         https_only: bool,
     ) -> anyhow::Result<WebhookSettings> {
-        let allow_networks = self
-            .allow_networks
-            .iter()
-            .enumerate()
-            .map(|(i, net)| {
-                net.trim().parse::<ipnet::IpNet>().with_context(|| {
-                    format!(
-                        "invalid webhooks.allow_networks[{i}]: {net:?} is not a network like 10.1.0.0/16 or fd00::/8"
-                    )
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
         let dns_server = self
             .dns_server
             .map(|s| {
@@ -85,15 +74,23 @@ impl WebhooksSection {
         if disable_after == 0 {
             bail!("invalid webhooks.disable_after_secs: must be at least 1");
         }
-        Ok(WebhookSettings {
+        let settings = WebhookSettings {
             allow_private_networks: allow_private_networks || self.allow_private_networks,
-            allow_networks,
+            allow_networks: self.allow_networks,
             https_only: https_only || self.https_only,
             timeout: Duration::from_secs(timeout),
             dns_server,
             retry_schedule: schedule.into_iter().map(Duration::from_secs).collect(),
             disable_after: Duration::from_secs(disable_after),
+        };
+        // The guard is the one parser of the allowed networks (CIDRs or single addresses);
+        // without the DNS server, building it does no I/O.
+        Guard::new(&WebhookSettings {
+            dns_server: None,
+            ..settings.clone()
         })
+        .map_err(|e| anyhow::anyhow!("invalid webhooks.{e}"))?;
+        Ok(settings)
     }
 }
 
@@ -122,7 +119,7 @@ mod tests {
     fn the_file_sets_everything_and_flags_switch_on() {
         let s = section(
             r#"
-            allow_networks = ["10.1.0.0/16", "fd00::/8"]
+            allow_networks = ["10.1.0.0/16", "fd00::/8", "192.168.7.7"]
             timeout_secs = 3
             retry_schedule_secs = [1, 2]
             disable_after_secs = 60
@@ -132,7 +129,7 @@ mod tests {
         .settings(true, true)
         .unwrap();
         assert!(s.allow_private_networks && s.https_only);
-        assert_eq!(s.allow_networks.len(), 2);
+        assert_eq!(s.allow_networks.len(), 3);
         assert_eq!(s.timeout, Duration::from_secs(3));
         assert_eq!(s.retry_schedule, [1, 2].map(Duration::from_secs));
         assert_eq!(s.disable_after, Duration::from_secs(60));
@@ -142,7 +139,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            ("allow_networks = [\"10.0.0.0/99\"]", "webhooks.allow_networks[0]"),
+            ("allow_networks = [\"10.0.0.0/99\"]", "webhooks.allow_networks"),
             ("dns_server = \"8.8.8.8\"", "webhooks.dns_server"),
             ("timeout_secs = 0", "webhooks.timeout_secs"),
             ("retry_schedule_secs = []", "webhooks.retry_schedule_secs"),
