@@ -110,12 +110,7 @@ pub async fn claims(state: &AppState, kind: PushKind) -> Result<Vec<PushClaim>, 
 /// The target's shown definition with its name, times and status. `runs`: whether it is to be
 /// delivered (enabled, and not disabled by delivery). The status is its holder's last report,
 /// kept across claims: its state is `pending` while no instance holds a live claim.
-pub fn target_json(
-    stored: &StoredPush,
-    shown: Value,
-    runs: bool,
-    claims: &[PushClaim],
-) -> Value {
+pub fn target_json(stored: &StoredPush, shown: Value, runs: bool, claims: &[PushClaim]) -> Value {
     let claim = claims.iter().find(|c| c.name == stored.name);
     let status: TargetStatus = claim
         .and_then(|c| c.status.as_deref())
@@ -172,4 +167,3 @@ fn merge(body: &mut Value, fields: Value) {
         body.extend(fields);
     }
 }
-

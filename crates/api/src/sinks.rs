@@ -87,9 +87,16 @@ pub async fn put(
             shared::require(&caller, &old.scope(), &what(name.as_str()))?;
         }
         if !checked && needs_check(old.as_ref(), &definition) {
-            sinks::check(&definition)
-                .await
-                .map_err(|e| ApiError::CheckFailed(e.to_string()))?;
+            sinks::check(&definition).await.map_err(|e| match e {
+                sinks::CheckError::Database { url, reason } => ApiError::FieldRefused {
+                    field: "url".to_owned(),
+                    detail: format!("the sink database {url} cannot be used: {reason}"),
+                },
+                sinks::CheckError::Table(detail) => ApiError::FieldRefused {
+                    field: "table".to_owned(),
+                    detail,
+                },
+            })?;
             checked = true;
         }
         let expected = previous.as_ref().map_or(0, |p| p.revision);

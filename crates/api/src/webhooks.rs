@@ -216,15 +216,9 @@ pub async fn rotate_secret(
             .skip(1)
             .filter_map(|s| s.expires_at)
             .max();
-        if shared::put(
-            &state,
-            KIND,
-            &name,
-            &definition.to_json(),
-            stored.revision,
-        )
-        .await?
-        .is_none()
+        if shared::put(&state, KIND, &name, &definition.to_json(), stored.revision)
+            .await?
+            .is_none()
         {
             continue;
         }
@@ -332,8 +326,12 @@ pub async fn replay(
     .await
     .map_err(|e| match e {
         ReplayError::Cursor(e) => ApiError::from(InvalidInput::new("cursor", e.to_string())),
+        e @ ReplayError::NotCovered(_) => ApiError::FieldRefused {
+            field: "cursor".to_owned(),
+            detail: e.to_string().trim_start_matches("cursor: ").to_owned(),
+        },
+        ReplayError::NotFound => ApiError::NotFound(format!("webhook {name} does not exist")),
         ReplayError::Store(e) => e.into(),
-        e => ApiError::Internal(e.to_string()),
     })?;
     let mut detail = detail;
     detail["tenants"] = json!(tenants);

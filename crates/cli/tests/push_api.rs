@@ -101,7 +101,13 @@ impl Logged {
         self._dir.path()
     }
 
-    async fn send(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    async fn send(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let (status, text) = self.send_text(token, method, path, body).await;
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
@@ -154,7 +160,12 @@ async fn webhooks_are_defined_rotated_and_deleted_and_their_secrets_shown_only_o
     let admin = s.admin.as_str();
 
     let (status, created) = s
-        .send(admin, Method::PUT, "/v1/webhooks/orders", Some(webhook(json!("*"))))
+        .send(
+            admin,
+            Method::PUT,
+            "/v1/webhooks/orders",
+            Some(webhook(json!("*"))),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let secret = created["secret"].as_str().expect("a secret").to_owned();
@@ -165,7 +176,9 @@ async fn webhooks_are_defined_rotated_and_deleted_and_their_secrets_shown_only_o
     assert!(!created.to_string().contains(HEADER_VALUE), "{created}");
 
     // Read, listed: the state, no secret.
-    let (status, shown) = s.send_text(admin, Method::GET, "/v1/webhooks/orders", None).await;
+    let (status, shown) = s
+        .send_text(admin, Method::GET, "/v1/webhooks/orders", None)
+        .await;
     assert_eq!(status, 200, "{shown}");
     let shown: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["state"], "disabled", "{shown}");
@@ -182,7 +195,12 @@ async fn webhooks_are_defined_rotated_and_deleted_and_their_secrets_shown_only_o
     let mut changed = webhook(json!(["acme"]));
     changed["url"] = json!("https://192.0.2.2/other");
     let (status, updated) = s
-        .send(admin, Method::PUT, "/v1/webhooks/orders", Some(changed.clone()))
+        .send(
+            admin,
+            Method::PUT,
+            "/v1/webhooks/orders",
+            Some(changed.clone()),
+        )
         .await;
     assert_eq!(status, 200, "{updated}");
     assert!(updated.get("secret").is_none(), "{updated}");
@@ -190,16 +208,32 @@ async fn webhooks_are_defined_rotated_and_deleted_and_their_secrets_shown_only_o
 
     // Rotated: a new secret, the old one expiring in a day.
     let (status, rotated) = s
-        .send(admin, Method::POST, "/v1/webhooks/orders/rotate-secret", None)
+        .send(
+            admin,
+            Method::POST,
+            "/v1/webhooks/orders/rotate-secret",
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{rotated}");
     let second = rotated["secret"].as_str().unwrap().to_owned();
-    assert!(second.starts_with("whsec_") && second != secret, "{rotated}");
-    assert!(rotated["previous_secrets_expire_at"].is_string(), "{rotated}");
+    assert!(
+        second.starts_with("whsec_") && second != secret,
+        "{rotated}"
+    );
+    assert!(
+        rotated["previous_secrets_expire_at"].is_string(),
+        "{rotated}"
+    );
 
     // Attempts: none yet; the limit is bounded.
     let (status, attempts) = s
-        .send(admin, Method::GET, "/v1/webhooks/orders/attempts?limit=5", None)
+        .send(
+            admin,
+            Method::GET,
+            "/v1/webhooks/orders/attempts?limit=5",
+            None,
+        )
         .await;
     assert_eq!((status, attempts["attempts"].clone()), (200, json!([])));
     for limit in ["0", "1001", "x"] {
@@ -210,17 +244,39 @@ async fn webhooks_are_defined_rotated_and_deleted_and_their_secrets_shown_only_o
 
     // Replay: exactly one of since and cursor; a bad cursor is 400 naming it.
     let (status, body) = s
-        .send(admin, Method::POST, "/v1/webhooks/orders/replay", Some(json!({"cursor": "not-a-cursor"})))
+        .send(
+            admin,
+            Method::POST,
+            "/v1/webhooks/orders/replay",
+            Some(json!({"cursor": "not-a-cursor"})),
+        )
         .await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("cursor")), "{body}");
-    for bad in [json!({}), json!({"since": "2026-01-01T00:00:00Z", "cursor": "x"})] {
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("cursor")),
+        "{body}"
+    );
+    for bad in [
+        json!({}),
+        json!({"since": "2026-01-01T00:00:00Z", "cursor": "x"}),
+    ] {
         let (status, body) = s
-            .send(admin, Method::POST, "/v1/webhooks/orders/replay", Some(bad.clone()))
+            .send(
+                admin,
+                Method::POST,
+                "/v1/webhooks/orders/replay",
+                Some(bad.clone()),
+            )
             .await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
     let (status, body) = s
-        .send(admin, Method::POST, "/v1/webhooks/orders/replay", Some(json!({"since": "2026-01-01T00:00:00Z"})))
+        .send(
+            admin,
+            Method::POST,
+            "/v1/webhooks/orders/replay",
+            Some(json!({"since": "2026-01-01T00:00:00Z"})),
+        )
         .await;
     assert_eq!(status, 202, "{body}");
     assert!(body["tenants"].is_u64(), "{body}");
@@ -247,7 +303,9 @@ async fn webhooks_are_defined_rotated_and_deleted_and_their_secrets_shown_only_o
     }
 
     // Deleted: 204, then 404 everywhere.
-    let (status, _) = s.send(admin, Method::DELETE, "/v1/webhooks/orders", None).await;
+    let (status, _) = s
+        .send(admin, Method::DELETE, "/v1/webhooks/orders", None)
+        .await;
     assert_eq!(status, 204);
     for (method, path) in [
         (Method::GET, "/v1/webhooks/orders"),
@@ -259,7 +317,12 @@ async fn webhooks_are_defined_rotated_and_deleted_and_their_secrets_shown_only_o
         assert_eq!(status, 404, "{method} {path}: {body}");
     }
     let (status, body) = s
-        .send(admin, Method::POST, "/v1/webhooks/orders/replay", Some(json!({"since": "2026-01-01T00:00:00Z"})))
+        .send(
+            admin,
+            Method::POST,
+            "/v1/webhooks/orders/replay",
+            Some(json!({"since": "2026-01-01T00:00:00Z"})),
+        )
         .await;
     assert_eq!(status, 404, "{body}");
 }
@@ -269,9 +332,18 @@ async fn webhook_refusals_name_the_field_and_the_guard_refuses_private_addresses
     let s = Logged::start().await;
     let admin = s.admin.as_str();
     let cases = [
-        ("url", json!({"url": "ftp://192.0.2.1/", "datasets": [DATASET], "tenants": "*"})),
-        ("datasets", json!({"url": PUBLIC_URL, "datasets": [], "tenants": "*"})),
-        ("tenants", json!({"url": PUBLIC_URL, "datasets": [DATASET], "tenants": []})),
+        (
+            "url",
+            json!({"url": "ftp://192.0.2.1/", "datasets": [DATASET], "tenants": "*"}),
+        ),
+        (
+            "datasets",
+            json!({"url": PUBLIC_URL, "datasets": [], "tenants": "*"}),
+        ),
+        (
+            "tenants",
+            json!({"url": PUBLIC_URL, "datasets": [DATASET], "tenants": []}),
+        ),
         (
             "headers.webhook-id",
             json!({"url": PUBLIC_URL, "datasets": [DATASET], "tenants": "*", "headers": {"webhook-id": "x"}}),
@@ -282,32 +354,76 @@ async fn webhook_refusals_name_the_field_and_the_guard_refuses_private_addresses
         ),
     ];
     for (field, body) in cases {
-        let (status, answer) = s.send(admin, Method::PUT, "/v1/webhooks/w", Some(body)).await;
-        assert_eq!((status, answer["field"].as_str()), (400, Some(field)), "{answer}");
+        let (status, answer) = s
+            .send(admin, Method::PUT, "/v1/webhooks/w", Some(body))
+            .await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{answer}"
+        );
     }
     let (status, answer) = s
-        .send(admin, Method::PUT, "/v1/webhooks/Not%20A%20Name", Some(webhook(json!("*"))))
+        .send(
+            admin,
+            Method::PUT,
+            "/v1/webhooks/Not%20A%20Name",
+            Some(webhook(json!("*"))),
+        )
         .await;
-    assert_eq!((status, answer["field"].as_str()), (400, Some("name")), "{answer}");
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (400, Some("name")),
+        "{answer}"
+    );
     let (status, answer) = s
-        .send(admin, Method::PUT, "/v1/webhooks/w", Some(json!({"url": PUBLIC_URL})))
+        .send(
+            admin,
+            Method::PUT,
+            "/v1/webhooks/w",
+            Some(json!({"url": PUBLIC_URL})),
+        )
         .await;
     assert_eq!(status, 400, "{answer}");
     let mut undeclared = webhook(json!("*"));
     undeclared["datasets"] = json!(["nowhere"]);
-    let (status, answer) = s.send(admin, Method::PUT, "/v1/webhooks/w", Some(undeclared)).await;
+    let (status, answer) = s
+        .send(admin, Method::PUT, "/v1/webhooks/w", Some(undeclared))
+        .await;
     assert_eq!(status, 404, "{answer}");
 
     // The SSRF guard, at creation and when the URL changes.
     let mut private = webhook(json!("*"));
     private["url"] = json!("http://127.0.0.1:9/hook");
-    let (status, answer) = s.send(admin, Method::PUT, "/v1/webhooks/w", Some(private.clone())).await;
-    assert_eq!((status, answer["field"].as_str()), (422, Some("url")), "{answer}");
-    assert!(answer["detail"].as_str().unwrap().contains("127.0.0.1"), "{answer}");
-    let (status, _) = s.send(admin, Method::PUT, "/v1/webhooks/w", Some(webhook(json!("*")))).await;
+    let (status, answer) = s
+        .send(admin, Method::PUT, "/v1/webhooks/w", Some(private.clone()))
+        .await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("url")),
+        "{answer}"
+    );
+    assert!(
+        answer["detail"].as_str().unwrap().contains("127.0.0.1"),
+        "{answer}"
+    );
+    let (status, _) = s
+        .send(
+            admin,
+            Method::PUT,
+            "/v1/webhooks/w",
+            Some(webhook(json!("*"))),
+        )
+        .await;
     assert_eq!(status, 201);
-    let (status, answer) = s.send(admin, Method::PUT, "/v1/webhooks/w", Some(private)).await;
-    assert_eq!((status, answer["field"].as_str()), (422, Some("url")), "{answer}");
+    let (status, answer) = s
+        .send(admin, Method::PUT, "/v1/webhooks/w", Some(private))
+        .await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("url")),
+        "{answer}"
+    );
     let (_, shown) = s.send(admin, Method::GET, "/v1/webhooks/w", None).await;
     assert_eq!(shown["url"], PUBLIC_URL, "a refused URL is not stored");
 
@@ -315,15 +431,30 @@ async fn webhook_refusals_name_the_field_and_the_guard_refuses_private_addresses
     // sight of it once it covers another.
     let reader = create_token(s.data_dir(), "reader", &[&format!("read:{DATASET}:acme")]);
     let (status, answer) = s
-        .send(&reader, Method::PUT, "/v1/webhooks/r", Some(webhook(json!(["acme", "globex"]))))
+        .send(
+            &reader,
+            Method::PUT,
+            "/v1/webhooks/r",
+            Some(webhook(json!(["acme", "globex"]))),
+        )
         .await;
     assert_eq!(status, 403, "{answer}");
     let (status, answer) = s
-        .send(&reader, Method::PUT, "/v1/webhooks/r", Some(webhook(json!("*"))))
+        .send(
+            &reader,
+            Method::PUT,
+            "/v1/webhooks/r",
+            Some(webhook(json!("*"))),
+        )
         .await;
     assert_eq!(status, 403, "{answer}");
     let (status, answer) = s
-        .send(&reader, Method::PUT, "/v1/webhooks/r", Some(webhook(json!(["acme"]))))
+        .send(
+            &reader,
+            Method::PUT,
+            "/v1/webhooks/r",
+            Some(webhook(json!(["acme"]))),
+        )
         .await;
     assert_eq!(status, 201, "{answer}");
     let (_, list) = s.send(&reader, Method::GET, "/v1/webhooks", None).await;
@@ -335,15 +466,28 @@ async fn webhook_refusals_name_the_field_and_the_guard_refuses_private_addresses
         .collect();
     assert_eq!(names, ["r"], "the reader sees only what it may read");
     let (status, _) = s
-        .send(admin, Method::PUT, "/v1/webhooks/r", Some(webhook(json!(["acme", "globex"]))))
+        .send(
+            admin,
+            Method::PUT,
+            "/v1/webhooks/r",
+            Some(webhook(json!(["acme", "globex"]))),
+        )
         .await;
     assert_eq!(status, 200);
     for (method, path, body) in [
         (Method::GET, "/v1/webhooks/r", None),
-        (Method::PUT, "/v1/webhooks/r", Some(webhook(json!(["acme"])))),
+        (
+            Method::PUT,
+            "/v1/webhooks/r",
+            Some(webhook(json!(["acme"]))),
+        ),
         (Method::POST, "/v1/webhooks/r/rotate-secret", None),
         (Method::GET, "/v1/webhooks/r/attempts", None),
-        (Method::POST, "/v1/webhooks/r/replay", Some(json!({"since": "2026-01-01T00:00:00Z"}))),
+        (
+            Method::POST,
+            "/v1/webhooks/r/replay",
+            Some(json!({"since": "2026-01-01T00:00:00Z"})),
+        ),
         (Method::DELETE, "/v1/webhooks/r", None),
     ] {
         let (status, answer) = s.send(&reader, method.clone(), path, body).await;
@@ -357,45 +501,98 @@ fn sink(kind: &str, url: &str, table: &str) -> Value {
 
 /// Creates, reads, lists, updates and deletes a sink at `url`; `wrong_table` is a table of
 /// another shape there.
-async fn sink_lifecycle(s: &Logged, kind: &str, url: &str, wrong_table: &str, password: Option<&str>) {
+async fn sink_lifecycle(
+    s: &Logged,
+    kind: &str,
+    url: &str,
+    wrong_table: &str,
+    password: Option<&str>,
+) {
     let admin = s.admin.as_str();
     let (status, created) = s
-        .send(admin, Method::PUT, &format!("/v1/sinks/{kind}-copy"), Some(sink(kind, url, "items_copy")))
+        .send(
+            admin,
+            Method::PUT,
+            &format!("/v1/sinks/{kind}-copy"),
+            Some(sink(kind, url, "items_copy")),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["table"], "items_copy");
-    let (status, shown) = s.send(admin, Method::GET, &format!("/v1/sinks/{kind}-copy"), None).await;
+    let (status, shown) = s
+        .send(admin, Method::GET, &format!("/v1/sinks/{kind}-copy"), None)
+        .await;
     assert_eq!(status, 200, "{shown}");
-    assert_eq!((shown["dataset"].as_str(), shown["kind"].as_str()), (Some(DATASET), Some(kind)));
-    assert!(shown["state"].is_string() && shown["lag"]["changes"].is_number(), "{shown}");
+    assert_eq!(
+        (shown["dataset"].as_str(), shown["kind"].as_str()),
+        (Some(DATASET), Some(kind))
+    );
+    assert!(
+        shown["state"].is_string() && shown["lag"]["changes"].is_number(),
+        "{shown}"
+    );
     let mut disabled = sink(kind, url, "items_copy");
     disabled["enabled"] = json!(false);
     let (status, updated) = s
-        .send(admin, Method::PUT, &format!("/v1/sinks/{kind}-copy"), Some(disabled))
+        .send(
+            admin,
+            Method::PUT,
+            &format!("/v1/sinks/{kind}-copy"),
+            Some(disabled),
+        )
         .await;
     assert_eq!(status, 200, "{updated}");
-    let (_, shown) = s.send(admin, Method::GET, &format!("/v1/sinks/{kind}-copy"), None).await;
+    let (_, shown) = s
+        .send(admin, Method::GET, &format!("/v1/sinks/{kind}-copy"), None)
+        .await;
     assert_eq!(shown["state"], "disabled", "{shown}");
 
     let (status, answer) = s
-        .send(admin, Method::PUT, &format!("/v1/sinks/{kind}-wrong"), Some(sink(kind, url, wrong_table)))
+        .send(
+            admin,
+            Method::PUT,
+            &format!("/v1/sinks/{kind}-wrong"),
+            Some(sink(kind, url, wrong_table)),
+        )
         .await;
-    assert_eq!(status, 422, "{answer}");
-    let (status, _) = s.send(admin, Method::GET, &format!("/v1/sinks/{kind}-wrong"), None).await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("table")),
+        "{answer}"
+    );
+    let (status, _) = s
+        .send(admin, Method::GET, &format!("/v1/sinks/{kind}-wrong"), None)
+        .await;
     assert_eq!(status, 404, "a refused sink is not stored");
 
     let (_, list) = s.send_text(admin, Method::GET, "/v1/sinks", None).await;
     assert!(list.contains(&format!("\"{kind}-copy\"")), "{list}");
     if let Some(password) = password {
-        let (_, audit) = s.send_text(admin, Method::GET, "/v1/audit?limit=1000", None).await;
+        let (_, audit) = s
+            .send_text(admin, Method::GET, "/v1/audit?limit=1000", None)
+            .await;
         let (_, metrics) = s.send_text(admin, Method::GET, "/metrics", None).await;
         for text in [list, audit, metrics, s.log_text()] {
             assert!(!text.contains(password), "the password is shown");
         }
     }
-    let (status, _) = s.send(admin, Method::DELETE, &format!("/v1/sinks/{kind}-copy"), None).await;
+    let (status, _) = s
+        .send(
+            admin,
+            Method::DELETE,
+            &format!("/v1/sinks/{kind}-copy"),
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
-    let (status, _) = s.send(admin, Method::DELETE, &format!("/v1/sinks/{kind}-copy"), None).await;
+    let (status, _) = s
+        .send(
+            admin,
+            Method::DELETE,
+            &format!("/v1/sinks/{kind}-copy"),
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
 }
 
@@ -414,15 +611,27 @@ async fn sinks_are_defined_checked_and_deleted() {
     let cases = [
         ("url", sink("postgres", &sqlite_url, "t")),
         ("table", sink("sqlite", &sqlite_url, "s.t")),
-        ("tenants", json!({"kind": "sqlite", "url": sqlite_url, "dataset": DATASET, "tenants": [], "table": "t"})),
+        (
+            "tenants",
+            json!({"kind": "sqlite", "url": sqlite_url, "dataset": DATASET, "tenants": [], "table": "t"}),
+        ),
     ];
     for (field, body) in cases {
         let (status, answer) = s.send(admin, Method::PUT, "/v1/sinks/x", Some(body)).await;
-        assert_eq!((status, answer["field"].as_str()), (400, Some(field)), "{answer}");
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{answer}"
+        );
     }
     let reader = create_token(s.data_dir(), "reader", &[&format!("read:{DATASET}:acme")]);
     let (status, answer) = s
-        .send(&reader, Method::PUT, "/v1/sinks/x", Some(sink("sqlite", &sqlite_url, "t")))
+        .send(
+            &reader,
+            Method::PUT,
+            "/v1/sinks/x",
+            Some(sink("sqlite", &sqlite_url, "t")),
+        )
         .await;
     assert_eq!(status, 403, "{answer}");
     let (status, _) = s.send(admin, Method::GET, "/v1/sinks/nothing", None).await;
@@ -443,7 +652,11 @@ async fn sinks_are_defined_checked_and_deleted() {
     // A password the server does not ask for (trust authentication): it must still never be
     // shown.
     let with_password = url.replacen("://root@", "://root:hunter2-sink@", 1);
-    let url = if with_password != url { with_password } else { url };
+    let url = if with_password != url {
+        with_password
+    } else {
+        url
+    };
     sink_lifecycle(&s, "postgres", &url, "other", Some("hunter2-sink")).await;
     pg::drop_database(&server, database).await;
 }

@@ -51,14 +51,20 @@ where
         self.delivered.get_or_create(label).set(status.delivered);
         self.failed.get_or_create(label).set(status.failed);
         self.retried.get_or_create(label).set(status.retried);
-        self.lag_changes.get_or_create(label).set(status.lag_changes);
-        self.lag_seconds.get_or_create(label).set(status.lag_seconds);
+        self.lag_changes
+            .get_or_create(label)
+            .set(status.lag_changes);
+        self.lag_seconds
+            .get_or_create(label)
+            .set(status.lag_seconds);
     }
 
     fn register(self, registry: &mut Registry, prefix: &str, what: &str) {
         registry.register(
             format!("{prefix}_delivered_records"),
-            format!("Records delivered by each {what} this instance runs (counted since it was created)"),
+            format!(
+                "Records delivered by each {what} this instance runs (counted since it was created)"
+            ),
             self.delivered,
         );
         registry.register(
@@ -68,7 +74,9 @@ where
         );
         registry.register(
             format!("{prefix}_retried_attempts"),
-            format!("Delivery attempts of each {what} this instance runs that retried a failed one"),
+            format!(
+                "Delivery attempts of each {what} this instance runs that retried a failed one"
+            ),
             self.retried,
         );
         registry.register(

@@ -139,7 +139,10 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            ("allow_networks = [\"10.0.0.0/99\"]", "webhooks.allow_networks"),
+            (
+                "allow_networks = [\"10.0.0.0/99\"]",
+                "webhooks.allow_networks",
+            ),
             ("dns_server = \"8.8.8.8\"", "webhooks.dns_server"),
             ("timeout_secs = 0", "webhooks.timeout_secs"),
             ("retry_schedule_secs = []", "webhooks.retry_schedule_secs"),
