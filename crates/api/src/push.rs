@@ -5,6 +5,7 @@
 //! Nothing here ever puts a definition's secrets (signing secrets, header values, passwords) in
 //! an answer or a log: callers pass the definition's `shown()` form.
 
+use axum::http::StatusCode;
 use chrono::Utc;
 use serde_json::{Value, json};
 use tenantsync_push::TargetStatus;
@@ -12,6 +13,7 @@ use tenantsync_push::definition::{DefinitionError, TargetName};
 use tenantsync_push::follow::Scope;
 use tenantsync_store::{PushClaim, PushKind, PushPut, StoredPush};
 
+use crate::admin::audit;
 use crate::auth::Caller;
 use crate::extract;
 use crate::{ApiError, AppState};
@@ -166,4 +168,29 @@ fn merge(body: &mut Value, fields: Value) {
     if let (Some(body), Value::Object(fields)) = (body.as_object_mut(), fields) {
         body.extend(fields);
     }
+}
+
+/// Deletes the target (the caller's access checked) and audits it: 204, or 404 when it was
+/// deleted meanwhile.
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    kind: PushKind,
+    name: &TargetName,
+) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_push(kind, name.as_str()).await? {
+        return Err(ApiError::NotFound(format!(
+            "{} {name} does not exist",
+            kind.as_str()
+        )));
+    }
+    audit(
+        state.store.as_ref(),
+        caller.subject(),
+        &format!("{}.deleted", kind.as_str()),
+        name.as_str(),
+        json!({}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -183,18 +183,7 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let (name, _, _) = find(&state, &caller, name).await?;
-    if !state.store.delete_push(KIND, name.as_str()).await? {
-        return Err(ApiError::NotFound(format!("webhook {name} does not exist")));
-    }
-    audit(
-        state.store.as_ref(),
-        caller.subject(),
-        "webhook.deleted",
-        name.as_str(),
-        json!({}),
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+    shared::delete(&state, &caller, KIND, &name).await
 }
 
 /// `POST /v1/webhooks/{name}/rotate-secret`: a new signing secret, shown in this answer only;
