@@ -29,6 +29,12 @@ pub enum ApiError {
     /// The body is well formed but cannot work, as found by checking it against the systems it
     /// names (an unreachable database, a missing table): 422.
     CheckFailed(String),
+    /// As [`CheckFailed`](ApiError::CheckFailed), for one field of the body, named (a webhook
+    /// URL the SSRF guard refuses): 422.
+    FieldRefused {
+        field: String,
+        detail: String,
+    },
     UnknownDataset(String),
     NotFound(String),
     /// The change's precondition failed.
@@ -102,6 +108,14 @@ impl ApiError {
             }
             ApiError::CheckFailed(d) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "check-failed", d.clone())
+            }
+            ApiError::FieldRefused { field, detail } => {
+                ext.insert("field".into(), json!(field));
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "check-failed",
+                    format!("{field}: {detail}"),
+                )
             }
             ApiError::UnknownDataset(d) => (
                 StatusCode::NOT_FOUND,

@@ -13,11 +13,14 @@ mod feed;
 mod health;
 pub mod instances;
 mod metrics;
+mod push;
 mod records;
 mod rejected;
 pub mod revocation;
+mod sinks;
 mod sources;
 mod subscriptions;
+mod webhooks;
 mod write;
 
 use std::sync::Arc;
@@ -30,6 +33,7 @@ use tenantsync_batcher::BatchQueue;
 use tenantsync_dataset::{AppliedHub, Datasets};
 use tenantsync_feed::{CursorKey, Hub};
 use tenantsync_log::Log;
+use tenantsync_push::webhooks::ssrf::Guard;
 use tenantsync_retention::Erasures;
 use tenantsync_store::MasterStore;
 use tenantsync_supervisor::{MetricsSource, Supervisor};
@@ -117,6 +121,8 @@ pub struct AppState {
     pub erasures: Arc<Erasures>,
     /// The HTTP workers' batch queue.
     pub batches: BatchQueue,
+    /// Which webhook URLs may be reached: checked when an endpoint is defined.
+    pub webhook_guard: Guard,
     /// The components whose figures `/metrics` shows.
     pub metrics_sources: Vec<Arc<dyn MetricsSource>>,
     /// Runs the background services; `/readyz` reports the failing ones.
@@ -177,6 +183,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(sources::put).get(sources::show).delete(sources::delete),
         )
         .route("/v1/sources/{name}/rejected", get(sources::rejected))
+        .route("/v1/webhooks", get(webhooks::list))
+        .route(
+            "/v1/webhooks/{name}",
+            put(webhooks::put)
+                .get(webhooks::show)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/v1/webhooks/{name}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/v1/webhooks/{name}/attempts", get(webhooks::attempts))
+        .route("/v1/webhooks/{name}/replay", post(webhooks::replay))
+        .route("/v1/sinks", get(sinks::list))
+        .route(
+            "/v1/sinks/{name}",
+            put(sinks::put).get(sinks::show).delete(sinks::delete),
+        )
         .route("/v1/tokens", post(admin::create).get(admin::list))
         .route("/v1/tokens/{name}", delete(admin::revoke))
         .route("/v1/audit", get(admin::audit_log))

@@ -2,6 +2,10 @@
 //! `TENANTSYNC_*` environment variables, then flags. `Settings::load` merges the layers and
 //! `Settings::validate` checks them without I/O, naming the offending field.
 
+mod webhooks;
+
+pub use webhooks::WebhooksSection;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -130,6 +134,15 @@ pub struct ServeArgs {
     /// [default: 1000].
     #[arg(long, env = "TENANTSYNC_BATCH_MAX_WAIT_MS", value_name = "MS")]
     pub batch_max_wait_ms: Option<u64>,
+    /// Let webhook endpoints be on loopback, private, link-local, CGNAT and other non-public
+    /// addresses (on-premises receivers, tests). Off by default: an endpoint whose host is or
+    /// resolves to such an address is refused when defined and at every connection. To allow
+    /// only some networks, list them in the config file's [webhooks] allow_networks.
+    #[arg(long, env = "TENANTSYNC_WEBHOOK_ALLOW_PRIVATE_NETWORKS")]
+    pub webhook_allow_private_networks: bool,
+    /// Refuse webhook endpoints whose URL is plain http://; only https:// is accepted.
+    #[arg(long, env = "TENANTSYNC_WEBHOOK_HTTPS_ONLY")]
+    pub webhook_https_only: bool,
     /// Let every request in with full (admin) rights, without a token. For local demos only:
     /// anyone who can reach the port can read and write every tenant.
     #[arg(long, env = "TENANTSYNC_INSECURE_NO_AUTH")]
@@ -175,6 +188,9 @@ pub struct FileConfig {
     pub processor: ProcessorSection,
     #[serde(default)]
     pub batches: BatchesSection,
+    /// `[webhooks]`: how webhook endpoints are reached and retried.
+    #[serde(default)]
+    pub webhooks: WebhooksSection,
     /// Datasets declared at start-up.
     #[serde(default)]
     pub datasets: Vec<DatasetSection>,
@@ -338,6 +354,8 @@ pub struct Settings {
     /// Batch limits of datasets not in `dataset_batch_limits`.
     pub batch_limits: Limits,
     pub dataset_batch_limits: HashMap<DatasetName, Limits>,
+    /// Webhooks' and sinks' settings.
+    pub push: tenantsync_push::PushSettings,
 }
 
 /// A quota from a rate and an optional burst (2 x the rate when absent); `field` names the
@@ -492,6 +510,11 @@ impl Settings {
                     Ok((dataset, section.over(batch_limits, &field)?))
                 })
                 .collect::<anyhow::Result<_>>()?,
+            push: tenantsync_push::PushSettings {
+                webhooks: file
+                    .webhooks
+                    .settings(args.webhook_allow_private_networks, args.webhook_https_only)?,
+            },
         };
         settings.validate()?;
         Ok(settings)

@@ -13,6 +13,8 @@ use tenantsync_core::Topics;
 use tenantsync_dataset::Datasets;
 use tenantsync_feed::{CursorKey, Hub, HubTails};
 use tenantsync_processor::{Processor, ProcessorConfig};
+use tenantsync_push::Push;
+use tenantsync_push::webhooks::ssrf::Guard;
 use tenantsync_retention::{Erasures, IdempotencyPruner, tombstones};
 use tenantsync_sources::{Ingest, Sources};
 use tenantsync_store::{AccessStore, Dataset, MasterStore};
@@ -198,6 +200,19 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         },
     ));
     define_configured_sources(settings, store.as_ref(), &datasets).await?;
+    let webhook_guard =
+        Guard::new(&settings.push.webhooks).context("invalid webhooks configuration")?;
+    let push = Arc::new(Push::new(
+        store.clone(),
+        hub.clone(),
+        Arc::new(CursorKey::new(&cursor_key)),
+        settings.push.clone(),
+        instance.clone(),
+        {
+            let quotas = quotas.clone();
+            Arc::new(move || quotas.instances())
+        },
+    ));
     let pruner = Arc::new(IdempotencyPruner::new(
         store.clone(),
         settings.idempotency_retention,
@@ -216,6 +231,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         vec![processor.clone(), batcher.clone(), tails],
     );
     sources.supervise(&supervisor);
+    push.supervise(&supervisor);
     supervisor.spawn("hub/sweep", {
         let hub = hub.clone();
         move |stop| {
@@ -305,6 +321,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         cursor_key: CursorKey::new(&cursor_key),
         quotas,
         erasures,
+        webhook_guard,
         metrics_sources: vec![
             processor.clone(),
             batcher,
@@ -312,6 +329,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             instances,
             pruner,
             sources,
+            push,
             Arc::new(supervisor.clone()),
         ],
         supervisor: supervisor.clone(),

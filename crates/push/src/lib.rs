@@ -20,6 +20,7 @@ pub mod definition;
 pub mod error;
 pub mod figures;
 pub mod follow;
+mod metrics;
 pub mod runner;
 pub mod sinks;
 pub mod webhooks;
