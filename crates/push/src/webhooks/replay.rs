@@ -46,9 +46,9 @@ pub enum ReplayError {
     Store(#[from] StoreError),
 }
 
-/// Moves the positions of the endpoint `name` (whose stored definition is `definition`) to
+/// Moves the positions of the endpoint `name` (whose stored definition is `definition`) back to
 /// `from`, fencing its holder. Returns how many tenants moved (a tenant with nothing written
-/// since the time is left alone).
+/// since the time, or not yet delivered that far, is left alone).
 pub async fn replay(
     store: &dyn MasterStore,
     hub: &Hub,
@@ -88,6 +88,19 @@ pub async fn replay(
             entries
         }
     };
+    // Only backwards: a tenant whose position is already at or before the replay's start (or
+    // that was never delivered, and gets a snapshot) is left alone, so that a replay never
+    // skips anything not yet sent.
+    let current = store.push_progress(PushKind::Webhook, name).await?;
+    let entries: Vec<PushProgress> = entries
+        .into_iter()
+        .filter(|e| {
+            current
+                .iter()
+                .find(|c| c.dataset == e.dataset && c.tenant == e.tenant)
+                .is_some_and(|c| c.position.next_seq > e.position.next_seq)
+        })
+        .collect();
     if entries.is_empty() {
         return Ok(0);
     }

@@ -634,6 +634,12 @@ async fn replay_since_a_time_and_from_a_cursor() {
     until("b again", || fake.sent_to("b").len() == 3).await;
     run.stop().await;
     assert_eq!(fake.sent_to("b")[2].changes(), [("y".into(), 1)]);
+    // A replay never moves a position forward: the cursor of b's last message is where b is.
+    let last = fake.sent_to("b")[2].body["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(f.replay(ReplayFrom::Cursor(last)).await.unwrap(), 0);
 
     // A cursor of a tenant the endpoint does not cover is refused.
     let foreign = FeedCursor {
