@@ -1,8 +1,8 @@
 //! `tenantsync-bench`: measurements, never tests. Each subcommand sets up its own backends (a
 //! temp dir, or an in-process Kafka mock cluster), drives load, and prints figures. It is a
 //! binary of its own so that its clients and histograms never ship in `tenantsync`; it runs
-//! the server through the `tenantsync` library in process, or (`subscribers`) the `tenantsync`
-//! binary as a child process.
+//! the server through the `tenantsync` library in process, or (`subscribers`, `webhooks`) the
+//! `tenantsync` binary as a child process.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,6 +33,7 @@ mod publish;
 mod restart;
 mod service_db;
 mod subscribers;
+mod webhooks;
 
 const DATASET: &str = "bench";
 /// How long a bench waits for its services to stop.
@@ -72,6 +73,10 @@ enum BenchCommand {
     /// connector, in a real Kafka cluster) ingested and applied per second. Needs
     /// --kafka-servers, a PostgreSQL with wal_level=logical, java and mvn (dev/debezium).
     Debezium(debezium::DebeziumArgs),
+    /// Webhooks: signed records delivered per second from a backlog, and write -> received
+    /// latency at a fixed rate, alone and beside a dead and a failing endpoint. Runs the
+    /// `tenantsync` binary.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -258,6 +263,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Debezium(args) => debezium::run(args).await,
         BenchCommand::Publish(args) => publish::run(args).await,
         BenchCommand::Restart(args) => restart::run(args).await,
+        BenchCommand::Webhooks(args) => webhooks::run(args).await,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod model;
 pub mod outbox;
 pub mod pg;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
