@@ -43,6 +43,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Records counted per tenant for the lag.
 const LAG_COUNT_LIMIT: usize = 1_000;
+/// Tenants whose messages are sent at the same time, at most: one message per tenant, so each
+/// tenant's messages still go out in order. Their progress is written in one store write.
+const PARALLEL: usize = 16;
 
 /// One attempt of a message, ready to sign and send.
 #[derive(Debug, Clone)]
@@ -144,12 +147,32 @@ pub async fn deliver<T: Transport>(
     result.and(flushed)
 }
 
-/// What one step of the loop did.
+/// What one round of the loop did.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
     Done,
     /// The endpoint disabled itself: the run ends.
     Disabled,
+}
+
+/// A tenant's turn, read from the store: its next message (or its message in flight again), or
+/// a move of its position past what needs no message.
+enum Turn {
+    Move {
+        key: Key,
+        to: FeedPosition,
+        write: bool,
+    },
+    Send(Message),
+}
+
+/// A message ready to send.
+struct Message {
+    key: Key,
+    span: Span,
+    /// Failed attempts before this one.
+    attempts: u32,
+    outgoing: Outgoing,
 }
 
 struct Delivery<'a, T> {
@@ -218,6 +241,8 @@ impl<'a, T: Transport> Delivery<'a, T> {
 
     async fn run(&mut self) -> Result<(), PushError> {
         let mut changes = Changes::new(&self.ctx.hub, &self.scope);
+        // With a rate limit, one message at a time is simplest to pace.
+        let parallel = if self.max_rate.is_some() { 1 } else { PARALLEL };
         while !self.ctx.stop.is_cancelled() {
             if let Some(reason) = self.failing_too_long() {
                 return self.disable(reason).await;
@@ -227,16 +252,18 @@ impl<'a, T: Transport> Delivery<'a, T> {
             changes.seen();
             let now = Utc::now();
             let pending = follow::pending(&self.ctx.hub, &self.scope, &self.known);
-            let due = pending
+            let due: Vec<Key> = pending
                 .iter()
-                .find(|key| {
+                .filter(|key| {
                     self.flights
                         .get(*key)
                         .is_none_or(|f| f.next_attempt_at <= now)
                 })
-                .cloned();
-            if let Some(key) = due {
-                if self.step(key).await? == Step::Disabled {
+                .take(parallel)
+                .cloned()
+                .collect();
+            if !due.is_empty() {
+                if self.round(due).await? == Step::Disabled {
                     return Ok(());
                 }
                 self.show_state();
@@ -263,9 +290,58 @@ impl<'a, T: Transport> Delivery<'a, T> {
         Ok(())
     }
 
-    /// Sends the tenant's next message (or its message in flight again), or moves its position
-    /// past what needs no message.
-    async fn step(&mut self, key: Key) -> Result<Step, PushError> {
+    /// One turn of each of these tenants (distinct): their messages are sent at the same time,
+    /// and what came of them is written in one progress write.
+    async fn round(&mut self, keys: Vec<Key>) -> Result<Step, PushError> {
+        let now = Utc::now();
+        let (mut entries, mut messages) = (Vec::new(), Vec::new());
+        for key in keys {
+            match self.turn(key).await? {
+                Turn::Move { key, to, write } => {
+                    if write {
+                        entries.push(progress(&key, to, None, now));
+                    }
+                    self.flights.remove(&key);
+                    self.known.insert(
+                        key,
+                        Known {
+                            position: Some(to),
+                            delivered_at: Some(now),
+                        },
+                    );
+                }
+                Turn::Send(message) => messages.push(message),
+            }
+        }
+        if !messages.is_empty() {
+            self.pace().await;
+            if self.ctx.stop.is_cancelled() {
+                return Ok(Step::Done);
+            }
+        }
+        let started = Utc::now();
+        let answers =
+            futures::future::join_all(messages.iter().map(|m| self.transport.send(&m.outgoing)))
+                .await;
+        let mut gone = false;
+        for (message, attempt) in messages.into_iter().zip(answers) {
+            gone |= attempt.gone;
+            entries.push(self.answered(message, attempt, started));
+        }
+        if !entries.is_empty() {
+            self.ctx.set_progress(&entries).await?;
+        }
+        if gone {
+            self.disable("the endpoint answered 410 Gone".into())
+                .await?;
+            return Ok(Step::Disabled);
+        }
+        Ok(Step::Done)
+    }
+
+    /// The tenant's turn: its next message (or its message in flight again), or a move of its
+    /// position past what needs no message.
+    async fn turn(&self, key: Key) -> Result<Turn, PushError> {
         let known = self.known.get(&key).copied().unwrap_or_default();
         let flight = self.flights.get(&key).copied();
         let next = follow::next_page(
@@ -302,34 +378,16 @@ impl<'a, T: Transport> Delivery<'a, T> {
         };
         // A reset is sent even when empty: the receiver must drop what it holds of the tenant.
         if records.is_empty() && !span.reset {
-            let now = Utc::now();
             let to = span.to();
-            if known.position != Some(to) || flight.is_some() {
-                self.ctx
-                    .set_progress(&[progress(&key, to, None, now)])
-                    .await?;
-            }
-            self.flights.remove(&key);
-            self.known.insert(
-                key,
-                Known {
-                    position: Some(to),
-                    delivered_at: Some(now),
-                },
-            );
-            return Ok(Step::Done);
-        }
-        self.pace().await;
-        if self.ctx.stop.is_cancelled() {
-            return Ok(Step::Done);
+            let write = known.position != Some(to) || flight.is_some();
+            return Ok(Turn::Move { key, to, write });
         }
         let (dataset, tenant) = &key;
-        let started = Utc::now();
         let outgoing = Outgoing {
             id: message::message_id(&self.ctx.name, self.ctx.created_at, dataset, tenant, span),
             dataset: dataset.clone(),
             tenant: tenant.clone(),
-            timestamp: started.timestamp(),
+            timestamp: Utc::now().timestamp(),
             body: Bytes::from(message::body(
                 &self.ctx.cursor_key,
                 dataset,
@@ -339,7 +397,27 @@ impl<'a, T: Transport> Delivery<'a, T> {
             )),
             records: records.len(),
         };
-        let attempt = self.transport.send(&outgoing).await;
+        Ok(Turn::Send(Message {
+            key,
+            span,
+            attempts,
+            outgoing,
+        }))
+    }
+
+    /// Takes in what came of a message's attempt; returns the tenant's progress entry to write.
+    fn answered(
+        &mut self,
+        message: Message,
+        attempt: Attempt,
+        started: DateTime<Utc>,
+    ) -> PushProgress {
+        let Message {
+            key,
+            span,
+            attempts,
+            outgoing,
+        } = message;
         self.record(&outgoing, &attempt, started);
         let shown = LastAttempt {
             at: Some(started),
@@ -350,18 +428,17 @@ impl<'a, T: Transport> Delivery<'a, T> {
         let (retry, done) = (attempts > 0, Utc::now());
         if attempt.error.is_none() {
             self.ctx
-                .set_progress(&[progress(&key, span.to(), None, done)])
-                .await?;
-            self.ctx.figures.success(records.len() as u64, shown, retry);
+                .figures
+                .success(outgoing.records as u64, shown, retry);
             self.flights.remove(&key);
             self.known.insert(
-                key,
+                key.clone(),
                 Known {
                     position: Some(span.to()),
                     delivered_at: Some(done),
                 },
             );
-            return Ok(Step::Done);
+            return progress(&key, span.to(), None, done);
         }
         self.ctx.figures.failure(shown, retry);
         let attempts = attempts + 1;
@@ -381,24 +458,16 @@ impl<'a, T: Transport> Delivery<'a, T> {
                 )
             },
         };
-        self.ctx
-            .set_progress(&[progress(&key, span.from, Some(flight.to_json()), done)])
-            .await?;
         self.flights.insert(key.clone(), flight);
         // Tried now: the other tenants take their turns before it comes up again.
         self.known.insert(
-            key,
+            key.clone(),
             Known {
                 position: Some(span.from),
                 delivered_at: Some(done),
             },
         );
-        if attempt.gone {
-            self.disable("the endpoint answered 410 Gone".into())
-                .await?;
-            return Ok(Step::Disabled);
-        }
-        Ok(Step::Done)
+        progress(&key, span.from, Some(flight.to_json()), done)
     }
 
     /// Waits for the endpoint's `max_rate` to allow another message (or for stop).
