@@ -45,6 +45,9 @@ struct Tenant {
     generation: u64,
     /// The end last read from the store, with the generation at the time of the read.
     end: Option<(Offset, u64)>,
+    /// A state of the tenant was published or committed: it has records (or tombstones), so
+    /// [`Hub::tenants`] keeps listing it however long nobody reads it.
+    published: bool,
     /// The tenant's latest records, shared by its live readers; kept while any reader waits.
     tail: Option<Arc<tokio::sync::Mutex<TailCache>>>,
 }
@@ -91,6 +94,7 @@ impl State {
                 changed: None,
                 generation: clock,
                 end: None,
+                published: false,
                 tail: None,
             })
     }
@@ -176,7 +180,8 @@ impl Hub {
 
     /// Forgets what no one needs: signals and tails of tenants nobody waits on, and entries of
     /// tenants without records (a read or wait for any tenant id creates one, so without this
-    /// the hub would grow with every id ever asked for). [`sweeper`](Hub::sweeper) calls it
+    /// the hub would grow with every id ever asked for). A tenant with records, known from the
+    /// store or from a published state, is never forgotten: [`tenants`](Hub::tenants) lists it. [`sweeper`](Hub::sweeper) calls it
     /// every few seconds; it is safe at any moment.
     pub fn sweep(&self) {
         for ds in self.lock().datasets.values_mut() {
@@ -185,7 +190,7 @@ impl Hub {
                     t.changed = None;
                     t.tail = None;
                 }
-                t.changed.is_some() || t.end.is_some_and(|(end, _)| end > 0)
+                t.changed.is_some() || t.published || t.end.is_some_and(|(end, _)| end > 0)
             });
         }
     }
@@ -245,6 +250,7 @@ impl Hub {
             let clock = state.clock;
             let t = state.tenant(dataset, tenant);
             t.generation = clock;
+            t.published = true;
             if let Some(changed) = &t.changed {
                 if changed.receiver_count() == 0 {
                     // Nobody waits: forget the signal and the tail (a reader rebuilds them).
@@ -427,5 +433,23 @@ impl HubTails {
 impl CommitObserver for Hub {
     fn committed(&self, dataset: &DatasetName, states: &[Record]) {
         self.changed(dataset, states.iter().map(|r| &r.tenant));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant first seen through a published state, and never read since, stays listed: a
+    /// subscription, webhook or sink covering all tenants finds its tenants through this list.
+    #[test]
+    fn a_published_tenant_outlives_sweeps_and_an_asked_for_one_does_not() {
+        let hub = Hub::new();
+        let dataset = DatasetName::new("items").unwrap();
+        let (published, asked) = (TenantId::new("t1").unwrap(), TenantId::new("t2").unwrap());
+        hub.notify(&dataset, std::slice::from_ref(&published));
+        drop(hub.watch(&dataset, &asked));
+        hub.sweep();
+        assert_eq!(hub.tenants(&dataset), vec![published]);
     }
 }
