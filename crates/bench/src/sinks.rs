@@ -176,7 +176,7 @@ pub async fn run(args: SinksArgs) -> anyhow::Result<()> {
 
     // Phase 2: write -> row visible in the PostgreSQL sink.
     latency(&client, &base, &sink_url, &sink_db, &args, &broken).await?;
-    if let Some(broken) = &broken {
+    if broken.is_some() {
         let status: serde_json::Value = client
             .get(format!("{base}/v1/sinks/{}", BrokenSink::NAME))
             .send()
