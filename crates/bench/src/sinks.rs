@@ -129,7 +129,10 @@ pub async fn run(args: SinksArgs) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     define_sink(&client, &base, "bench-pg", "postgres", &sink_url).await?;
-    wait_rows(args.records, || async { pg_count(&sink_db).await }).await?;
+    wait_rows((&client, &base, "bench-pg"), args.records, || async {
+        pg_count(&sink_db).await
+    })
+    .await?;
     let pg_secs = started.elapsed().as_secs_f64();
     println!(
         "sinks: backlog of {} records over {} tenants ({} B filler) into PostgreSQL: {:.2} s, \
@@ -152,7 +155,7 @@ pub async fn run(args: SinksArgs) -> anyhow::Result<()> {
             &format!("sqlite://{}", file.display()),
         )
         .await?;
-        wait_rows(args.records, || {
+        wait_rows((&client, &base, "bench-lite"), args.records, || {
             let file = file.clone();
             async move {
                 tokio::task::spawn_blocking(move || sqlite_count(&file))
@@ -265,8 +268,12 @@ async fn define_sink(
     Ok(())
 }
 
-/// Polls `count` until it reaches `n`.
-async fn wait_rows<F, Fut>(n: u64, mut count: F) -> anyhow::Result<()>
+/// Polls `count` until it reaches `n`; an error after [`PHASE_LIMIT`] shows the sink's status.
+async fn wait_rows<F, Fut>(
+    (client, base, sink): (&reqwest::Client, &str, &str),
+    n: u64,
+    mut count: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = u64>,
@@ -274,10 +281,17 @@ where
     let deadline = Instant::now() + PHASE_LIMIT;
     let mut last = 0;
     while last < n {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the sink holds {last} of {n} rows after {PHASE_LIMIT:?}"
-        );
+        if Instant::now() >= deadline {
+            let status = client
+                .get(format!("{base}/v1/sinks/{sink}"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            bail!(
+                "the sink {sink} holds {last} of {n} rows after {PHASE_LIMIT:?}; it says {status}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         last = count().await;
     }
