@@ -20,7 +20,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_postgres::AsyncMessage;
 
-use crate::subscribers::{ServerProcess, tenantsync_binary};
+use crate::subscribers::{ServerProcess, now_micros, tenantsync_binary};
 use crate::{DATASET, dataset_progress, declare_over_http, service_db};
 
 const DATABASE: &str = "tenantsync_bench_sink";
@@ -201,12 +201,6 @@ fn broken_note(broken: &Option<BrokenSink>) -> String {
     broken.as_ref().map_or(String::new(), |b| {
         format!(" (with a {:?} unreachable sink beside it)", b.mode)
     })
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 async fn write_backlog(
