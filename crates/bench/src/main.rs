@@ -32,6 +32,7 @@ mod outbox;
 mod publish;
 mod restart;
 mod service_db;
+mod sinks;
 mod subscribers;
 mod webhooks;
 
@@ -77,6 +78,10 @@ enum BenchCommand {
     /// latency at a fixed rate, alone and beside a dead and a failing endpoint. Runs the
     /// `tenantsync` binary.
     Webhooks(webhooks::WebhooksArgs),
+    /// Database sinks: rows per second into a PostgreSQL (and SQLite) sink from a backlog, then
+    /// write -> row visible latency at a fixed rate. Needs a PostgreSQL (--postgres); runs the
+    /// `tenantsync` binary.
+    Sinks(sinks::SinksArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -261,6 +266,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Batches(args) => batches::run(args).await,
         BenchCommand::Outbox(args) => outbox::run(args).await,
         BenchCommand::Debezium(args) => debezium::run(args).await,
+        BenchCommand::Sinks(args) => sinks::run(args).await,
         BenchCommand::Publish(args) => publish::run(args).await,
         BenchCommand::Restart(args) => restart::run(args).await,
         BenchCommand::Webhooks(args) => webhooks::run(args).await,

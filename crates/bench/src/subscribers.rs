@@ -113,10 +113,10 @@ pub(crate) fn listening_address(child: &mut Child) -> anyhow::Result<String> {
 }
 
 /// The server under test, killed on drop.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    base: String,
-    dir: tempfile::TempDir,
+    pub(crate) base: String,
+    pub(crate) dir: tempfile::TempDir,
     binary: PathBuf,
 }
 
@@ -128,7 +128,7 @@ impl Drop for ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(binary: PathBuf) -> anyhow::Result<Self> {
+    pub(crate) fn start(binary: PathBuf) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("cannot create a temp dir")?;
         let mut child = Command::new(&binary)
             // A short stall timeout, so that stalled clients are cut off within a run.
@@ -159,7 +159,7 @@ impl ServerProcess {
 
     /// An admin token made with `tenantsync token create` on the server's data dir (a separate
     /// process: the bench never opens the server's store itself).
-    fn admin_token(&self) -> anyhow::Result<String> {
+    pub(crate) fn admin_token(&self) -> anyhow::Result<String> {
         let out = Command::new(&self.binary)
             .args(["token", "create", "--scope", "admin", "--data-dir"])
             .arg(self.dir.path())
@@ -189,7 +189,7 @@ impl ServerProcess {
     }
 }
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
