@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tenantsync_core::{ChangeId, EntityId, Record, TenantId};
 use tenantsync_push::PushError;
 use tenantsync_push::sinks::definition::{Definition, SinkSpec};
-use tenantsync_push::sinks::table::{self, SinkTable};
+use tenantsync_push::sinks::table::{self, SinkTable, TenantWrite};
 use tenantsync_push::sinks::{CheckError, check};
 use tenantsync_store::{FeedPosition, FeedRecord};
 
@@ -469,6 +469,84 @@ async fn progress_is_saved_with_the_rows(h: &Harness) {
     assert_eq!(t.progress().await.unwrap(), progress_of(&[("a", 1)]));
 }
 
+async fn several_tenants_commit_together(h: &Harness) {
+    let t = h.open("s1", &h.definition("items", json!({}))).await;
+    t.prepare().await.unwrap();
+    let (a, b) = (tenant("a"), tenant("b"));
+    let (ra, rb) = (
+        [rec(0, "a", "x", 1, Some(json!({})))],
+        [rec(0, "b", "y", 2, Some(json!({})))],
+    );
+    t.write_all(
+        1,
+        &[
+            TenantWrite {
+                tenant: &a,
+                reset: false,
+                records: &ra,
+                next: pos(1),
+            },
+            TenantWrite {
+                tenant: &b,
+                reset: true,
+                records: &rb,
+                next: pos(1),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        h.rows("items").await,
+        vec![row("a", "x", 1, json!({})), row("b", "y", 2, json!({}))]
+    );
+    assert_eq!(
+        t.progress().await.unwrap(),
+        progress_of(&[("a", 1), ("b", 1)])
+    );
+    // One tenant's refused row fails every tenant's part of the write.
+    h.exec(
+        "CREATE TRIGGER poison BEFORE INSERT ON items WHEN NEW.id = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.id = 'poison' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER poison BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION poison();",
+    )
+    .await;
+    let (ra, rb) = (
+        [rec(1, "a", "z", 1, Some(json!({})))],
+        [rec(1, "b", "poison", 1, Some(json!({})))],
+    );
+    let failed = t
+        .write_all(
+            1,
+            &[
+                TenantWrite {
+                    tenant: &a,
+                    reset: true,
+                    records: &ra,
+                    next: pos(2),
+                },
+                TenantWrite {
+                    tenant: &b,
+                    reset: false,
+                    records: &rb,
+                    next: pos(2),
+                },
+            ],
+        )
+        .await;
+    assert!(matches!(failed, Err(PushError::Sink { .. })), "{failed:?}");
+    assert_eq!(
+        h.rows("items").await,
+        vec![row("a", "x", 1, json!({})), row("b", "y", 2, json!({}))]
+    );
+    assert_eq!(
+        t.progress().await.unwrap(),
+        progress_of(&[("a", 1), ("b", 1)])
+    );
+}
+
 async fn fencing(h: &Harness) {
     let d = h.definition("items", json!({}));
     let t = h.open("s1", &d).await;
@@ -693,6 +771,7 @@ conformance![
     a_record_twice_in_one_write_keeps_its_highest_version,
     reset_replaces_the_tenants_rows,
     progress_is_saved_with_the_rows,
+    several_tenants_commit_together,
     fencing,
     a_recreated_table_clears_progress,
     extra_typed_columns,

@@ -20,14 +20,14 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tenantsync_core::url::PostgresUrl;
 use tenantsync_core::{ErrorClass, TenantId};
 use tenantsync_store::postgres::driver_config;
-use tenantsync_store::{FeedPosition, FeedRecord, StoreError};
+use tenantsync_store::{FeedPosition, StoreError};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use super::definition::ColumnType;
 use super::table::{
-    Changes, ExtraValue, FoundColumn, SinkTable, Statements as Sql, TableSpec, position,
-    shape_difference, to_i64,
+    Changes, ExtraValue, FoundColumn, SinkTable, Statements as Sql, TableSpec, TenantWrite,
+    position, shape_difference, to_i64,
 };
 use crate::PushError;
 
@@ -321,18 +321,8 @@ impl SinkTable for PostgresTable {
         Ok(progress)
     }
 
-    async fn write(
-        &self,
-        epoch: u64,
-        tenant: &TenantId,
-        reset: bool,
-        records: &[FeedRecord],
-        next: FeedPosition,
-    ) -> Result<(), PushError> {
-        let changes = Changes::of(&self.spec, records);
-        let (next_seq, live_from) = (to_i64(next.next_seq)?, to_i64(next.live_from)?);
+    async fn write_all(&self, epoch: u64, writes: &[TenantWrite<'_>]) -> Result<(), PushError> {
         let epoch_i64 = to_i64(epoch)?;
-        let tenant = tenant.as_str();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         let fence = tx.prepare_cached(&self.sql.fence).await.map_err(pg)?;
@@ -345,6 +335,29 @@ impl SinkTable for PostgresTable {
             // Dropping the transaction rolls it back.
             return Err(PushError::Fenced);
         }
+        for write in writes {
+            self.write_tenant(&tx, write).await?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+}
+
+impl PostgresTable {
+    /// One tenant's part of a [`SinkTable::write_all`] transaction.
+    async fn write_tenant(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        write: &TenantWrite<'_>,
+    ) -> Result<(), PushError> {
+        let TenantWrite {
+            tenant,
+            reset,
+            records,
+            next,
+        } = *write;
+        let changes = Changes::of(&self.spec, records);
+        let (next_seq, live_from) = (to_i64(next.next_seq)?, to_i64(next.live_from)?);
+        let tenant = tenant.as_str();
         if reset {
             let reset = tx.prepare_cached(&self.sql.reset).await.map_err(pg)?;
             tx.execute(&reset, &[&tenant]).await.map_err(pg)?;
@@ -391,7 +404,7 @@ impl SinkTable for PostgresTable {
         )
         .await
         .map_err(pg)?;
-        tx.commit().await.map_err(pg)
+        Ok(())
     }
 }
 

@@ -20,12 +20,12 @@ use chrono::Utc;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 use tenantsync_core::{ErrorClass, TenantId};
-use tenantsync_store::{FeedPosition, FeedRecord, StoreError};
+use tenantsync_store::{FeedPosition, StoreError};
 
 use super::definition::ColumnType;
 use super::table::{
-    Changes, ExtraValue, FoundColumn, SinkTable, Statements as Sql, TableSpec, position, rfc3339,
-    shape_difference, to_i64,
+    Changes, ExtraValue, FoundColumn, SinkTable, Statements as Sql, TableSpec, TenantWrite,
+    position, rfc3339, shape_difference, to_i64,
 };
 use crate::PushError;
 
@@ -305,18 +305,18 @@ impl SinkTable for SqliteTable {
         .await
     }
 
-    async fn write(
-        &self,
-        epoch: u64,
-        tenant: &TenantId,
-        reset: bool,
-        records: &[FeedRecord],
-        next: FeedPosition,
-    ) -> Result<(), PushError> {
-        let changes = Changes::of(&self.inner.spec, records);
-        let (next_seq, live_from) = (to_i64(next.next_seq)?, to_i64(next.live_from)?);
+    async fn write_all(&self, epoch: u64, writes: &[TenantWrite<'_>]) -> Result<(), PushError> {
         let epoch = to_i64(epoch)?;
-        let tenant = tenant.as_str().to_owned();
+        let mut owned = Vec::with_capacity(writes.len());
+        for w in writes {
+            owned.push((
+                w.tenant.as_str().to_owned(),
+                w.reset,
+                Changes::of(&self.inner.spec, w.records),
+                to_i64(w.next.next_seq)?,
+                to_i64(w.next.live_from)?,
+            ));
+        }
         self.with(move |conn, spec, sql| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -330,10 +330,10 @@ impl SinkTable for SqliteTable {
                 // Dropping the transaction rolls it back.
                 return Err(PushError::Fenced);
             }
-            if reset {
-                tx.execute(&sql.reset, [&tenant]).map_err(sq)?;
-            }
-            {
+            for (tenant, reset, changes, next_seq, live_from) in &owned {
+                if *reset {
+                    tx.execute(&sql.reset, [tenant]).map_err(sq)?;
+                }
                 let mut upsert = tx.prepare_cached(&sql.upsert).map_err(sq)?;
                 for row in &changes.rows {
                     let mut values = vec![

@@ -50,6 +50,12 @@ pub trait SinkTable: Send + Sync {
 
     async fn progress(&self) -> Result<HashMap<TenantId, FeedPosition>, PushError>;
 
+    /// Writes several tenants' pages (distinct tenants) in ONE transaction, each as
+    /// [`write`](Self::write) describes: the fence is raised once, and every tenant's rows and
+    /// position commit together or not at all.
+    async fn write_all(&self, epoch: u64, writes: &[TenantWrite<'_>]) -> Result<(), PushError>;
+
+    /// One tenant's page: `write_all` with one write.
     async fn write(
         &self,
         epoch: u64,
@@ -57,7 +63,29 @@ pub trait SinkTable: Send + Sync {
         reset: bool,
         records: &[FeedRecord],
         next: FeedPosition,
-    ) -> Result<(), PushError>;
+    ) -> Result<(), PushError> {
+        self.write_all(
+            epoch,
+            &[TenantWrite {
+                tenant,
+                reset,
+                records,
+                next,
+            }],
+        )
+        .await
+    }
+}
+
+/// One tenant's page for [`SinkTable::write_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct TenantWrite<'a> {
+    pub tenant: &'a TenantId,
+    /// Delete the tenant's rows first.
+    pub reset: bool,
+    pub records: &'a [FeedRecord],
+    /// The tenant's position after these records.
+    pub next: FeedPosition,
 }
 
 /// What a backend needs of the definition, and the sink's name (its progress rows and fence
