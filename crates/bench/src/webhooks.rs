@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Bytes;
@@ -21,7 +21,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::subscribers::{listening_address, tenantsync_binary};
+use crate::subscribers::{listening_address, now_micros, tenantsync_binary};
 
 #[derive(Debug, Args)]
 pub struct WebhooksArgs {
@@ -44,12 +44,10 @@ pub struct WebhooksArgs {
     /// it with `cargo build -p tenantsync`, adding --release for a release bench].
     #[arg(long, env = "TENANTSYNC_BIN", value_name = "PATH")]
     tenantsync: Option<PathBuf>,
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    /// The server's `retry_schedule_secs`, comma-separated (e.g. `1`: failed messages retried
+    /// every second, which keeps the failing endpoint busy) [default: the product's default].
+    #[arg(long, value_name = "SECS,...")]
+    retry_schedule_secs: Option<String>,
 }
 
 /// What a receiver counted.
@@ -165,12 +163,14 @@ impl Drop for ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(binary: PathBuf) -> anyhow::Result<Self> {
+    fn start(binary: PathBuf, retry_schedule_secs: Option<&str>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("cannot create a temp dir")?;
-        // Failed messages are retried every second, so the failing endpoint keeps the server
-        // busy; attempts keep the default timeout (15 s), which the dead endpoint runs into.
+        // Attempts keep the default timeout (15 s), which the dead endpoint runs into.
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, "[webhooks]\nretry_schedule_secs = [1]\n")?;
+        let schedule = retry_schedule_secs
+            .map(|s| format!("[webhooks]\nretry_schedule_secs = [{s}]\n"))
+            .unwrap_or_default();
+        std::fs::write(&config, schedule)?;
         let mut child = Command::new(&binary)
             .args([
                 "serve",
@@ -288,7 +288,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     );
     let binary = tenantsync_binary(args.tenantsync.clone())?;
     tenantsync::serve::raise_fd_limit();
-    let server = ServerProcess::start(binary)?;
+    let server = ServerProcess::start(binary, args.retry_schedule_secs.as_deref())?;
     let base = server.base.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
