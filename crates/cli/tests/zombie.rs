@@ -108,6 +108,36 @@ async fn applied(server: &Server) -> Vec<u64> {
         .collect()
 }
 
+/// SIGSTOPs the process at a moment it does not hold the shared SQLite file's write lock.
+///
+/// A process stopped inside a write transaction keeps the whole file locked, so no other
+/// instance can write at all until it resumes: that is how one SQLite file shared by processes
+/// behaves, not what this test is about (a stalled processor's publishes, fenced by Kafka).
+/// After stopping it, the test takes the write lock itself, waiting up to 2 s (longer than any
+/// transaction of a running instance); if it cannot, the stopped process holds it, and is
+/// resumed and stopped again.
+async fn freeze_outside_a_store_write(pid: u32, store: &std::path::Path) {
+    let pid = Pid::from_raw(pid as i32);
+    for _ in 0..50 {
+        kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+        let file = store.to_owned();
+        let free = tokio::task::spawn_blocking(move || {
+            let conn = rusqlite::Connection::open(file).expect("open the store file");
+            conn.busy_timeout(Duration::from_secs(2))
+                .expect("busy timeout");
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok()
+        })
+        .await
+        .expect("lock probe");
+        if free {
+            return;
+        }
+        kill(pid, Signal::SIGCONT).expect("SIGCONT");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the instance held the store's write lock at every one of 50 tries to stop it");
+}
+
 /// The master store's version and data of every key.
 async fn master(server: &Server) -> BTreeMap<Key, (u64, Value)> {
     let client = reqwest::Client::new();
@@ -183,7 +213,7 @@ async fn a_frozen_processor_never_publishes_over_newer_states() {
         // every partition: the frozen one's session expired and its partitions moved.
         common::wait_for_progress(&live, DATASET).await;
         let before = applied(&live).await;
-        kill(Pid::from_raw(frozen.pid() as i32), Signal::SIGSTOP).expect("SIGSTOP");
+        freeze_outside_a_store_write(frozen.pid(), &dir.path().join("store.sqlite3")).await;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let now = applied(&live).await;
