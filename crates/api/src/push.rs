@@ -78,6 +78,56 @@ pub fn unparsable(stored: &StoredPush, e: String) -> ApiError {
     ApiError::Internal(format!("{} {}: {e}", stored.kind.as_str(), stored.name))
 }
 
+/// A kind of target's definition, as the routes need it.
+pub trait Target: Sized {
+    const KIND: PushKind;
+    fn parse(text: &str) -> Result<Self, String>;
+    fn scope(&self) -> Scope;
+}
+
+impl Target for tenantsync_push::webhooks::definition::Definition {
+    const KIND: PushKind = PushKind::Webhook;
+    fn parse(text: &str) -> Result<Self, String> {
+        Self::parse(text)
+    }
+    fn scope(&self) -> Scope {
+        self.scope()
+    }
+}
+
+impl Target for tenantsync_push::sinks::definition::Definition {
+    const KIND: PushKind = PushKind::Sink;
+    fn parse(text: &str) -> Result<Self, String> {
+        Self::parse(text)
+    }
+    fn scope(&self) -> Scope {
+        self.scope()
+    }
+}
+
+/// The stored definition, parsed.
+pub fn parse<D: Target>(stored: &StoredPush) -> Result<D, ApiError> {
+    D::parse(&stored.definition).map_err(|e| unparsable(stored, e))
+}
+
+/// How messages name the target: `webhook hooks`, `sink copy`.
+pub fn what<D: Target>(name: &str) -> String {
+    format!("{} {name}", D::KIND.as_str())
+}
+
+/// The target named, if the caller may read everything it covers: 404, then 403.
+pub async fn find<D: Target>(
+    state: &AppState,
+    caller: &Caller,
+    name: String,
+) -> Result<(TargetName, StoredPush, D), ApiError> {
+    let name = target_name(name)?;
+    let stored = stored(state, D::KIND, &name).await?;
+    let definition: D = parse(&stored)?;
+    require(caller, &definition.scope(), &what::<D>(name.as_str()))?;
+    Ok((name, stored, definition))
+}
+
 /// Stores `definition` if the target is still at `expected` (its revision, 0: absent); `None`
 /// when it was not (the caller reads the target again and retries).
 pub async fn put(

@@ -14,10 +14,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tenantsync_push::definition::TargetName;
 use tenantsync_push::sinks;
 use tenantsync_push::sinks::definition::{Definition, SinkSpec};
-use tenantsync_store::{PushKind, PushPut, StoredPush};
+use tenantsync_store::{PushKind, PushPut};
 
 use crate::admin::audit;
 use crate::auth::Caller;
@@ -25,28 +24,7 @@ use crate::extract::ApiBody;
 use crate::push::{self as shared, CAS_ATTEMPTS};
 use crate::{ApiError, AppState};
 
-const KIND: PushKind = PushKind::Sink;
-
-fn parse(stored: &StoredPush) -> Result<Definition, ApiError> {
-    Definition::parse(&stored.definition).map_err(|e| shared::unparsable(stored, e))
-}
-
-fn what(name: &str) -> String {
-    format!("sink {name}")
-}
-
-/// The sink named, if the caller may read everything it covers: 404, then 403.
-async fn find(
-    state: &AppState,
-    caller: &Caller,
-    name: String,
-) -> Result<(TargetName, StoredPush, Definition), ApiError> {
-    let name = shared::target_name(name)?;
-    let stored = shared::stored(state, KIND, &name).await?;
-    let definition = parse(&stored)?;
-    shared::require(caller, &definition.scope(), &what(name.as_str()))?;
-    Ok((name, stored, definition))
-}
+const KIND: PushKind = <Definition as shared::Target>::KIND;
 
 /// Whether `new` needs its database checked again: it is new, or it writes somewhere else or
 /// otherwise (enabling or disabling alone does not).
@@ -82,9 +60,16 @@ pub async fn put(
     let mut checked = false;
     for _ in 0..CAS_ATTEMPTS {
         let previous = state.store.push(KIND, name.as_str()).await?;
-        let old = previous.as_ref().map(parse).transpose()?;
+        let old = previous
+            .as_ref()
+            .map(shared::parse::<Definition>)
+            .transpose()?;
         if let Some(old) = &old {
-            shared::require(&caller, &old.scope(), &what(name.as_str()))?;
+            shared::require(
+                &caller,
+                &old.scope(),
+                &shared::what::<Definition>(name.as_str()),
+            )?;
         }
         if !checked && needs_check(old.as_ref(), &definition) {
             sinks::check(&definition).await.map_err(|e| match e {
@@ -136,7 +121,7 @@ pub async fn list(
     let claims = shared::claims(&state, KIND).await?;
     let mut all = Vec::new();
     for stored in state.store.pushes(KIND).await? {
-        let definition = parse(&stored)?;
+        let definition = shared::parse::<Definition>(&stored)?;
         if shared::reads(&caller, &definition.scope()) {
             all.push(shared::target_json(
                 &stored,
@@ -155,7 +140,7 @@ pub async fn show(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, stored, definition) = find(&state, &caller, name).await?;
+    let (_, stored, definition) = shared::find::<Definition>(&state, &caller, name).await?;
     let claims = shared::claims(&state, KIND).await?;
     Ok(Json(shared::target_json(
         &stored,
@@ -172,6 +157,6 @@ pub async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (name, _, _) = find(&state, &caller, name).await?;
+    let (name, _, _) = shared::find::<Definition>(&state, &caller, name).await?;
     shared::delete(&state, &caller, KIND, &name).await
 }

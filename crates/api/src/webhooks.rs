@@ -18,10 +18,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tenantsync_core::InvalidInput;
-use tenantsync_push::definition::TargetName;
 use tenantsync_push::webhooks::definition::{Definition, WebhookSpec};
 use tenantsync_push::webhooks::replay::{self, ReplayError, ReplayFrom};
-use tenantsync_store::{PushKind, PushPut, StoredPush};
+use tenantsync_store::{PushKind, PushPut};
 
 use crate::admin::audit;
 use crate::auth::Caller;
@@ -29,32 +28,11 @@ use crate::extract::{ApiBody, ApiQuery};
 use crate::push::{self as shared, CAS_ATTEMPTS};
 use crate::{ApiError, AppState};
 
-const KIND: PushKind = PushKind::Webhook;
+const KIND: PushKind = <Definition as shared::Target>::KIND;
 
 /// Attempts listed when the request names no `limit`, and the most it may name.
 const ATTEMPTS_DEFAULT_LIMIT: usize = 100;
 const ATTEMPTS_MAX_LIMIT: usize = 1_000;
-
-fn parse(stored: &StoredPush) -> Result<Definition, ApiError> {
-    Definition::parse(&stored.definition).map_err(|e| shared::unparsable(stored, e))
-}
-
-fn what(name: &str) -> String {
-    format!("webhook {name}")
-}
-
-/// The endpoint named, if the caller may read everything it covers: 404, then 403.
-async fn find(
-    state: &AppState,
-    caller: &Caller,
-    name: String,
-) -> Result<(TargetName, StoredPush, Definition), ApiError> {
-    let name = shared::target_name(name)?;
-    let stored = shared::stored(state, KIND, &name).await?;
-    let definition = parse(&stored)?;
-    shared::require(caller, &definition.scope(), &what(name.as_str()))?;
-    Ok((name, stored, definition))
-}
 
 /// Refuses a URL the SSRF guard refuses, by its form and by what its host resolves to (422
 /// naming `url`). Delivery checks again at every connection: a name may resolve elsewhere later.
@@ -90,7 +68,10 @@ pub async fn put(
     let mut checked: Option<String> = None;
     for _ in 0..CAS_ATTEMPTS {
         let previous = state.store.push(KIND, name.as_str()).await?;
-        let old = previous.as_ref().map(parse).transpose()?;
+        let old = previous
+            .as_ref()
+            .map(shared::parse::<Definition>)
+            .transpose()?;
         let (definition, secret) = Definition::from_spec(spec.clone(), old.as_ref())?;
         let scope = definition.scope();
         if !shared::reads(&caller, &scope) {
@@ -100,7 +81,11 @@ pub async fn put(
             ));
         }
         if let Some(old) = &old {
-            shared::require(&caller, &old.scope(), &what(name.as_str()))?;
+            shared::require(
+                &caller,
+                &old.scope(),
+                &shared::what::<Definition>(name.as_str()),
+            )?;
         }
         shared::require_declared(&state, &scope).await?;
         let url_changed = old.as_ref().is_none_or(|o| o.url != definition.url);
@@ -147,7 +132,7 @@ pub async fn list(
     let claims = shared::claims(&state, KIND).await?;
     let mut webhooks = Vec::new();
     for stored in state.store.pushes(KIND).await? {
-        let definition = parse(&stored)?;
+        let definition = shared::parse::<Definition>(&stored)?;
         if shared::reads(&caller, &definition.scope()) {
             webhooks.push(shared::target_json(
                 &stored,
@@ -166,7 +151,7 @@ pub async fn show(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, stored, definition) = find(&state, &caller, name).await?;
+    let (_, stored, definition) = shared::find::<Definition>(&state, &caller, name).await?;
     let claims = shared::claims(&state, KIND).await?;
     Ok(Json(shared::target_json(
         &stored,
@@ -182,7 +167,7 @@ pub async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (name, _, _) = find(&state, &caller, name).await?;
+    let (name, _, _) = shared::find::<Definition>(&state, &caller, name).await?;
     shared::delete(&state, &caller, KIND, &name).await
 }
 
@@ -195,7 +180,8 @@ pub async fn rotate_secret(
 ) -> Result<Json<Value>, ApiError> {
     let name = shared::target_name(name)?;
     for _ in 0..CAS_ATTEMPTS {
-        let (_, stored, mut definition) = find(&state, &caller, name.to_string()).await?;
+        let (_, stored, mut definition) =
+            shared::find::<Definition>(&state, &caller, name.to_string()).await?;
         let now = Utc::now();
         let secret = definition.rotate(now);
         let previous_expire_at: Option<DateTime<Utc>> = definition
@@ -251,7 +237,7 @@ pub async fn attempts(
             .into());
         }
     };
-    let (name, _, _) = find(&state, &caller, name).await?;
+    let (name, _, _) = shared::find::<Definition>(&state, &caller, name).await?;
     let attempts = state
         .store
         .push_attempts(KIND, name.as_str(), limit)
@@ -303,7 +289,7 @@ pub async fn replay(
             .into());
         }
     };
-    let (name, _, definition) = find(&state, &caller, name).await?;
+    let (name, _, definition) = shared::find::<Definition>(&state, &caller, name).await?;
     let tenants = replay::replay(
         state.store.as_ref(),
         &state.hub,

@@ -129,19 +129,24 @@ impl Drop for ServerProcess {
 
 impl ServerProcess {
     pub(crate) fn start(binary: PathBuf) -> anyhow::Result<Self> {
+        // A short stall timeout, so that stalled clients are cut off within a run.
+        Self::start_with(binary, &["--sse-stall-timeout-secs", "5"])
+    }
+
+    /// `tenantsync serve` on a port of its own and a data dir of its own, with the bench's
+    /// tenant write rate and `args`.
+    pub(crate) fn start_with(binary: PathBuf, args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("cannot create a temp dir")?;
         let mut child = Command::new(&binary)
-            // A short stall timeout, so that stalled clients are cut off within a run.
             .args([
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
-                "--sse-stall-timeout-secs",
-                "5",
                 "--tenant-write-rate",
                 &crate::BENCH_TENANT_WRITE_RATE.to_string(),
-                "--data-dir",
             ])
+            .args(args)
+            .arg("--data-dir")
             .arg(dir.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

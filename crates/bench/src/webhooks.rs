@@ -9,7 +9,6 @@
 //! -> arrival. Server, writer and receivers share the machine's cores.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::subscribers::{listening_address, now_micros, tenantsync_binary};
+use crate::subscribers::{ServerProcess, now_micros, tenantsync_binary};
 
 #[derive(Debug, Args)]
 pub struct WebhooksArgs {
@@ -149,54 +148,17 @@ async fn failing_endpoint() -> anyhow::Result<(String, tokio::task::JoinHandle<(
 }
 
 /// The server under test, killed on drop.
-struct ServerProcess {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A config file holding the server's retry schedule, when one is given; kept while the
+/// server runs.
+fn schedule_config(retry_schedule_secs: Option<&str>) -> anyhow::Result<tempfile::NamedTempFile> {
+    let file = tempfile::NamedTempFile::new().context("cannot create the config file")?;
+    if let Some(s) = retry_schedule_secs {
+        std::fs::write(
+            file.path(),
+            format!("[webhooks]\nretry_schedule_secs = [{s}]\n"),
+        )?;
     }
-}
-
-impl ServerProcess {
-    fn start(binary: PathBuf, retry_schedule_secs: Option<&str>) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir().context("cannot create a temp dir")?;
-        // Attempts keep the default timeout (15 s), which the dead endpoint runs into.
-        let config = dir.path().join("config.toml");
-        let schedule = retry_schedule_secs
-            .map(|s| format!("[webhooks]\nretry_schedule_secs = [{s}]\n"))
-            .unwrap_or_default();
-        std::fs::write(&config, schedule)?;
-        let mut child = Command::new(&binary)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--insecure-no-auth",
-                "--webhook-allow-private-networks",
-                "--tenant-write-rate",
-                &crate::BENCH_TENANT_WRITE_RATE.to_string(),
-                "--config",
-            ])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start {} serve", binary.display()))?;
-        let addr = listening_address(&mut child)?;
-        Ok(Self {
-            child,
-            base: format!("http://{addr}"),
-            _dir: dir,
-        })
-    }
+    Ok(file)
 }
 
 async fn declare(
@@ -288,7 +250,18 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     );
     let binary = tenantsync_binary(args.tenantsync.clone())?;
     tenantsync::serve::raise_fd_limit();
-    let server = ServerProcess::start(binary, args.retry_schedule_secs.as_deref())?;
+    // Attempts keep the default timeout (15 s), which the dead endpoint runs into.
+    let config = schedule_config(args.retry_schedule_secs.as_deref())?;
+    let config_path = config.path().display().to_string();
+    let server = ServerProcess::start_with(
+        binary,
+        &[
+            "--insecure-no-auth",
+            "--webhook-allow-private-networks",
+            "--config",
+            &config_path,
+        ],
+    )?;
     let base = server.base.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)

@@ -9,9 +9,11 @@
 
 pub mod cursor;
 mod hub;
+pub mod pending;
 pub mod subscriptions;
 mod tenant_feed;
 
 pub use cursor::{CursorError, CursorKey, FeedCursor, SubscriptionCursor};
 pub use hub::{Hub, HubStats, HubTails};
+pub use pending::pending;
 pub use tenant_feed::{FeedError, Page, change_json, read_or_wait, read_page};

@@ -14,15 +14,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tenantsync_core::{DatasetName, TenantId};
-use tenantsync_store::{
-    FeedPosition, FeedRecord, MasterStore, Progress, StoreError, Subscription, TenantSelection,
-};
+use tenantsync_store::{FeedPosition, FeedRecord, MasterStore, Progress, StoreError, Subscription};
 use tokio::time::Instant;
 
 use crate::Hub;
 use crate::cursor::{CursorError, CursorKey, SubscriptionCursor};
+use crate::pending::{Key, Known};
 use crate::tenant_feed::{FeedError, read_page};
 
 /// Tenants probed in the store for one batch at most; more are left for the next call.
@@ -70,49 +69,42 @@ struct Candidate {
     dataset: DatasetName,
     tenant: TenantId,
     position: Option<FeedPosition>,
-    acked_at: Option<DateTime<Utc>>,
 }
 
 /// The (dataset, tenant) pairs of a subscription that may have something to deliver, least
-/// recently acknowledged first.
+/// recently acknowledged first (see [`crate::pending`]).
 async fn pending(
     store: &dyn MasterStore,
     hub: &Hub,
     subscription: &Subscription,
 ) -> Result<Vec<Candidate>, StoreError> {
-    let mut progress: HashMap<(DatasetName, TenantId), Progress> = store
+    let known: HashMap<Key, Known> = store
         .subscription_progress(&subscription.name)
         .await?
         .into_iter()
-        .map(|p| ((p.dataset.clone(), p.tenant.clone()), p))
-        .collect();
-    let mut out = Vec::new();
-    for dataset in &subscription.datasets {
-        let tenants = match &subscription.tenants {
-            TenantSelection::All => hub.tenants(dataset),
-            TenantSelection::Only(tenants) => tenants.clone(),
-        };
-        for tenant in tenants {
-            let acked = progress.remove(&(dataset.clone(), tenant.clone()));
-            let position = acked.as_ref().map(|p| p.position);
-            let caught_up = match (position, hub.known_end(dataset, &tenant)) {
-                (Some(p), Some(end)) => p.next_seq >= end,
-                // Never read: caught up only if the tenant has nothing at all.
-                (None, Some(end)) => end == 0,
-                (_, None) => false,
+        .map(|p| {
+            let known = Known {
+                position: Some(p.position),
+                delivered_at: Some(p.acked_at),
             };
-            if !caught_up {
-                out.push(Candidate {
-                    dataset: dataset.clone(),
+            ((p.dataset, p.tenant), known)
+        })
+        .collect();
+    Ok(
+        crate::pending(hub, &subscription.datasets, &subscription.tenants, &known)
+            .into_iter()
+            .map(|(dataset, tenant)| {
+                let position = known
+                    .get(&(dataset.clone(), tenant.clone()))
+                    .and_then(|k| k.position);
+                Candidate {
+                    dataset,
                     tenant,
                     position,
-                    acked_at: acked.map(|p| p.acked_at),
-                });
-            }
-        }
-    }
-    out.sort_by_key(|c| c.acked_at);
-    Ok(out)
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The next batch of the subscription, waiting up to `wait` for one when nothing is pending.

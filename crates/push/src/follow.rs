@@ -25,44 +25,12 @@ pub struct Scope {
     pub tenants: TenantSelection,
 }
 
-/// A target's progress on one tenant, as the target knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Known {
-    /// `None`: nothing delivered yet (the first page is a snapshot).
-    pub position: Option<FeedPosition>,
-    /// When a batch of this tenant was last delivered (or its position last moved).
-    pub delivered_at: Option<DateTime<Utc>>,
-}
-
-/// A (dataset, tenant) pair.
-pub type Key = (DatasetName, TenantId);
+pub use tenantsync_feed::pending::{Key, Known};
 
 /// The pairs the scope covers that may have something to deliver, least recently delivered
-/// first (never delivered first of all). A pair is left out when the hub knows the tenant's end
-/// and the position is at it; a tenant the hub has not seen the end of is included (reading it
-/// finds out).
+/// first: [`tenantsync_feed::pending`] over the scope.
 pub fn pending(hub: &Hub, scope: &Scope, known: &HashMap<Key, Known>) -> Vec<Key> {
-    let mut out: Vec<(Option<DateTime<Utc>>, Key)> = Vec::new();
-    for dataset in &scope.datasets {
-        let tenants = match &scope.tenants {
-            TenantSelection::All => hub.tenants(dataset),
-            TenantSelection::Only(tenants) => tenants.clone(),
-        };
-        for tenant in tenants {
-            let key = (dataset.clone(), tenant);
-            let k = known.get(&key).copied().unwrap_or_default();
-            let caught_up = match (k.position, hub.known_end(dataset, &key.1)) {
-                (Some(p), Some(end)) => p.next_seq >= end,
-                (None, Some(end)) => end == 0,
-                (_, None) => false,
-            };
-            if !caught_up {
-                out.push((k.delivered_at, key));
-            }
-        }
-    }
-    out.sort_by_key(|a| a.0);
-    out.into_iter().map(|(_, key)| key).collect()
+    tenantsync_feed::pending(hub, &scope.datasets, &scope.tenants, known)
 }
 
 /// A page to deliver, and whether it starts the tenant over (`reset`: the receiver drops what it
