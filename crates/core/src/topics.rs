@@ -1,4 +1,5 @@
-/// Names of a dataset's topics: `{prefix}.{dataset}.changes`, `.state` and `.batches`.
+/// Names of a dataset's topics: `{prefix}.{dataset}.changes`, `.state`, `.state.avro` and
+/// `.batches`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     prefix: String,
@@ -23,6 +24,12 @@ impl Topics {
 
     pub fn state(&self, dataset: &crate::DatasetName) -> String {
         format!("{}.{dataset}.state", self.prefix)
+    }
+
+    /// The Avro copy of the state log, `{prefix}.{dataset}.state.avro`, for datasets that ask
+    /// for Avro: the same keys, values in the Confluent wire format.
+    pub fn state_avro(&self, dataset: &crate::DatasetName) -> String {
+        format!("{}.{dataset}.state.avro", self.prefix)
     }
 
     pub fn batches(&self, dataset: &crate::DatasetName) -> String {

@@ -127,6 +127,20 @@ impl Datasets {
         Ok(())
     }
 
+    /// Creates (or checks) the dataset's Avro state topic, `{prefix}.{dataset}.state.avro`:
+    /// compacted like the state topic, with as many partitions.
+    pub async fn ensure_avro_topic(&self, dataset: &Dataset) -> Result<(), LogError> {
+        self.log
+            .ensure_topic(&TopicSpec {
+                name: self.topics.state_avro(&dataset.name),
+                partitions: dataset.partitions,
+                cleanup: Cleanup::Compact {
+                    tombstone_retention: self.tombstone_retention,
+                },
+            })
+            .await
+    }
+
     fn topic_specs(&self, dataset: &Dataset) -> [TopicSpec; 3] {
         [
             TopicSpec {

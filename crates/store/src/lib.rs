@@ -28,6 +28,7 @@ mod push;
 mod records;
 mod rejected;
 mod rows;
+mod schemas;
 mod sources;
 pub mod sqlite;
 mod subscriptions;
@@ -44,6 +45,7 @@ pub use feed::{FeedPosition, FeedRecord, FeedStore, TenantFeed};
 pub use push::{PushAttempt, PushClaim, PushKind, PushProgress, PushPut, PushStore, StoredPush};
 pub use records::{Applied, Dataset, LoggedChange, RecordStore, StoredOutcome};
 pub use rejected::{RejectedEntry, RejectedPage, RejectedStore};
+pub use schemas::{ContractSettings, SchemaFormat, SchemaPut, SchemaStore, StoredSchema};
 pub use sources::{
     SourcePut, SourceRejectedPage, SourceRejection, SourceShard, SourceStore, StoredSource,
 };
