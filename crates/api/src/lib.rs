@@ -35,6 +35,7 @@ use tenantsync_feed::{CursorKey, Hub};
 use tenantsync_log::Log;
 use tenantsync_push::webhooks::ssrf::Guard;
 use tenantsync_retention::Erasures;
+use tenantsync_schema::Schemas;
 use tenantsync_store::MasterStore;
 use tenantsync_supervisor::{MetricsSource, Supervisor};
 
@@ -105,6 +106,8 @@ pub struct AppState {
     pub log: Arc<dyn Log>,
     pub store: Arc<dyn MasterStore>,
     pub datasets: Arc<Datasets>,
+    /// Data contracts: schemas, their registration and the cache writes are checked against.
+    pub schemas: Arc<Schemas>,
     /// Where `?wait=applied` writers wait for this instance's processor.
     pub applied: Arc<AppliedHub>,
     /// Live wake-ups for feed readers.

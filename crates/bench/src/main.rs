@@ -425,10 +425,15 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
         args.changes as f64 / fill.as_secs_f64()
     );
 
+    let schemas = Arc::new(tenantsync_schema::Schemas::new(
+        store.clone(),
+        datasets.topics().clone(),
+    ));
     let processor = Arc::new(Processor::new(
         log,
         store,
         datasets.clone(),
+        schemas,
         ProcessorConfig {
             max_batch: args.batch,
             ..ProcessorConfig::default()

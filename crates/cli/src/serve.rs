@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tenantsync_schema::Schemas;
 
 use anyhow::Context;
 use tenantsync_api::{ApiConfig, ApiMetrics, AppState, Auth, Instances, WriteQuotas};
@@ -142,11 +143,16 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .with_context(|| format!("the topics of dataset {} are not usable", dataset.name))?;
     }
     let hub = Hub::new();
+    let schemas = Arc::new(Schemas::new(
+        store.clone(),
+        Topics::new(&settings.topic_prefix),
+    ));
     let processor = Arc::new(
         Processor::new(
             log.clone(),
             store.clone(),
             datasets.clone(),
+            schemas.clone(),
             ProcessorConfig {
                 max_batch: settings.max_batch,
                 ..ProcessorConfig::default()
@@ -192,7 +198,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     );
     let sources = Arc::new(Sources::new(
         store.clone(),
-        Arc::new(Ingest::new(datasets.clone(), quotas.clone(), store.clone())),
+        Arc::new(Ingest::new(
+            datasets.clone(),
+            quotas.clone(),
+            store.clone(),
+            schemas.clone(),
+        )),
         instance.clone(),
         {
             let quotas = quotas.clone();
@@ -309,6 +320,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         log,
         store,
         datasets,
+        schemas,
         applied: processor.applied(),
         hub: hub.clone(),
         metrics: ApiMetrics::default(),

@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 use tenantsync_dataset::{AppliedHub, CommitObserver, Datasets, PerDataset, changes, state};
 use tenantsync_log::{Log, LogError, Message, Offset, Partition, Publisher};
+use tenantsync_schema::Schemas;
 use tenantsync_store::{Dataset, LoggedChange, MasterStore, RejectedEntry};
 use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
 use tokio::task::JoinHandle;
@@ -117,6 +118,9 @@ pub struct Processor {
     log: Arc<dyn Log>,
     store: Arc<dyn MasterStore>,
     datasets: Arc<Datasets>,
+    /// Data contracts: patches are checked against them when applied, and datasets that ask
+    /// for Avro get their states published as Avro too.
+    schemas: Arc<Schemas>,
     config: ProcessorConfig,
     stats: ProcessorStats,
     applied: Arc<AppliedHub>,
@@ -128,12 +132,14 @@ impl Processor {
         log: Arc<dyn Log>,
         store: Arc<dyn MasterStore>,
         datasets: Arc<Datasets>,
+        schemas: Arc<Schemas>,
         config: ProcessorConfig,
     ) -> Self {
         Self {
             log,
             store,
             datasets,
+            schemas,
             config,
             stats: ProcessorStats::default(),
             applied: Arc::new(AppliedHub::default()),

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use tenantsync_schema::Schemas;
 
 use chrono::Utc;
 use serde_json::Value;
@@ -54,6 +55,8 @@ pub struct Ingest {
     datasets: Arc<Datasets>,
     quotas: Arc<WriteQuotas>,
     store: Arc<dyn MasterStore>,
+    /// Each change's data is checked against its dataset's schema before it is appended.
+    schemas: Arc<Schemas>,
 }
 
 impl Ingest {
@@ -61,11 +64,13 @@ impl Ingest {
         datasets: Arc<Datasets>,
         quotas: Arc<WriteQuotas>,
         store: Arc<dyn MasterStore>,
+        schemas: Arc<Schemas>,
     ) -> Self {
         Self {
             datasets,
             quotas,
             store,
+            schemas,
         }
     }
 
