@@ -27,6 +27,7 @@ use tenantsync_store::Dataset;
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
 
 mod batches;
+mod contracts;
 mod debezium;
 mod outbox;
 mod publish;
@@ -130,6 +131,13 @@ struct ProcessorArgs {
     /// Processor batch size.
     #[arg(long, default_value_t = ProcessorConfig::DEFAULT_MAX_BATCH)]
     batch: usize,
+    /// Data fields per record (`f0`, `f1`, ... of mixed types), with a JSON Schema registered
+    /// for them; 0: the two-field records of the other benches, and no schema.
+    #[arg(long, default_value_t = 0)]
+    fields: usize,
+    /// Also publish every state to the Avro state topic (needs --fields).
+    #[arg(long, requires = "fields")]
+    avro: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +160,14 @@ struct HttpArgs {
     /// The server's --tenant-write-rate [default: the server's default].
     #[arg(long)]
     tenant_write_rate: Option<u32>,
+    /// Data fields per PUT (`f0`, `f1`, ... of mixed types); 0: the one-field body of earlier
+    /// runs.
+    #[arg(long, default_value_t = 0)]
+    fields: usize,
+    /// Register a JSON Schema of the --fields fields before the run, so that every PUT is
+    /// validated.
+    #[arg(long, requires = "fields")]
+    schema: bool,
 }
 
 /// Backends for one run; keeps the temp dir and mock cluster alive.
@@ -406,9 +422,14 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
                     },
                     tenant: tenant(rng.random_range(0..args.common.tenants)),
                     id: EntityId::new(format!("item-{}", rng.random_range(0..100))).expect("valid"),
-                    data: json!({"qty": rng.random_range(0..1000), "name": "widget"})
-                        .as_object()
-                        .cloned(),
+                    data: Some(if args.fields == 0 {
+                        json!({"qty": rng.random_range(0..1000), "name": "widget"})
+                            .as_object()
+                            .cloned()
+                            .unwrap_or_default()
+                    } else {
+                        contracts::record(args.fields, &mut rng)
+                    }),
                     expected_version: None,
                     accepted_at: Utc::now(),
                 };
@@ -429,6 +450,15 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
         store.clone(),
         datasets.topics().clone(),
     ));
+    if args.fields > 0 {
+        if args.avro {
+            datasets.ensure_avro_topic(&dataset).await?;
+            schemas.set_avro(&dataset.name, true).await?;
+        }
+        schemas
+            .register_json(&dataset.name, &contracts::schema(args.fields), None)
+            .await?;
+    }
     let processor = Arc::new(Processor::new(
         log,
         store,
@@ -494,6 +524,18 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.connections * 2)
         .build()?;
     declare_over_http(&client, &base, args.common.partitions).await?;
+    if args.schema {
+        let registered = client
+            .put(format!("{base}/v1/datasets/{DATASET}/schema"))
+            .json(&json!({ "schema": contracts::schema(args.fields) }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            registered.status().is_success(),
+            "registering the schema: {}",
+            registered.status()
+        );
+    }
 
     // Phase 1: closed loop, as many PUTs as `connections` clients get accepted.
     eprintln!(
@@ -504,6 +546,7 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for c in 0..args.connections {
         let (client, base, tenants) = (client.clone(), base.clone(), args.common.tenants);
+        let fields = args.fields;
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(c as u64);
             let mut accepted = 0u64;
@@ -513,11 +556,12 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
                     rng.random_range(0..tenants),
                     rng.random_range(0..100)
                 );
-                let r = client
-                    .put(url)
-                    .json(&json!({"qty": rng.random_range(0..1000)}))
-                    .send()
-                    .await;
+                let body = if fields == 0 {
+                    json!({"qty": rng.random_range(0..1000)})
+                } else {
+                    serde_json::Value::Object(contracts::record(fields, &mut rng))
+                };
+                let r = client.put(url).json(&body).send().await;
                 if matches!(r, Ok(r) if r.status() == 202) {
                     accepted += 1;
                 }
@@ -563,10 +607,15 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
             rng.random_range(0..args.common.tenants),
             rng.random_range(0..100)
         );
+        let body = if args.fields == 0 {
+            json!({ "n": i })
+        } else {
+            serde_json::Value::Object(contracts::record(args.fields, &mut rng))
+        };
         let (client, histogram, errors) = (client.clone(), histogram.clone(), errors.clone());
         handles.push(tokio::spawn(async move {
             let sent = Instant::now();
-            match client.put(url).json(&json!({"n": i})).send().await {
+            match client.put(url).json(&body).send().await {
                 Ok(r) if r.status() == 200 => {
                     let micros = sent.elapsed().as_micros() as u64;
                     histogram.lock().expect("lock").record(micros).ok();
