@@ -6,8 +6,9 @@
 //! entries that could not be decoded), [`FeedStore`] (a tenant's records by seq, tombstone
 //! purges), [`SubscriptionStore`], [`AccessStore`] (tokens, the audit log, shared secrets),
 //! [`ErasureStore`], [`CoordinationStore`] (the batcher's claim, the HTTP batch queue) and
-//! [`SourceStore`] (source definitions, their shards' claims and status, their rejections) and
-//! [`PushStore`] (webhook and sink definitions, their claims, progress and attempts).
+//! [`SourceStore`] (source definitions, their shards' claims and status, their rejections),
+//! [`PushStore`] (webhook and sink definitions, their claims, progress and attempts) and
+//! [`SchemaStore`] (datasets' schema versions and contract settings).
 //! [`MasterStore`] is all of them at once; a component that needs one concern takes that trait
 //! (an `Arc<dyn MasterStore>` converts to an `Arc<dyn FeedStore>` and the like).
 //!
@@ -71,6 +72,7 @@ pub trait MasterStore:
     + CoordinationStore
     + SourceStore
     + PushStore
+    + SchemaStore
 {
 }
 
@@ -85,6 +87,7 @@ impl<T> MasterStore for T where
         + CoordinationStore
         + SourceStore
         + PushStore
+        + SchemaStore
 {
 }
 

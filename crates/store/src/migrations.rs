@@ -41,6 +41,7 @@ migrations! {
     8 => "0008_outcome_times",
     9 => "0009_sources",
     10 => "0010_push",
+    11 => "0011_schemas",
 }
 
 /// The newest version a list knows, to refuse a database migrated by a newer build.

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tenantsync_core::DatasetName;
 
-use crate::StoreError;
+use crate::{StoreError, rows};
 
 /// The language of a schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,4 +121,54 @@ pub trait SchemaStore: Send + Sync {
 
     /// See the contract's **Generation**.
     async fn schemas_generation(&self) -> Result<u64, StoreError>;
+}
+
+/// A row of (id, dataset, format, version, schema, created_at), as both backends store it.
+pub(crate) fn stored_schema_from_row(
+    id: i64,
+    dataset: String,
+    format: &str,
+    version: i64,
+    schema: String,
+    created_at: i64,
+) -> Result<StoredSchema, StoreError> {
+    let corrupt = |what: &'static str, detail: String| StoreError::Corrupt { what, detail };
+    Ok(StoredSchema {
+        id: u32::try_from(id).map_err(|_| corrupt("schema id", format!("{id} out of range")))?,
+        dataset: DatasetName::new(dataset).map_err(|e| corrupt("schema dataset", e.to_string()))?,
+        format: match format {
+            "json" => SchemaFormat::Json,
+            "avro" => SchemaFormat::Avro,
+            other => {
+                return Err(corrupt(
+                    "schema format",
+                    format!("unknown format {other:?}"),
+                ));
+            }
+        },
+        version: u32::try_from(version)
+            .map_err(|_| corrupt("schema version", format!("{version} out of range")))?,
+        schema,
+        created_at: rows::from_micros("schema created_at", created_at)?,
+    })
+}
+
+/// What a put decides from the latest version, read under the backend's lock: `Ok` with the
+/// outcome when nothing is to be written, `Err(version)` with the version to create.
+pub(crate) fn decide_put(
+    latest: Option<StoredSchema>,
+    schema: &str,
+    expected_latest: u32,
+) -> Result<SchemaPut, u32> {
+    let current = latest.as_ref().map_or(0, |l| l.version);
+    match latest {
+        Some(latest) if latest.schema == schema => Ok(SchemaPut::Existing(latest)),
+        _ if current != expected_latest => Ok(SchemaPut::Conflict),
+        _ => Err(current + 1),
+    }
+}
+
+/// The time a new version is stored with: now, to the microsecond (what both backends keep).
+pub(crate) fn now_micros() -> i64 {
+    rows::to_micros(Utc::now())
 }

@@ -65,8 +65,8 @@ async fn sqlite_state_survives_reopen() {
         .unwrap();
     // Every migration once: 0001_initial, 0002_feed_and_subscriptions, 0003_tokens,
     // 0004_audit_secrets_erasures, 0005_batches, 0006_rejected_entries, 0007_instances,
-    // 0008_outcome_times, 0009_sources and 0010_push.
-    assert_eq!(migrations, 10);
+    // 0008_outcome_times, 0009_sources, 0010_push and 0011_schemas.
+    assert_eq!(migrations, 11);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -151,7 +151,7 @@ async fn postgres_concurrent_connects_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 10, "each migration applied exactly once");
+    assert_eq!(n, 11, "each migration applied exactly once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

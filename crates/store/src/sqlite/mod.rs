@@ -18,6 +18,7 @@ mod feed;
 mod push;
 mod records;
 mod rejected;
+mod schemas;
 mod sources;
 mod subscriptions;
 

@@ -2,8 +2,9 @@
 //!
 //! One module per concern of the store (records, feed, subscriptions, access, erasure,
 //! coordination (claims, the batch queue, the instance registry), rejected entries, sources
-//! (definitions, shard claims, rejections), push (targets, claims, progress, attempts); `model` holds the randomised and model-based cases
-//! of records). Each case is a plain async fn over `&dyn MasterStore` (or `Arc<dyn MasterStore>`
+//! (definitions, shard claims, rejections), push (targets, claims, progress, attempts), schemas
+//! (versions, ids, contract settings, the generation); `model` holds the randomised and
+//! model-based cases of records). Each case is a plain async fn over `&dyn MasterStore` (or `Arc<dyn MasterStore>`
 //! when it shares the store between concurrent tasks); the `conformance!` macro instantiates
 //! every case for every backend, each on a fresh store (its own temp dir or PostgreSQL schema),
 //! so they run in parallel, named `BACKEND::CONCERN::CASE`. PostgreSQL cases read
@@ -21,6 +22,7 @@ mod model;
 mod push;
 mod records;
 mod rejected;
+mod schemas;
 mod sources;
 mod subscriptions;
 
@@ -178,6 +180,13 @@ conformance! {
             shared push_progress_racing_a_replay_never_lands_after_it,
             shared push_claims_racing_a_replay_read_it_or_are_fenced,
             shared push_delete_racing_writes_leaves_nothing,
+        ],
+        schemas: [
+            store schema_versions_and_ids,
+            store schema_puts_compare_and_set,
+            store contract_settings_defaults_and_updates,
+            store generation_changes_with_every_write,
+            shared schema_registrations_racing_agree_with_the_history,
         ],
     }
 }
