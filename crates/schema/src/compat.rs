@@ -21,7 +21,14 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
+
+use keywords::{
+    ARRAY, FRACTION, INTEGER, Keywords, OBJECT, STRING, additional, as_schema, bound_text, kind,
+    nested_id, num_cmp, types,
+};
+
+mod keywords;
 
 /// A compatibility mode, spelled as Confluent Schema Registry spells it. Backward: a reader
 /// using the new schema can read data written with the old one. Forward: a reader using the old
@@ -123,39 +130,6 @@ pub fn check(mode: Compatibility, new: &Value, history: &[(u32, Value)]) -> Vec<
     breaks
 }
 
-/// Kinds of JSON values, as bits: `number` is `INTEGER | FRACTION`.
-const NULL: u8 = 1;
-const BOOLEAN: u8 = 2;
-const OBJECT: u8 = 4;
-const ARRAY: u8 = 8;
-const INTEGER: u8 = 16;
-const FRACTION: u8 = 32;
-const STRING: u8 = 64;
-const ANY: u8 = 127;
-
-const ANNOTATIONS: &[&str] = &[
-    "title",
-    "description",
-    "default",
-    "examples",
-    "$comment",
-    "format",
-    "deprecated",
-    "readOnly",
-    "writeOnly",
-];
-const DRAFT_2020_12: &[&str] = &[
-    "https://json-schema.org/draft/2020-12/schema",
-    "https://json-schema.org/draft/2020-12/schema#",
-];
-/// Keywords that change what their understood siblings mean, so that even unchanged they make
-/// the keyword-by-keyword comparison wrong.
-const ENTANGLED: &[&str] = &[
-    "patternProperties",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-];
-
 static TRUE: Value = Value::Bool(true);
 static FALSE: Value = Value::Bool(false);
 
@@ -217,134 +191,6 @@ impl<'a> At<'a> {
     }
 }
 
-/// A lower or upper bound on numbers.
-#[derive(Clone, Copy)]
-struct Bound<'a> {
-    n: &'a Number,
-    exclusive: bool,
-    keyword: &'static str,
-}
-
-/// The understood keywords of one subschema.
-struct Keywords<'a> {
-    kinds: u8,
-    types: Option<&'a Value>,
-    enumeration: Option<&'a Vec<Value>>,
-    constant: Option<&'a Value>,
-    properties: Option<&'a Map<String, Value>>,
-    required: Vec<&'a str>,
-    min_length: Option<u64>,
-    max_length: Option<u64>,
-    min_items: Option<u64>,
-    max_items: Option<u64>,
-    lower: Option<Bound<'a>>,
-    upper: Option<Bound<'a>>,
-    pattern: Option<&'a str>,
-    /// Keywords not understood (unknown, or malformed), compatible only when unchanged.
-    unknown: Vec<&'a str>,
-    /// Keywords that are a break whenever the subschemas differ.
-    entangled: Vec<&'a str>,
-}
-
-impl<'a> Keywords<'a> {
-    fn parse(schema: &'a Map<String, Value>, root: bool) -> Self {
-        let mut k = Keywords {
-            kinds: ANY,
-            types: None,
-            enumeration: None,
-            constant: None,
-            properties: None,
-            required: Vec::new(),
-            min_length: None,
-            max_length: None,
-            min_items: None,
-            max_items: None,
-            lower: None,
-            upper: None,
-            pattern: None,
-            unknown: Vec::new(),
-            entangled: Vec::new(),
-        };
-        for (name, value) in schema {
-            let understood = match name.as_str() {
-                n if ANNOTATIONS.contains(&n) => Some(()),
-                "$id" if root => Some(()),
-                "$schema" if root => {
-                    if !DRAFT_2020_12.contains(&value.as_str().unwrap_or_default()) {
-                        k.entangled.push(name);
-                    }
-                    Some(())
-                }
-                n if ENTANGLED.contains(&n) => {
-                    k.entangled.push(name);
-                    Some(())
-                }
-                "type" => type_kinds(value).map(|kinds| {
-                    k.kinds = kinds;
-                    k.types = Some(value);
-                }),
-                "enum" => value.as_array().map(|values| k.enumeration = Some(values)),
-                "const" => {
-                    k.constant = Some(value);
-                    Some(())
-                }
-                "properties" => value
-                    .as_object()
-                    .filter(|m| m.values().all(|s| s.is_object() || s.is_boolean()))
-                    .map(|m| k.properties = Some(m)),
-                "required" => value.as_array().and_then(|names| {
-                    let names: Option<Vec<&str>> = names.iter().map(Value::as_str).collect();
-                    names.map(|names| k.required = names)
-                }),
-                "additionalProperties" | "items" => {
-                    (value.is_object() || value.is_boolean()).then_some(())
-                }
-                "minLength" => count(value).map(|n| k.min_length = Some(n)),
-                "maxLength" => count(value).map(|n| k.max_length = Some(n)),
-                "minItems" => count(value).map(|n| k.min_items = Some(n)),
-                "maxItems" => count(value).map(|n| k.max_items = Some(n)),
-                "minimum" | "exclusiveMinimum" => bound(name, value).map(|b| {
-                    k.lower = Some(k.lower.map_or(b, |a| stricter(a, b, Ordering::Greater)));
-                }),
-                "maximum" | "exclusiveMaximum" => bound(name, value).map(|b| {
-                    k.upper = Some(k.upper.map_or(b, |a| stricter(a, b, Ordering::Less)));
-                }),
-                "pattern" => value.as_str().map(|p| k.pattern = Some(p)),
-                _ => None,
-            }
-            .is_some();
-            if !understood {
-                k.unknown.push(name);
-            }
-        }
-        k
-    }
-
-    /// The values this subschema is limited to by `enum` and `const`, of kinds it allows.
-    fn finite(&self) -> Option<Vec<&'a Value>> {
-        let values: Vec<&Value> = match (self.enumeration, self.constant) {
-            (None, None) => return None,
-            (Some(e), c) => e
-                .iter()
-                .filter(|v| c.is_none_or(|c| same_instance(v, c)))
-                .collect(),
-            (None, Some(c)) => vec![c],
-        };
-        Some(
-            values
-                .into_iter()
-                .filter(|v| kind(v) & self.kinds != 0)
-                .collect(),
-        )
-    }
-
-    fn allows_value(&self, v: &Value) -> bool {
-        self.enumeration
-            .is_none_or(|e| e.iter().any(|x| same_instance(x, v)))
-            && self.constant.is_none_or(|c| same_instance(c, v))
-    }
-}
-
 impl<'a> Walk<'a> {
     fn new(writer: &'a Value, reader: &'a Value, reader_is_new: bool, version: u32) -> Self {
         let local_refs = !nested_id(writer) && !nested_id(reader);
@@ -401,7 +247,7 @@ impl<'a> Walk<'a> {
             return;
         }
         let new = self.new_side(w, r);
-        let (Some(wm), Some(rm)) = (as_schema(w.schema), as_schema(r.schema)) else {
+        let not_a_schema = |out: &mut Vec<Break>| {
             let message = if r.schema == &FALSE {
                 let what = self.old_new("the schema became `false`", "`false` became a schema");
                 format!("{}: {}", what.0, self.refused())
@@ -411,10 +257,12 @@ impl<'a> Walk<'a> {
                     show(&new.ptr)
                 )
             };
-            return self.push(out, new.ptr.clone(), message);
+            self.push(out, new.ptr.clone(), message);
+        };
+        let Some(wm) = as_schema(w.schema) else {
+            return not_a_schema(out);
         };
         let wk = Keywords::parse(wm, std::ptr::eq(w.schema, self.writer));
-        let rk = Keywords::parse(rm, std::ptr::eq(r.schema, self.reader));
         let finite = wk.finite();
         let kinds = match &finite {
             Some(values) => values.iter().fold(0, |k, v| k | kind(v)),
@@ -423,6 +271,10 @@ impl<'a> Walk<'a> {
         if kinds == 0 {
             return; // nothing is valid under the writer's schema
         }
+        let Some(rm) = as_schema(r.schema) else {
+            return not_a_schema(out);
+        };
+        let rk = Keywords::parse(rm, std::ptr::eq(r.schema, self.reader));
         self.unknown(w, r, &wk, &rk, out);
         if kinds & !rk.kinds != 0 {
             let (old, new_types) = self.old_new(&wk, &rk);
@@ -727,166 +579,6 @@ impl<'a> Walk<'a> {
     }
 }
 
-fn as_schema(v: &Value) -> Option<&Map<String, Value>> {
-    static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
-    match v {
-        Value::Object(m) => Some(m),
-        Value::Bool(true) => Some(&EMPTY),
-        _ => None,
-    }
-}
-
-fn type_kinds(v: &Value) -> Option<u8> {
-    let one = |t: &Value| match t.as_str()? {
-        "null" => Some(NULL),
-        "boolean" => Some(BOOLEAN),
-        "object" => Some(OBJECT),
-        "array" => Some(ARRAY),
-        "number" => Some(INTEGER | FRACTION),
-        "integer" => Some(INTEGER),
-        "string" => Some(STRING),
-        _ => None,
-    };
-    match v {
-        Value::Array(ts) => ts.iter().try_fold(0, |k, t| Some(k | one(t)?)),
-        t => one(t),
-    }
-}
-
-fn kind(v: &Value) -> u8 {
-    match v {
-        Value::Null => NULL,
-        Value::Bool(_) => BOOLEAN,
-        Value::Object(_) => OBJECT,
-        Value::Array(_) => ARRAY,
-        Value::String(_) => STRING,
-        Value::Number(n) if n.is_f64() && n.as_f64().is_some_and(|f| f.fract() != 0.0) => FRACTION,
-        Value::Number(_) => INTEGER,
-    }
-}
-
-fn types(t: Option<&Value>) -> String {
-    match t {
-        None => "any type".to_owned(),
-        Some(Value::Array(ts)) => {
-            let names: Vec<&str> = ts.iter().filter_map(Value::as_str).collect();
-            names.join(" or ")
-        }
-        Some(t) => t.as_str().unwrap_or_default().to_owned(),
-    }
-}
-
-/// A non-negative integer keyword (`2.0` counts as 2, as draft 2020-12 says).
-fn count(v: &Value) -> Option<u64> {
-    let n = v.as_number()?;
-    n.as_u64().or_else(|| {
-        let f = n.as_f64()?;
-        (f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64).then_some(f as u64)
-    })
-}
-
-fn bound<'a>(name: &str, v: &'a Value) -> Option<Bound<'a>> {
-    let (exclusive, keyword) = match name {
-        "minimum" => (false, "minimum"),
-        "maximum" => (false, "maximum"),
-        "exclusiveMinimum" => (true, "exclusiveMinimum"),
-        _ => (true, "exclusiveMaximum"),
-    };
-    let n = v.as_number()?;
-    Some(Bound {
-        n,
-        exclusive,
-        keyword,
-    })
-}
-
-/// Of two bounds on the same side, the one that refuses more: the greater lower bound
-/// (`stricter_when` Greater) or the lesser upper bound (Less); exclusive wins a tie.
-fn stricter<'a>(a: Bound<'a>, b: Bound<'a>, stricter_when: Ordering) -> Bound<'a> {
-    match num_cmp(a.n, b.n) {
-        Ordering::Equal if b.exclusive => b,
-        Ordering::Equal => a,
-        o if o == stricter_when => a,
-        _ => b,
-    }
-}
-
-fn bound_text(b: Option<Bound>, lower: bool) -> String {
-    match (b, lower) {
-        (None, _) => "none".to_owned(),
-        (Some(b), true) => format!("{} {}", if b.exclusive { ">" } else { ">=" }, b.n),
-        (Some(b), false) => format!("{} {}", if b.exclusive { "<" } else { "<=" }, b.n),
-    }
-}
-
-/// Compares JSON numbers exactly, whether integers or floats.
-fn num_cmp(a: &Number, b: &Number) -> Ordering {
-    fn int(n: &Number) -> Option<i128> {
-        n.as_i64().map(i128::from).or(n.as_u64().map(i128::from))
-    }
-    // An integer against a float: compare with the float's floor, exact below 2^127.
-    fn int_float(i: i128, f: f64) -> Ordering {
-        if f >= 2f64.powi(127) {
-            return Ordering::Less;
-        }
-        if f < -(2f64.powi(127)) {
-            return Ordering::Greater;
-        }
-        let floor = f.floor();
-        match i.cmp(&(floor as i128)) {
-            Ordering::Equal if f > floor => Ordering::Less,
-            o => o,
-        }
-    }
-    let float = |n: &Number| n.as_f64().unwrap_or(f64::NAN);
-    match (int(a), int(b)) {
-        (Some(a), Some(b)) => a.cmp(&b),
-        (Some(a), None) => int_float(a, float(b)),
-        (None, Some(b)) => int_float(b, float(a)).reverse(),
-        (None, None) => float(a).partial_cmp(&float(b)).unwrap_or(Ordering::Equal),
-    }
-}
-
-/// Equality of JSON values as JSON Schema sees it (`1` and `1.0` are equal).
-fn same_instance(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(a), Value::Number(b)) => num_cmp(a, b) == Ordering::Equal,
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_instance(a, b))
-        }
-        (Value::Object(a), Value::Object(b)) => {
-            a.len() == b.len()
-                && a.iter()
-                    .all(|(k, v)| b.get(k).is_some_and(|w| same_instance(v, w)))
-        }
-        (a, b) => a == b,
-    }
-}
-
-/// Whether any subschema below the root has an `$id` (which moves the base of its `$ref`s).
-fn nested_id(root: &Value) -> bool {
-    fn any_id(v: &Value) -> bool {
-        match v {
-            Value::Object(m) => m.contains_key("$id") || m.values().any(any_id),
-            Value::Array(a) => a.iter().any(any_id),
-            _ => false,
-        }
-    }
-    match root {
-        Value::Object(m) => m.values().any(any_id),
-        _ => false,
-    }
-}
-
-fn additional(schema: &Value) -> &'static str {
-    match schema.get("additionalProperties") {
-        None => "true (absent)",
-        Some(Value::Bool(true)) => "true",
-        Some(Value::Bool(false)) => "false",
-        Some(_) => "a schema",
-    }
-}
-
 /// RFC 6901 escaping of one reference token.
 fn escape(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
@@ -906,5 +598,106 @@ fn brief(v: &Value) -> String {
     match text.char_indices().nth(60) {
         Some((end, _)) => format!("{}...", &text[..end]),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Whether every value valid under `writer` is valid under `reader`, by the check.
+    fn subset(writer: Value, reader: Value) -> bool {
+        let mut out = Vec::new();
+        Walk::new(&writer, &reader, true, 1).run(&mut out);
+        out.is_empty()
+    }
+
+    #[test]
+    fn types_and_boolean_schemas() {
+        assert!(subset(
+            json!({"type": "integer"}),
+            json!({"type": "number"})
+        ));
+        assert!(!subset(
+            json!({"type": "number"}),
+            json!({"type": "integer"})
+        ));
+        assert!(subset(
+            json!({"type": "string"}),
+            json!({"type": ["null", "string"]})
+        ));
+        assert!(subset(json!(false), json!({"type": "string"})));
+        assert!(subset(json!({"type": "string"}), json!(true)));
+        assert!(subset(json!(true), json!({"title": "anything"})));
+        assert!(!subset(json!(true), json!(false)));
+        assert!(!subset(json!(true), json!({"type": "string"})));
+        // Nothing is valid under the writer: an integer that must be "a".
+        assert!(subset(
+            json!({"type": "integer", "enum": ["a"]}),
+            json!(false)
+        ));
+    }
+
+    #[test]
+    fn enumerations_are_compared_as_values() {
+        assert!(subset(
+            json!({"enum": [1, 2.0]}),
+            json!({"type": "integer"})
+        ));
+        assert!(!subset(json!({"enum": [1.5]}), json!({"type": "integer"})));
+        assert!(subset(json!({"enum": [1.0]}), json!({"enum": [1]})));
+        assert!(subset(json!({"const": "a"}), json!({"enum": ["a", "b"]})));
+        assert!(!subset(json!({"type": "string"}), json!({"enum": ["a"]})));
+    }
+
+    #[test]
+    fn bounds_apply_to_their_kind_only() {
+        assert!(subset(
+            json!({"exclusiveMinimum": 0}),
+            json!({"minimum": 0})
+        ));
+        assert!(!subset(
+            json!({"minimum": 0}),
+            json!({"exclusiveMinimum": 0})
+        ));
+        let both = json!({"minimum": 0, "exclusiveMinimum": 0});
+        assert!(subset(both, json!({"exclusiveMinimum": 0})));
+        assert!(subset(json!({"type": "string"}), json!({"minimum": 5})));
+        assert!(!subset(json!({"type": "number"}), json!({"minimum": 5})));
+        assert!(subset(json!({"maxLength": 3}), json!({"maxLength": 4})));
+        assert!(!subset(json!({"type": "array"}), json!({"maxItems": 4})));
+    }
+
+    #[test]
+    fn a_listed_property_meets_the_other_sides_additional_properties() {
+        let closed =
+            json!({"properties": {"a": {"type": "integer"}}, "additionalProperties": false});
+        assert!(subset(
+            closed,
+            json!({"additionalProperties": {"type": "number"}})
+        ));
+        let open = json!({"properties": {"a": {"type": "string"}}});
+        assert!(!subset(
+            open,
+            json!({"additionalProperties": {"type": "number"}})
+        ));
+        let typed = json!({"additionalProperties": {"type": "integer"}});
+        assert!(!subset(
+            typed,
+            json!({"properties": {"a": {"type": "string"}}})
+        ));
+    }
+
+    #[test]
+    fn unchanged_references_must_reach_unchanged_targets() {
+        let with = |t: &str| json!({"$defs": {"t": {"type": t}}, "items": {"$ref": "#/$defs/t"}});
+        assert!(subset(with("integer"), with("integer")));
+        assert!(!subset(with("integer"), with("number")));
+        // A nested `$id` moves the base of the references: they are not followed.
+        let moved = json!({"items": {"$id": "x", "$ref": "#/$defs/t"}, "properties": {}});
+        let changed = json!({"items": {"$id": "x", "$ref": "#/$defs/t"}});
+        assert!(!subset(moved, changed));
     }
 }
