@@ -124,7 +124,9 @@ impl AvroSchema {
 
     /// What breaks if a reader with `reader` reads data written with `writer` (Avro's schema
     /// resolution rules). Empty: it can. Each break's pointer is into the reader's [`text`]
-    /// (`/fields/2/type/1`...), as deep as the failing field could be located.
+    /// (`/fields/2/type/1`...), as deep as the failing field could be located. Stricter than
+    /// Avro's specification in one way: a reader's enum must have every symbol of the writer's,
+    /// even when it has a default.
     ///
     /// [`text`]: AvroSchema::text
     pub fn can_read(reader: &AvroSchema, writer: &AvroSchema, writer_version: u32) -> Vec<Break> {

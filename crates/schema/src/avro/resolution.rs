@@ -46,34 +46,40 @@ pub(super) fn explain(
             };
         }
         CompatibilityError::MissingUnionElements => {
-            if let (Some(Schema::Union(w)), Some(Schema::Union(r))) = (written_as, read_as) {
+            if let (Some(written_as), Some(read_as)) = (written_as, read_as) {
                 // The writer's branch that no reader branch reads: when the reader has a branch
                 // of the same type, say what breaks inside it.
-                let unread = w.variants().iter().find(|wb| {
-                    !r.variants()
+                let unread = branches(written_as).iter().find(|wb| {
+                    !branches(read_as)
                         .iter()
                         .any(|rb| SchemaCompatibility::can_read(wb, rb).is_ok())
                 });
                 if let Some(wb) = unread {
-                    let same = r
-                        .variants()
+                    let same = branches(read_as)
                         .iter()
                         .enumerate()
                         .find(|(_, rb)| same_type(wb, rb));
+                    // Only into a branch: the same two types again would not end.
+                    let into_branch = matches!(read_as, Schema::Union(_))
+                        || matches!(written_as, Schema::Union(_));
                     if let Some((i, rb)) = same
+                        && into_branch
                         && let Err(inner) = SchemaCompatibility::can_read(wb, rb)
                     {
-                        let pointer = format!("{pointer}/{i}");
+                        let pointer = match read_as {
+                            Schema::Union(_) => format!("{pointer}/{i}"),
+                            _ => pointer,
+                        };
                         return explain(rb, wb, &inner, version, (&pointer, &path));
                     }
                     return Break {
                         pointer,
                         version,
                         message: format!(
-                            "{place}: version {version} may write {}, which no branch of the \
-                             reader's {} reads",
+                            "{place}: version {version} may write {}, which the reader's {} \
+                             cannot read",
                             describe(wb),
-                            describe(read_as.unwrap_or(reader))
+                            describe(read_as)
                         ),
                     };
                 }
@@ -91,8 +97,8 @@ pub(super) fn explain(
             }
         }
         CompatibilityError::MissingSymbols => format!(
-            "{place}: the reader's enum lacks symbols version {version} may write, and has no \
-             default"
+            "{place}: the reader's enum lacks symbols version {version} may write (an enum's \
+             default is not relied on)"
         ),
         CompatibilityError::NameMismatch {
             writer_name,
@@ -107,6 +113,14 @@ pub(super) fn explain(
         pointer,
         version,
         message,
+    }
+}
+
+/// A union's branches, or the type itself.
+fn branches(schema: &Schema) -> &[Schema] {
+    match schema {
+        Schema::Union(u) => u.variants(),
+        other => std::slice::from_ref(other),
     }
 }
 
