@@ -6,22 +6,24 @@
 //! `null`). So [`AvroSchema::derive`] maps only what has an exact Avro equivalent and refuses
 //! the rest at registration, with a JSON pointer into the JSON Schema:
 //!
-//! | JSON Schema (draft 2020-12)                                      | Avro                                   |
-//! |------------------------------------------------------------------|----------------------------------------|
-//! | `object` with `properties` and `additionalProperties: false`      | `record` (nested records named from the path: `{dataset}_{property}`, `..._item`, `..._value`) |
-//! | a property listed in `required`                                   | a field of its type                    |
-//! | a property not in `required`                                      | `["null", T]` with `"default": null`   |
-//! | `string`                                                          | `string`                               |
-//! | `string` with an `enum` of valid Avro symbols (`[A-Za-z_][A-Za-z0-9_]*`) | `enum`                          |
-//! | `string` with any other `enum`                                    | `string`                               |
-//! | `integer`                                                         | `long`                                 |
-//! | `number`                                                          | `double`                               |
-//! | `boolean`                                                         | `boolean`                              |
-//! | `null`                                                            | `null`                                 |
-//! | `type: [T, "null"]` (either order)                                | `["null", T]`                          |
-//! | `enum` or `const` without `type`                                  | the type of its values, as above       |
-//! | `array` with `items`                                              | `array`                                |
-//! | `object` without `properties`, with an `additionalProperties` schema | `map`                               |
+//! | JSON Schema (draft 2020-12) | Avro |
+//! |---|---|
+//! | `object` with `properties` and `additionalProperties: false` | `record`, fields in property name order; nested records and enums named from their path (`{dataset}_{property}`, `..._item`, `..._value`, with `_2`... when taken) |
+//! | a property listed in `required` | a field of its type |
+//! | a property not in `required` | `["null", T]` with `"default": null` |
+//! | `string` | `string` |
+//! | `string` with an `enum` of valid Avro symbols (`[A-Za-z_][A-Za-z0-9_]*`) | `enum` |
+//! | `string` with any other `enum` | `string` |
+//! | `integer` | `long` |
+//! | `number` | `double` (an integer a double cannot hold exactly is refused when encoding) |
+//! | `boolean` | `boolean` |
+//! | `null` | `null` |
+//! | `type: [T, "null"]` (either order) | `["null", T]` |
+//! | `enum` or `const` without `type` | the type of its values, as above |
+//! | `array` with `items` | `array` |
+//! | `object` without `properties`, with an `additionalProperties` schema | `map` |
+//!
+//! The record is named after the dataset, made a valid Avro name (`web-hits` -> `web_hits`).
 //!
 //! Refused: an object without `additionalProperties: false` (Avro would drop its extra fields),
 //! an object with both `properties` and an `additionalProperties` schema, `true`/`false` and
@@ -36,7 +38,7 @@
 //! An Avro schema given directly ([`AvroSchema::parse`]) must be a record; the logical types
 //! `decimal`, `big-decimal` and `duration` (no JSON form here) and `uuid` on `fixed` are refused.
 //! Its encoding from JSON follows the schema: `int`/`long` from JSON integers, `float`/`double`
-//! from any JSON number, `bytes`/`fixed` from strings of code points up to U+00FF (Avro's JSON
+//! from any JSON number (`float` rounds to single precision), `bytes`/`fixed` from strings of code points up to U+00FF (Avro's JSON
 //! encoding), an absent field from its default (or `null` when its type is nullable), a union's
 //! branch from the value (the first branch it fits).
 //!

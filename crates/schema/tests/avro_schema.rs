@@ -437,6 +437,7 @@ fn encodes_every_derived_type() {
     ));
     let get = |name: &str| decoded.iter().find(|(n, _)| n == name).unwrap().1.clone();
     assert_eq!(get("i"), Avro::Long(4));
+    assert_eq!(get("n"), Avro::Double(1e300));
     assert_eq!(get("u"), Avro::Union(1, Box::new(Avro::String("x".into()))));
     assert_eq!(get("o"), Avro::Union(1, Box::new(Avro::String("y".into()))));
 }
@@ -512,8 +513,18 @@ fn refuses_data_that_does_not_fit_with_a_pointer_into_it() {
         ),
         (json!({"i": 1, "m": {"k": 1}}), "/m/k", "boolean"),
         (json!({"i": 1, "u": "x"}), "/u", "number"),
+        (
+            json!({"i": 1, "u": 9_007_199_254_740_993i64}),
+            "/u",
+            "exactly",
+        ),
+        (json!({"i": 1, "u": u64::MAX}), "/u", "exactly"),
         (json!({"i": 1, "extra": 1}), "/extra", "lost"),
     ];
+    // Integers a double holds exactly.
+    for u in [json!(1u64 << 53), json!(i64::MIN), json!(u64::MAX - 2047)] {
+        schema.encode(1, &data(json!({"i": 1, "u": u}))).unwrap();
+    }
     for (value, pointer, message) in cases {
         let error = schema.encode(1, &data(value.clone())).unwrap_err();
         assert_eq!(error.pointer, pointer, "{value}: {error}");

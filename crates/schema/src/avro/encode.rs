@@ -129,7 +129,22 @@ impl AvroSchema {
                 }
                 Avro::Float(f)
             }
-            Schema::Double => Avro::Double(data.as_f64().ok_or_else(|| expected("a number"))?),
+            Schema::Double => {
+                let f = data.as_f64().ok_or_else(|| expected("a number"))?;
+                // An integer a double cannot hold exactly would decode as another number.
+                let exact = match (data.as_i64(), data.as_u64()) {
+                    (Some(i), _) => (-LONG_LIMIT..LONG_LIMIT).contains(&f) && f as i64 == i,
+                    (None, Some(u)) => f < 2.0 * LONG_LIMIT && f as u64 == u,
+                    (None, None) => true,
+                };
+                if !exact {
+                    return Err(fail(
+                        path,
+                        "integer not exactly representable as an Avro double",
+                    ));
+                }
+                Avro::Double(f)
+            }
             Schema::String => {
                 Avro::String(data.as_str().ok_or_else(|| expected("a string"))?.into())
             }
@@ -281,6 +296,9 @@ impl AvroSchema {
     }
 }
 
+/// 2^63: the first integer beyond a long, exactly representable as a double.
+const LONG_LIMIT: f64 = 9_223_372_036_854_775_808.0;
+
 /// A JSON integer as a long: `None` when not an integer (a number with a zero fraction is one,
 /// as in JSON Schema), `Some(None)` when one beyond a long.
 fn integer(data: &Value) -> Option<Option<i64>> {
@@ -295,8 +313,7 @@ fn integer(data: &Value) -> Option<Option<i64>> {
     if f.fract() != 0.0 {
         return None;
     }
-    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
-    Some((-LIMIT..LIMIT).contains(&f).then_some(f as i64))
+    Some((-LONG_LIMIT..LONG_LIMIT).contains(&f).then_some(f as i64))
 }
 
 /// Avro's JSON form of bytes: each code point up to U+00FF is one byte.
