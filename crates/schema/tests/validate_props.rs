@@ -67,6 +67,24 @@ proptest! {
     }
 
     #[test]
+    fn odd_references_compile_or_are_refused(
+        id in prop_oneof![Just(String::new()), ".{0,10}", "[a-z]{1,5}:(//)?[a-z/.#%]{0,10}"],
+        anchor in "[A-Za-z_#/%.-]{0,6}",
+        reference in prop_oneof![".{0,10}", "[a-z]{1,5}:(//)?[a-z/.#%]{0,10}", "#[A-Za-z_/%~0-9-]{0,8}"],
+        data in prop::collection::vec(generate::object(), 1..3),
+    ) {
+        let mut schema = json!({
+            "$defs": {"x": {"$anchor": anchor, "$dynamicAnchor": anchor, "type": "string"}},
+            "properties": {"a": {"$ref": reference}, "b": {"$dynamicRef": reference}},
+        });
+        if !id.is_empty() {
+            schema["$id"] = json!(id);
+            schema["$defs"]["y"] = json!({"$id": id, "$ref": reference});
+        }
+        check(&schema, &data)?;
+    }
+
+    #[test]
     fn odd_patterns_compile_or_are_refused(
         pattern in ".{0,12}",
         data in prop::collection::vec(generate::object(), 1..3),
