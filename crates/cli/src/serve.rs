@@ -230,6 +230,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     ));
 
     let supervisor = Supervisor::new(RestartPolicy::default());
+    schemas.supervise(&supervisor);
     let tails = Arc::new(HubTails {
         hub: hub.clone(),
         log: log.clone(),
