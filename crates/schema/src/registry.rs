@@ -262,7 +262,7 @@ impl Schemas {
     ) -> Result<Registered, RegisterError> {
         Validator::new(schema).map_err(RegisterError::from)?;
         // Stored in one spelling, so that the same schema sent twice is the same text.
-        let text = serde_json::to_string(schema).map_err(|e| invalid("", e))?;
+        let text = serde_json::to_string(&sorted(schema)).map_err(|e| invalid("", e))?;
         let _writes = self.writes.lock().await;
         if let Some(mode) = compatibility {
             self.update_settings(dataset, |s| {
@@ -581,6 +581,20 @@ fn record_name(dataset: &DatasetName) -> String {
     match name.starts_with(|c: char| c.is_ascii_digit()) {
         true => format!("_{name}"),
         false => name,
+    }
+}
+
+/// `value` with every object's keys in order: serde_json keeps them as inserted when a
+/// dependency turns its `preserve_order` feature on, and the stored text must not depend on it.
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
     }
 }
 
