@@ -300,7 +300,7 @@ impl Schemas {
             // Derived and checked before anything is stored: a dataset asking for Avro never
             // gets a JSON version without its Avro one.
             let derived = match settings.avro {
-                true => Some(AvroSchema::derive(schema, &record_name(dataset))?),
+                true => Some(AvroSchema::derive(schema, dataset.as_str())?),
                 false => None,
             };
             if let Some(derived) = &derived {
@@ -444,7 +444,7 @@ impl Schemas {
                 self.latest(dataset, SchemaFormat::Avro),
             )?;
             if let (Some(json), None) = (json, avro) {
-                let derived = AvroSchema::derive(&json_of(&json)?, &record_name(dataset))?;
+                let derived = AvroSchema::derive(&json_of(&json)?, dataset.as_str())?;
                 self.put_avro(dataset, &derived).await?;
             }
         }
@@ -567,23 +567,6 @@ fn subject_dataset(topics: &Topics, subject: &str) -> Option<DatasetName> {
     (topics.state_avro(&dataset) == subject.strip_suffix("-value")?).then_some(dataset)
 }
 
-/// The name of the Avro record derived for the dataset: its name with what Avro names may not
-/// hold ('-') as '_', and a leading '_' when it starts with a digit.
-fn record_name(dataset: &DatasetName) -> String {
-    let name: String = dataset
-        .as_str()
-        .chars()
-        .map(|c| match c.is_ascii_alphanumeric() {
-            true => c,
-            false => '_',
-        })
-        .collect();
-    match name.starts_with(|c: char| c.is_ascii_digit()) {
-        true => format!("_{name}"),
-        false => name,
-    }
-}
-
 /// `value` with every object's keys in order: serde_json keeps them as inserted when a
 /// dependency turns its `preserve_order` feature on, and the stored text must not depend on it.
 fn sorted(value: &Value) -> Value {
@@ -591,7 +574,12 @@ fn sorted(value: &Value) -> Value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted(v)))
+                    .collect(),
+            )
         }
         Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
         other => other.clone(),
@@ -661,14 +649,6 @@ fn busy(dataset: &DatasetName) -> RegisterError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn record_names_are_avro_names() {
-        let name = |s: &str| record_name(&DatasetName::new(s).unwrap());
-        assert_eq!(name("orders"), "orders");
-        assert_eq!(name("order-lines_2"), "order_lines_2");
-        assert_eq!(name("2024-sales"), "_2024_sales");
-    }
 
     #[test]
     fn subjects_name_the_avro_state_topic() {

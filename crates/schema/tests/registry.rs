@@ -107,7 +107,8 @@ fn person() -> Value {
     })
 }
 
-/// `person` with an optional field more: compatible in every mode that allows open content.
+/// `person` with an optional field more: with closed content (`closed`), a backward-compatible
+/// change.
 fn person_with_email() -> Value {
     json!({
         "type": "object",
@@ -140,7 +141,7 @@ async fn registers_versions_and_the_same_text_is_not_a_new_one(s: &Shared) {
     assert!(contract.validate(&obj(json!({"name": 1}))).is_ok());
 
     let first = schemas
-        .register_json(&people, &person(), None)
+        .register_json(&people, &closed(person()), None)
         .await
         .unwrap();
     assert!(first.created);
@@ -150,7 +151,7 @@ async fn registers_versions_and_the_same_text_is_not_a_new_one(s: &Shared) {
     // Stored in one spelling: compact, keys in order.
     assert_eq!(
         first.schema.schema,
-        r#"{"properties":{"age":{"type":"integer"},"name":{"type":"string"}},"required":["name"],"type":"object"}"#
+        r#"{"additionalProperties":false,"properties":{"age":{"type":"integer"},"name":{"type":"string"}},"required":["name"],"type":"object"}"#
     );
 
     // This instance's registration applies to its own cache at once.
@@ -165,7 +166,7 @@ async fn registers_versions_and_the_same_text_is_not_a_new_one(s: &Shared) {
     // The same schema again, whatever its keys' order or spacing: not a new version.
     let same: Value = serde_json::from_str(
         r#"{ "required": ["name"], "properties": {"age": {"type": "integer"},
-             "name": {"type": "string"}}, "type": "object" }"#,
+             "name": {"type": "string"}}, "type": "object", "additionalProperties": false }"#,
     )
     .unwrap();
     let again = schemas.register_json(&people, &same, None).await.unwrap();
@@ -173,7 +174,7 @@ async fn registers_versions_and_the_same_text_is_not_a_new_one(s: &Shared) {
     assert_eq!(again.schema, first.schema);
 
     let second = schemas
-        .register_json(&people, &person_with_email(), None)
+        .register_json(&people, &closed(person_with_email()), None)
         .await
         .unwrap();
     assert!(second.created);
@@ -380,11 +381,17 @@ async fn another_instance_sees_a_registration_after_the_generation_changes(s: &S
     assert!(contract.validate(&obj(json!({"name": 7}))).is_ok());
 }
 
+/// `schema` with a closed content model, as Avro derivation needs.
+fn closed(mut schema: Value) -> Value {
+    schema["additionalProperties"] = json!(false);
+    schema
+}
+
 async fn turning_avro_on_derives_a_version(s: &Shared) {
     let (schemas, there) = (schemas(&s.one), schemas(&s.two));
     let people = ds("people-v2");
     schemas
-        .register_json(&people, &person(), None)
+        .register_json(&people, &closed(person()), None)
         .await
         .unwrap();
     there.contract(&people).await.unwrap();
@@ -410,10 +417,18 @@ async fn turning_avro_on_derives_a_version(s: &Shared) {
 
     // Turning it on again changes nothing; a new JSON version brings its Avro one.
     schemas.set_avro(&people, true).await.unwrap();
+    assert_eq!(
+        s.one
+            .schema_versions(&people, SchemaFormat::Avro)
+            .await
+            .unwrap(),
+        avro
+    );
     let registered = schemas
-        .register_json(&people, &person_with_email(), None)
+        .register_json(&people, &closed(person_with_email()), None)
         .await
         .unwrap();
+    assert!(registered.created);
     let derived = registered.avro.expect("an Avro version derived");
     assert_eq!((derived.version, derived.format), (2, SchemaFormat::Avro));
     assert!(derived.id > registered.schema.id);
@@ -429,27 +444,47 @@ async fn turning_avro_on_derives_a_version(s: &Shared) {
     );
     assert_eq!(contract.avro_versions[0].id, derived.id);
 
+    // While Avro is on, a JSON Schema without an Avro equivalent is refused, and nothing is
+    // stored.
+    assert!(matches!(
+        schemas
+            .register_json(&people, &person_with_email(), None)
+            .await,
+        Err(RegisterError::Invalid(_))
+    ));
+    assert_eq!(
+        s.one
+            .schema_versions(&people, SchemaFormat::Json)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
     // Off: no Avro, the versions stay.
     schemas.set_avro(&people, false).await.unwrap();
     let contract = schemas.contract(&people).await.unwrap();
     assert!(!contract.avro);
     assert_eq!(contract.avro_versions.len(), 2);
 
-    // A schema with no Avro equivalent: refused, and the setting stays off.
-    let maps = ds("maps");
-    let no_avro =
-        json!({"type": "object", "properties": {"v": {"type": ["string", "integer", "object"]}}});
-    schemas.register_json(&maps, &no_avro, None).await.unwrap();
-    if let Err(RegisterError::Invalid(_)) = schemas.set_avro(&maps, true).await {
-        assert!(!s.one.contract_settings(&maps).await.unwrap().avro);
-        assert!(
-            s.one
-                .schema_versions(&maps, SchemaFormat::Avro)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-    }
+    // A schema with no Avro equivalent (an open object): refused, and the setting stays off.
+    let open = ds("open");
+    schemas.register_json(&open, &person(), None).await.unwrap();
+    let generation = s.one.schemas_generation().await.unwrap();
+    assert!(matches!(
+        schemas.set_avro(&open, true).await,
+        Err(RegisterError::Invalid(_))
+    ));
+    assert!(!s.one.contract_settings(&open).await.unwrap().avro);
+    assert!(
+        s.one
+            .schema_versions(&open, SchemaFormat::Avro)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.one.schemas_generation().await.unwrap(), generation);
+
     // Turning Avro on with no JSON Schema registers nothing yet.
     let empty = ds("empty");
     schemas.set_avro(&empty, true).await.unwrap();
