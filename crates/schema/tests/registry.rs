@@ -7,11 +7,13 @@
 mod pg_schema;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tenantsync_core::{DatasetName, Object, Topics};
 use tenantsync_schema::{Compatibility, RegisterError, Schemas};
 use tenantsync_store::{MasterStore, SchemaFormat};
+use tenantsync_supervisor::{RestartPolicy, Supervisor};
 
 use pg_schema::PgSchema;
 
@@ -80,6 +82,7 @@ cases!(
     a_given_compatibility_becomes_the_datasets_mode,
     invalid_schemas_are_refused,
     another_instance_sees_a_registration_after_the_generation_changes,
+    the_schemas_service_applies_other_instances_registrations,
     turning_avro_on_derives_a_version,
     avro_schemas_given_directly_are_checked_with_avros_rules,
 );
@@ -385,6 +388,26 @@ async fn another_instance_sees_a_registration_after_the_generation_changes(s: &S
 fn closed(mut schema: Value) -> Value {
     schema["additionalProperties"] = json!(false);
     schema
+}
+
+async fn the_schemas_service_applies_other_instances_registrations(s: &Shared) {
+    let (here, there) = (Arc::new(schemas(&s.one)), schemas(&s.two));
+    let people = ds("people");
+    let supervisor = Supervisor::new(RestartPolicy::default());
+    here.supervise(&supervisor);
+    assert!(here.contract(&people).await.unwrap().json.is_none());
+    there.register_json(&people, &person(), None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while here.contract(&people).await.unwrap().json.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the registration never applied here"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = supervisor.statuses();
+    assert!(status.iter().any(|s| s.name == "schemas"), "{status:?}");
+    supervisor.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
 async fn turning_avro_on_derives_a_version(s: &Shared) {
