@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tenantsync_core::{DatasetName, Object, Topics};
 use tenantsync_schema::{Compatibility, RegisterError, Schemas};
-use tenantsync_store::{MasterStore, SchemaFormat};
+use tenantsync_store::{MasterStore, SchemaFormat, StoredSchema};
 use tenantsync_supervisor::{RestartPolicy, Supervisor};
 
 use pg_schema::PgSchema;
@@ -99,6 +99,10 @@ fn schemas(store: &Arc<dyn MasterStore>) -> Schemas {
     Schemas::new(Arc::clone(store), Topics::new("tenantsync"))
 }
 
+async fn versions(s: &Shared, dataset: &DatasetName, format: SchemaFormat) -> Vec<StoredSchema> {
+    s.one.schema_versions(dataset, format).await.unwrap()
+}
+
 fn person() -> Value {
     json!({
         "type": "object",
@@ -113,27 +117,16 @@ fn person() -> Value {
 /// `person` with an optional field more: with closed content (`closed`), a backward-compatible
 /// change.
 fn person_with_email() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "age": {"type": "integer"},
-            "email": {"type": "string"}
-        },
-        "required": ["name"]
-    })
+    let mut schema = person();
+    schema["properties"]["email"] = json!({"type": "string"});
+    schema
 }
 
 /// `person` with `name` as an integer: incompatible in every mode but NONE.
 fn person_with_numeric_name() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "name": {"type": "integer"},
-            "age": {"type": "integer"}
-        },
-        "required": ["name"]
-    })
+    let mut schema = person();
+    schema["properties"]["name"] = json!({"type": "integer"});
+    schema
 }
 
 async fn registers_versions_and_the_same_text_is_not_a_new_one(s: &Shared) {
@@ -185,10 +178,7 @@ async fn registers_versions_and_the_same_text_is_not_a_new_one(s: &Shared) {
     let contract = schemas.contract(&people).await.unwrap();
     assert_eq!(contract.json.as_ref().unwrap().version, 2);
     assert_eq!(
-        s.one
-            .schema_versions(&people, SchemaFormat::Json)
-            .await
-            .unwrap(),
+        versions(s, &people, SchemaFormat::Json).await,
         [first.schema, second.schema]
     );
     // Another dataset's versions start at 1, its ids after every other's.
@@ -230,14 +220,7 @@ async fn incompatible_schemas_are_refused_with_their_breaks(s: &Shared) {
     }
     // Nothing was stored, and the contract is the first version's.
     assert_eq!(s.one.schemas_generation().await.unwrap(), generation);
-    assert_eq!(
-        s.one
-            .schema_versions(&people, SchemaFormat::Json)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(versions(s, &people, SchemaFormat::Json).await.len(), 1);
     let contract = schemas.contract(&people).await.unwrap();
     assert_eq!(contract.json.as_ref().unwrap().version, 1);
 
@@ -336,13 +319,7 @@ async fn invalid_schemas_are_refused(s: &Shared) {
             other => panic!("{schema}: expected Invalid, got {other:?}"),
         }
     }
-    assert!(
-        s.one
-            .schema_versions(&people, SchemaFormat::Json)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(versions(s, &people, SchemaFormat::Json).await.is_empty());
     assert_eq!(s.one.schemas_generation().await.unwrap(), 0);
     assert!(matches!(
         schemas.register_avro(&people, "{not avro").await,
@@ -420,11 +397,7 @@ async fn turning_avro_on_derives_a_version(s: &Shared) {
     there.contract(&people).await.unwrap();
     schemas.set_avro(&people, true).await.unwrap();
 
-    let avro = s
-        .one
-        .schema_versions(&people, SchemaFormat::Avro)
-        .await
-        .unwrap();
+    let avro = versions(s, &people, SchemaFormat::Avro).await;
     assert_eq!(avro.len(), 1);
     assert_eq!((avro[0].version, avro[0].id), (1, 2));
     let parsed: Value = serde_json::from_str(&avro[0].schema).unwrap();
@@ -440,13 +413,7 @@ async fn turning_avro_on_derives_a_version(s: &Shared) {
 
     // Turning it on again changes nothing; a new JSON version brings its Avro one.
     schemas.set_avro(&people, true).await.unwrap();
-    assert_eq!(
-        s.one
-            .schema_versions(&people, SchemaFormat::Avro)
-            .await
-            .unwrap(),
-        avro
-    );
+    assert_eq!(versions(s, &people, SchemaFormat::Avro).await, avro);
     let registered = schemas
         .register_json(&people, &closed(person_with_email()), None)
         .await
@@ -475,14 +442,7 @@ async fn turning_avro_on_derives_a_version(s: &Shared) {
             .await,
         Err(RegisterError::Invalid(_))
     ));
-    assert_eq!(
-        s.one
-            .schema_versions(&people, SchemaFormat::Json)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(versions(s, &people, SchemaFormat::Json).await.len(), 2);
 
     // Off: no Avro, the versions stay.
     schemas.set_avro(&people, false).await.unwrap();
@@ -499,26 +459,14 @@ async fn turning_avro_on_derives_a_version(s: &Shared) {
         Err(RegisterError::Invalid(_))
     ));
     assert!(!s.one.contract_settings(&open).await.unwrap().avro);
-    assert!(
-        s.one
-            .schema_versions(&open, SchemaFormat::Avro)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(versions(s, &open, SchemaFormat::Avro).await.is_empty());
     assert_eq!(s.one.schemas_generation().await.unwrap(), generation);
 
     // Turning Avro on with no JSON Schema registers nothing yet.
     let empty = ds("empty");
     schemas.set_avro(&empty, true).await.unwrap();
     assert!(schemas.contract(&empty).await.unwrap().avro);
-    assert!(
-        s.one
-            .schema_versions(&empty, SchemaFormat::Avro)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(versions(s, &empty, SchemaFormat::Avro).await.is_empty());
 }
 
 async fn avro_schemas_given_directly_are_checked_with_avros_rules(s: &Shared) {
