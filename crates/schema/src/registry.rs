@@ -516,6 +516,21 @@ impl Schemas {
     ) -> Result<Option<StoredSchema>, StoreError> {
         Ok(self.store.schema_versions(dataset, format).await?.pop())
     }
+
+    /// Every version of the dataset's schema in `format`, oldest first, read from the store
+    /// (not the cache): what the API lists and serves.
+    pub async fn versions(
+        &self,
+        dataset: &DatasetName,
+        format: SchemaFormat,
+    ) -> Result<Vec<StoredSchema>, SchemaError> {
+        Ok(self.store.schema_versions(dataset, format).await?)
+    }
+
+    /// The version with this id, of any dataset and format, read from the store.
+    pub async fn by_id(&self, id: u32) -> Result<Option<StoredSchema>, SchemaError> {
+        Ok(self.store.schema_by_id(id).await?)
+    }
 }
 
 /// What breaks if `new` follows `history` (oldest first) under `mode`, with Avro's rules:
