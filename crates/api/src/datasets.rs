@@ -1,4 +1,6 @@
-//! `/v1/datasets`: declare and inspect datasets.
+//! `/v1/datasets`: declare and inspect datasets, and the formats their states are published in
+//! (`json` always; `avro` on request, which creates the Avro state topic and turns Avro
+//! publishing on in the dataset's contract).
 
 use std::sync::Arc;
 
@@ -14,20 +16,66 @@ use tenantsync_store::Dataset;
 
 use crate::auth::{Admin, Caller};
 use crate::extract::{self, ApiBody};
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, schemas};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeclareBody {
     partitions: u32,
+    #[serde(default)]
+    formats: Option<serde_json::Value>,
 }
 
-fn dataset_json(d: &Dataset) -> serde_json::Value {
-    json!({"name": d.name, "partitions": d.partitions})
+/// Whether `formats` asks for Avro: it must hold `json`, and nothing but `json` and `avro`,
+/// each once. Absent means `["json"]`.
+fn wants_avro(formats: Option<&serde_json::Value>) -> Result<bool, ApiError> {
+    let Some(formats) = formats else {
+        return Ok(false);
+    };
+    let refused = |detail: String| ApiError::InvalidField {
+        field: "formats".to_owned(),
+        detail,
+    };
+    let formats: Vec<String> = serde_json::from_value(formats.clone()).map_err(|_| {
+        refused(format!(
+            "{formats} is not a list of formats, like [\"json\", \"avro\"]"
+        ))
+    })?;
+    for (i, format) in formats.iter().enumerate() {
+        if format != "json" && format != "avro" {
+            return Err(refused(format!(
+                "{format:?} is not a format; use [\"json\"] or [\"json\", \"avro\"]"
+            )));
+        }
+        if formats[..i].contains(format) {
+            return Err(refused(format!("{format:?} is given twice")));
+        }
+    }
+    if !formats.iter().any(|f| f == "json") {
+        return Err(refused(
+            "states are always published as json; use [\"json\"] or [\"json\", \"avro\"]"
+                .to_owned(),
+        ));
+    }
+    Ok(formats.iter().any(|f| f == "avro"))
 }
 
-/// `PUT /v1/datasets/{dataset}` with `{"partitions": N}`: 201 when created, 200 when it existed
-/// with the same partition count, 409 when it exists with another. Needs `admin`.
+fn dataset_json(d: &Dataset, avro: bool) -> serde_json::Value {
+    let formats: &[&str] = if avro { &["json", "avro"] } else { &["json"] };
+    json!({"name": d.name, "partitions": d.partitions, "formats": formats})
+}
+
+/// Whether the dataset's states are also published as Avro, as its contract settings in the
+/// store say.
+pub(crate) async fn avro_on(state: &AppState, name: &DatasetName) -> Result<bool, ApiError> {
+    Ok(state.store.contract_settings(name).await?.avro)
+}
+
+/// `PUT /v1/datasets/{dataset}` with `{"partitions": N, "formats": ["json", "avro"]}`
+/// (formats optional, `["json"]` by default): 201 when created, 200 when it existed with the
+/// same partition count, 409 when it exists with another. Asking for Avro creates the Avro
+/// state topic and turns Avro publishing on (422 when the latest schema has no Avro
+/// equivalent); declaring without it turns it off. Needs `admin`.
 pub async fn declare(
     State(state): State<Arc<AppState>>,
     _: Admin,
@@ -37,17 +85,40 @@ pub async fn declare(
     let name = DatasetName::new(name)?;
     // Through an object first: serde would also accept the sequence form `[8]` for a struct.
     let object = serde_json::Value::Object(extract::json_object(&body)?);
-    let DeclareBody { partitions } = serde_json::from_value(object).map_err(|e| {
+    let DeclareBody {
+        partitions,
+        formats,
+    } = serde_json::from_value(object).map_err(|e| {
         ApiError::BadBody(format!(
-            "the body must be {{\"partitions\": N}} with N from 1 to {MAX_PARTITIONS}: {e}"
+            "the body must be {{\"partitions\": N, \"formats\": [\"json\", \"avro\"]}} with N from 1 to {MAX_PARTITIONS} (formats optional): {e}"
         ))
     })?;
+    let avro = wants_avro(formats.as_ref())?;
     let dataset = Dataset { name, partitions };
     let status = match state.datasets.declare(&dataset).await? {
         Declared::Created => StatusCode::CREATED,
         Declared::Existing => StatusCode::OK,
     };
-    Ok((status, Json(dataset_json(&dataset))).into_response())
+    if avro {
+        state.datasets.ensure_avro_topic(&dataset).await?;
+    }
+    // Only a change of the setting goes through the contract: it bumps every instance's cache.
+    if avro || avro_on(&state, &dataset.name).await? {
+        state
+            .schemas
+            .set_avro(&dataset.name, avro)
+            .await
+            .map_err(|e| match schemas::register_error(e) {
+                ApiError::SchemaRefused { detail, errors } => ApiError::SchemaRefused {
+                    detail: format!(
+                        "formats: avro needs an Avro equivalent of the dataset's latest schema; {detail}"
+                    ),
+                    errors,
+                },
+                e => e,
+            })?;
+    }
+    Ok((status, Json(dataset_json(&dataset, avro))).into_response())
 }
 
 /// `GET /v1/datasets/{dataset}`: the dataset and, per partition, how far the processor got:
@@ -80,7 +151,7 @@ pub async fn show(
             "partition": p, "end_offset": end, "applied": applied, "committed": committed,
         }));
     }
-    let mut body = dataset_json(&dataset);
+    let mut body = dataset_json(&dataset, avro_on(&state, &dataset.name).await?);
     body["progress"] = json!(partitions);
     Ok(Json(body).into_response())
 }
@@ -90,11 +161,11 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let all = state.datasets.all().await?;
-    let all: Vec<_> = all
-        .iter()
-        .filter(|d| caller.sees_dataset(&d.name))
-        .map(dataset_json)
-        .collect();
-    Ok(Json(json!({ "datasets": all })).into_response())
+    let mut shown = Vec::new();
+    for d in state.datasets.all().await? {
+        if caller.sees_dataset(&d.name) {
+            shown.push(dataset_json(&d, avro_on(&state, &d.name).await?));
+        }
+    }
+    Ok(Json(json!({ "datasets": shown })).into_response())
 }

@@ -87,6 +87,18 @@ pub enum ApiError {
     /// Anything else that is not the caller's fault (500): the detail is logged, not sent.
     Internal(String),
     MethodNotAllowed,
+    /// A schema tenantsync does not accept (not valid, a remote `$ref`, no Avro equivalent):
+    /// 422 with `errors: [{"pointer", "message"}]`, pointers into the schema.
+    SchemaRefused {
+        detail: String,
+        errors: Vec<Value>,
+    },
+    /// A schema that breaks the dataset's compatibility mode: 409 with
+    /// `breaks: [{"pointer", "version", "message"}]`.
+    SchemaIncompatible {
+        detail: String,
+        breaks: Vec<Value>,
+    },
 }
 
 impl ApiError {
@@ -217,6 +229,18 @@ impl ApiError {
                 "method-not-allowed",
                 "this route does not support that method".to_owned(),
             ),
+            ApiError::SchemaRefused { detail, errors } => {
+                ext.insert("errors".into(), json!(errors));
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-schema",
+                    detail.clone(),
+                )
+            }
+            ApiError::SchemaIncompatible { detail, breaks } => {
+                ext.insert("breaks".into(), json!(breaks));
+                (StatusCode::CONFLICT, "incompatible-schema", detail.clone())
+            }
         };
         (status, kind, detail, ext)
     }

@@ -17,6 +17,8 @@ mod push;
 mod records;
 mod rejected;
 pub mod revocation;
+mod schema_registry;
+mod schemas;
 mod sinks;
 mod sources;
 mod subscriptions;
@@ -148,6 +150,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/datasets/{dataset}/rejected", get(rejected::list))
         .route(
+            "/v1/datasets/{dataset}/schema",
+            put(schemas::put).get(schemas::latest),
+        )
+        .route(
+            "/v1/datasets/{dataset}/schema/versions",
+            get(schemas::versions),
+        )
+        .route(
+            "/v1/datasets/{dataset}/schema/versions/{version}",
+            get(schemas::version),
+        )
+        .route(
             record,
             put(records::put)
                 .patch(records::patch)
@@ -219,6 +233,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     // Bodies are read only through `extract::ApiBody`, which applies `max_body_bytes`; axum's
     // default limit (2 MiB) would cap a larger configured one.
     open.merge(authenticated)
+        .nest(
+            "/v1/schema-registry",
+            schema_registry::router(state.clone()),
+        )
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

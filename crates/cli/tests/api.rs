@@ -1425,12 +1425,18 @@ async fn dataset_routes() {
         .await
         .unwrap();
     let (_, body) = expect_json(r, 201, "declare").await;
-    assert_eq!(body, json!({"name": "users", "partitions": 3}));
+    assert_eq!(
+        body,
+        json!({"name": "users", "partitions": 3, "formats": ["json"]})
+    );
     let r = declare("users", json!({"partitions": 3}).to_string())
         .await
         .unwrap();
     let (_, body) = expect_json(r, 200, "declare again").await;
-    assert_eq!(body, json!({"name": "users", "partitions": 3}));
+    assert_eq!(
+        body,
+        json!({"name": "users", "partitions": 3, "formats": ["json"]})
+    );
     let r = declare("users", json!({"partitions": 4}).to_string())
         .await
         .unwrap();
@@ -1538,8 +1544,8 @@ async fn dataset_routes() {
     assert_eq!(
         listed,
         vec![
-            json!({"name": "events", "partitions": 1}),
-            json!({"name": "users", "partitions": 3})
+            json!({"name": "events", "partitions": 1, "formats": ["json"]}),
+            json!({"name": "users", "partitions": 3, "formats": ["json"]})
         ]
     );
 }
@@ -1726,7 +1732,7 @@ async fn config_file_datasets_and_sigterm() {
     let (_, body) = expect_json(r, 200, "list").await;
     assert_eq!(
         body,
-        json!({"datasets": [{"name": "fromconfig", "partitions": 2}]})
+        json!({"datasets": [{"name": "fromconfig", "partitions": 2, "formats": ["json"]}]})
     );
 
     // SIGTERM: a graceful stop with status 0, even with the client's connection kept alive.

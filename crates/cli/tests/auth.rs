@@ -347,7 +347,7 @@ async fn tokens_without_the_scope_get_403() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(
         body["datasets"],
-        json!([{"name": "inventory", "partitions": 2}])
+        json!([{"name": "inventory", "partitions": 2, "formats": ["json"]}])
     );
 
     // Bulk: each line is checked; a token with no scope on the dataset is refused outright.
