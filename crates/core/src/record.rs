@@ -62,6 +62,10 @@ pub enum RejectReason {
     /// with [`ChangeId::ERASURE_PREFIX`]) are refused until it finishes. Stored like the other
     /// rejections.
     TenantErasing,
+    /// The data a merge patch would leave in the record violates the dataset's latest schema
+    /// (checked when the patch is applied, against the merged result). Stored like the other
+    /// rejections; the record is unchanged.
+    SchemaViolation,
 }
 
 #[cfg(test)]
@@ -75,6 +79,7 @@ mod tests {
             (RejectReason::NotFound, "not_found"),
             (RejectReason::KeyReused, "key_reused"),
             (RejectReason::TenantErasing, "tenant_erasing"),
+            (RejectReason::SchemaViolation, "schema_violation"),
         ] {
             let outcome = Outcome::Rejected {
                 reason,

@@ -44,7 +44,7 @@ pub use erasure::{Erasure, ErasureStore};
 pub use error::{ErrorClass, StoreError};
 pub use feed::{FeedPosition, FeedRecord, FeedStore, TenantFeed};
 pub use push::{PushAttempt, PushClaim, PushKind, PushProgress, PushPut, PushStore, StoredPush};
-pub use records::{Applied, Dataset, LoggedChange, RecordStore, StoredOutcome};
+pub use records::{Applied, DataCheck, Dataset, LoggedChange, RecordStore, StoredOutcome};
 pub use rejected::{RejectedEntry, RejectedPage, RejectedStore};
 pub use schemas::{ContractSettings, SchemaFormat, SchemaPut, SchemaStore, StoredSchema};
 pub use sources::{

@@ -1,9 +1,11 @@
 //! The records concern: declared datasets, applying changes consumed from a changes log, and
 //! reading records and stored outcomes back.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Outcome, Record, TenantId};
+use tenantsync_core::{Change, ChangeId, DatasetName, EntityId, Object, Outcome, Record, TenantId};
 
 use crate::{Offset, StoreError};
 
@@ -55,6 +57,29 @@ pub struct Applied {
     pub previous_position: Offset,
 }
 
+/// A check of the data a merge patch would leave in a record, handed to
+/// [`RecordStore::apply_checked`]: the dataset's data contract, which the store knows nothing
+/// of. A patch can only be judged against the record it merges into, so it is checked where the
+/// store decides what the patch does; upserts carry their whole data and are checked by their
+/// writers before they enter the changes log, deletes need no check.
+///
+/// # Contract
+///
+/// - **When.** Called only for a patch that would change a live record, with the merged result,
+///   after the precondition held; never for upserts, deletes, duplicates, changes below the
+///   position, or a patch that leaves the data as it was.
+/// - **Where.** Inside the batch's transaction (on SQLite, on the one writer thread): it must be
+///   quick, do no I/O, never block and never panic.
+/// - **Pure.** The same data gets the same answer for the whole batch: the caller builds one
+///   check per batch from the contract it holds then.
+/// - **Refusal.** `Err(why)` rejects the patch: its outcome is `Rejected { reason:
+///   SchemaViolation, current_version }` with the record's live version, stored like the other
+///   rejections (so a redelivery reports it again), and the record is unchanged. `why` is logged
+///   at debug level and not stored: a reader who wants the details checks the data again.
+pub trait DataCheck: Send + Sync + 'static {
+    fn check(&self, data: &Object) -> Result<(), String>;
+}
+
 /// The authoritative records of every dataset, and the outcome of every change applied.
 ///
 /// # Contract
@@ -89,6 +114,10 @@ pub struct Applied {
 ///   record to be absent or deleted, `Some(v)` requires it live at version `v`; otherwise the
 ///   change is rejected `version_conflict`. Rejections are outcomes, stored like any other
 ///   (except `key_reused`, see above).
+/// - **Data contracts.** [`apply_checked`](Self::apply_checked) runs its [`DataCheck`] on the
+///   merged result of each patch that would change a record, and rejects the patch
+///   [`SchemaViolation`](tenantsync_core::RejectReason::SchemaViolation) when the check refuses
+///   it; [`apply`](Self::apply) checks nothing.
 /// - **Concurrency.** Many readers and writers may call concurrently. Two `apply` calls for the
 ///   same dataset partition are serialised by the position check: whichever commits second
 ///   skips what the first applied. This makes a stale processor (one whose partition moved to
@@ -118,13 +147,28 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Applies, in order, changes consumed from `partition` of the dataset's changes log, and
     /// records `next_offset` (one past the last consumed offset, which may be beyond the last
     /// change when undecodable entries were skipped) as the partition's position, in the same
-    /// transaction. The position never moves backwards.
+    /// transaction. The position never moves backwards. Checks no data: see
+    /// [`apply_checked`](Self::apply_checked).
     async fn apply(
         &self,
         dataset: &DatasetName,
         partition: u32,
         changes: &[LoggedChange],
         next_offset: Offset,
+    ) -> Result<Applied, StoreError> {
+        self.apply_checked(dataset, partition, changes, next_offset, None)
+            .await
+    }
+
+    /// [`apply`](Self::apply), with the merged result of every patch that would change a record
+    /// held to `check` (`None`: no check), as [`DataCheck`] describes.
+    async fn apply_checked(
+        &self,
+        dataset: &DatasetName,
+        partition: u32,
+        changes: &[LoggedChange],
+        next_offset: Offset,
+        check: Option<Arc<dyn DataCheck>>,
     ) -> Result<Applied, StoreError>;
 
     /// The partition's position: one past the last offset applied (0 if none).

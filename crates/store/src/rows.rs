@@ -24,6 +24,7 @@ const NOT_FOUND: &str = "not_found";
 /// is total rather than a panic.
 const KEY_REUSED: &str = "key_reused";
 const TENANT_ERASING: &str = "tenant_erasing";
+const SCHEMA_VIOLATION: &str = "schema_violation";
 
 /// An outcome as its `status` and `version` columns.
 pub(crate) fn outcome_to_row(outcome: &Outcome) -> Result<(&'static str, i64), StoreError> {
@@ -46,6 +47,10 @@ pub(crate) fn outcome_to_row(outcome: &Outcome) -> Result<(&'static str, i64), S
             reason: RejectReason::TenantErasing,
             current_version,
         } => (TENANT_ERASING, *current_version),
+        Outcome::Rejected {
+            reason: RejectReason::SchemaViolation,
+            current_version,
+        } => (SCHEMA_VIOLATION, *current_version),
     };
     Ok((status, to_i64("version", version)?))
 }
@@ -69,6 +74,10 @@ pub(crate) fn outcome_from_row(status: &str, version: i64) -> Result<Outcome, St
         },
         TENANT_ERASING => Outcome::Rejected {
             reason: RejectReason::TenantErasing,
+            current_version: version,
+        },
+        SCHEMA_VIOLATION => Outcome::Rejected {
+            reason: RejectReason::SchemaViolation,
             current_version: version,
         },
         other => {
@@ -569,6 +578,10 @@ mod tests {
             Outcome::Rejected {
                 reason: RejectReason::TenantErasing,
                 current_version: 5,
+            },
+            Outcome::Rejected {
+                reason: RejectReason::SchemaViolation,
+                current_version: 6,
             },
         ] {
             let (status, version) = outcome_to_row(&outcome).unwrap();

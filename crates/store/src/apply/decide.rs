@@ -2,8 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use tenantsync_core::{Change, Object, Op, Outcome, Record, RejectReason, merge_patch};
+use tracing::debug;
 
 use super::live_version;
+use crate::DataCheck;
 
 /// What one change does to one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,11 +41,19 @@ impl Decision {
 ///    deleted record is `unchanged`.
 /// 3. A result equal to the current data is `unchanged` and keeps the version; anything else
 ///    gets the current version (a tombstone's included) plus one.
+/// 4. A patch's new data is held to `check` (the dataset's contract) and rejected
+///    `schema_violation` with the live version when it fails. Upserts are checked by their
+///    writers before they enter the log, deletes need no check (see [`DataCheck`]).
 ///
 /// A change that breaks [`Change::validate`] (the edge rejects those) never destroys data here:
 /// an upsert without data changes nothing, a patch without data is an empty patch, and data on
 /// a delete is ignored.
-pub(crate) fn decide(current: Option<&Record>, change: &Change, now: DateTime<Utc>) -> Decision {
+pub(crate) fn decide(
+    current: Option<&Record>,
+    change: &Change,
+    check: Option<&dyn DataCheck>,
+    now: DateTime<Utc>,
+) -> Decision {
     let live: Option<(&Object, u64)> =
         current.and_then(|r| r.data.as_ref().map(|data| (data, r.version)));
     let live_version = live_version(current);
@@ -90,16 +100,25 @@ pub(crate) fn decide(current: Option<&Record>, change: &Change, now: DateTime<Ut
                 reason: RejectReason::NotFound,
                 current_version: 0,
             }),
-            Some((old, _)) => {
+            Some((old, version)) => {
                 let Some(patch) = &change.data else {
                     return unchanged;
                 };
                 let new = merge_patch(old, patch);
                 if &new == old {
-                    unchanged
-                } else {
-                    write(Some(new))
+                    return unchanged;
                 }
+                if let Some(Err(why)) = check.map(|check| check.check(&new)) {
+                    debug!(
+                        tenant = %change.tenant, id = %change.id, change_id = %change.change_id,
+                        %why, "patch rejected: its result violates the dataset's schema"
+                    );
+                    return Decision::Keep(Outcome::Rejected {
+                        reason: RejectReason::SchemaViolation,
+                        current_version: version,
+                    });
+                }
+                write(Some(new))
             }
         },
         Op::Delete => match live {
@@ -136,7 +155,7 @@ mod tests {
 
     #[test]
     fn upsert_creates_at_version_1() {
-        let r = written(decide(None, &upsert("c1", json!({"a": 1})), now()));
+        let r = written(decide(None, &upsert("c1", json!({"a": 1})), None, now()));
         assert_eq!(r.version, 1);
         assert_eq!(r.data, Some(obj(json!({"a": 1}))));
         assert_eq!(r.change_id.as_str(), "c1");
@@ -146,7 +165,12 @@ mod tests {
     #[test]
     fn upsert_replaces_data_and_bumps_version() {
         let cur = record(4, Some(json!({"a": 1, "b": 2})));
-        let r = written(decide(Some(&cur), &upsert("c", json!({"a": 2})), now()));
+        let r = written(decide(
+            Some(&cur),
+            &upsert("c", json!({"a": 2})),
+            None,
+            now(),
+        ));
         assert_eq!(r.version, 5);
         assert_eq!(
             r.data,
@@ -158,14 +182,19 @@ mod tests {
     #[test]
     fn identical_upsert_is_unchanged() {
         let cur = record(4, Some(json!({"a": 1})));
-        let o = kept(decide(Some(&cur), &upsert("c", json!({"a": 1})), now()));
+        let o = kept(decide(
+            Some(&cur),
+            &upsert("c", json!({"a": 1})),
+            None,
+            now(),
+        ));
         assert_eq!(o, Outcome::Unchanged { version: 4 });
     }
 
     #[test]
     fn upsert_after_delete_continues_above_the_tombstone() {
         let cur = record(7, None);
-        let r = written(decide(Some(&cur), &upsert("c", json!({})), now()));
+        let r = written(decide(Some(&cur), &upsert("c", json!({})), None, now()));
         assert_eq!(r.version, 8);
         assert_eq!(r.data, Some(Object::new()));
     }
@@ -179,7 +208,7 @@ mod tests {
             Some(json!({"a": null, "b": {"c": 5}, "e": [1]})),
             None,
         );
-        let r = written(decide(Some(&cur), &p, now()));
+        let r = written(decide(Some(&cur), &p, None, now()));
         assert_eq!(r.version, 3);
         assert_eq!(r.data, Some(obj(json!({"b": {"c": 5, "d": 2}, "e": [1]}))));
     }
@@ -190,7 +219,7 @@ mod tests {
         for patch in [json!({}), json!({"a": 1}), json!({"zzz": null})] {
             let p = change("p", Op::Patch, Some(patch), None);
             assert_eq!(
-                kept(decide(Some(&cur), &p, now())),
+                kept(decide(Some(&cur), &p, None, now())),
                 Outcome::Unchanged { version: 2 }
             );
         }
@@ -203,8 +232,11 @@ mod tests {
             reason: RejectReason::NotFound,
             current_version: 0,
         };
-        assert_eq!(kept(decide(None, &p, now())), not_found);
-        assert_eq!(kept(decide(Some(&record(3, None)), &p, now())), not_found);
+        assert_eq!(kept(decide(None, &p, None, now())), not_found);
+        assert_eq!(
+            kept(decide(Some(&record(3, None)), &p, None, now())),
+            not_found
+        );
     }
 
     #[test]
@@ -213,6 +245,7 @@ mod tests {
         let r = written(decide(
             Some(&cur),
             &change("d", Op::Delete, None, None),
+            None,
             now(),
         ));
         assert_eq!(r.version, 4);
@@ -224,11 +257,11 @@ mod tests {
     fn delete_of_absent_or_deleted_is_unchanged() {
         let d = change("d", Op::Delete, None, None);
         assert_eq!(
-            kept(decide(None, &d, now())),
+            kept(decide(None, &d, None, now())),
             Outcome::Unchanged { version: 0 }
         );
         assert_eq!(
-            kept(decide(Some(&record(3, None)), &d, now())),
+            kept(decide(Some(&record(3, None)), &d, None, now())),
             Outcome::Unchanged { version: 3 }
         );
     }
@@ -236,13 +269,13 @@ mod tests {
     #[test]
     fn expected_version_zero_means_absent_or_deleted() {
         let c = change("c", Op::Upsert, Some(json!({"a": 1})), Some(0));
-        assert_eq!(written(decide(None, &c, now())).version, 1);
+        assert_eq!(written(decide(None, &c, None, now())).version, 1);
         assert_eq!(
-            written(decide(Some(&record(5, None)), &c, now())).version,
+            written(decide(Some(&record(5, None)), &c, None, now())).version,
             6
         );
         assert_eq!(
-            kept(decide(Some(&record(5, Some(json!({})))), &c, now())),
+            kept(decide(Some(&record(5, Some(json!({})))), &c, None, now())),
             Outcome::Rejected {
                 reason: CONFLICT,
                 current_version: 5
@@ -254,7 +287,7 @@ mod tests {
     fn expected_version_must_match_the_live_version() {
         let cur = record(5, Some(json!({"a": 1})));
         let ok = change("c", Op::Upsert, Some(json!({"a": 2})), Some(5));
-        assert_eq!(written(decide(Some(&cur), &ok, now())).version, 6);
+        assert_eq!(written(decide(Some(&cur), &ok, None, now())).version, 6);
         for (op, data) in [
             (Op::Upsert, Some(json!({"a": 2}))),
             (Op::Patch, Some(json!({"a": 2}))),
@@ -262,7 +295,7 @@ mod tests {
         ] {
             let stale = change("c", op, data.clone(), Some(4));
             assert_eq!(
-                kept(decide(Some(&cur), &stale, now())),
+                kept(decide(Some(&cur), &stale, None, now())),
                 Outcome::Rejected {
                     reason: CONFLICT,
                     current_version: 5
@@ -272,7 +305,7 @@ mod tests {
             let expect = change("c", op, data, Some(5));
             for absent in [None, Some(&record(5, None))] {
                 assert_eq!(
-                    kept(decide(absent, &expect, now())),
+                    kept(decide(absent, &expect, None, now())),
                     Outcome::Rejected {
                         reason: CONFLICT,
                         current_version: 0
@@ -287,12 +320,12 @@ mod tests {
         let cur = record(5, Some(json!({"a": 1})));
         let c = change("c", Op::Upsert, Some(json!({"a": 1})), Some(4));
         assert!(matches!(
-            kept(decide(Some(&cur), &c, now())),
+            kept(decide(Some(&cur), &c, None, now())),
             Outcome::Rejected { .. }
         ));
         let c = change("c", Op::Upsert, Some(json!({"a": 1})), Some(5));
         assert_eq!(
-            kept(decide(Some(&cur), &c, now())),
+            kept(decide(Some(&cur), &c, None, now())),
             Outcome::Unchanged { version: 5 }
         );
     }
@@ -301,7 +334,7 @@ mod tests {
     fn delete_with_if_none_match_on_tombstone_is_unchanged() {
         let c = change("d", Op::Delete, None, Some(0));
         assert_eq!(
-            kept(decide(Some(&record(2, None)), &c, now())),
+            kept(decide(Some(&record(2, None)), &c, None, now())),
             Outcome::Unchanged { version: 2 }
         );
     }
@@ -311,18 +344,97 @@ mod tests {
         let cur = record(2, Some(json!({"a": 1})));
         let no_data = change("c", Op::Upsert, None, None);
         assert_eq!(
-            kept(decide(Some(&cur), &no_data, now())),
+            kept(decide(Some(&cur), &no_data, None, now())),
             Outcome::Unchanged { version: 2 }
         );
         let empty_patch = change("c", Op::Patch, None, None);
         assert_eq!(
-            kept(decide(Some(&cur), &empty_patch, now())),
+            kept(decide(Some(&cur), &empty_patch, None, now())),
             Outcome::Unchanged { version: 2 }
         );
         let delete_with_data = change("c", Op::Delete, Some(json!({"x": 1})), None);
         assert_eq!(
-            written(decide(Some(&cur), &delete_with_data, now())).data,
+            written(decide(Some(&cur), &delete_with_data, None, now())).data,
             None
+        );
+    }
+
+    /// A check that refuses data holding `"bad"`, and counts what it was asked.
+    #[derive(Default)]
+    struct NoBad(std::sync::atomic::AtomicUsize);
+
+    impl DataCheck for NoBad {
+        fn check(&self, data: &Object) -> Result<(), String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match data.get("bad") {
+                Some(_) => Err("/bad: not allowed".to_owned()),
+                None => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_patch_whose_result_fails_the_check_is_rejected_and_keeps_the_record() {
+        let check = NoBad::default();
+        let cur = record(4, Some(json!({"a": 1})));
+        let bad = change("p", Op::Patch, Some(json!({"bad": true})), None);
+        assert_eq!(
+            kept(decide(Some(&cur), &bad, Some(&check), now())),
+            Outcome::Rejected {
+                reason: RejectReason::SchemaViolation,
+                current_version: 4
+            }
+        );
+        // The merged result is what is checked: a patch that removes the offending member of
+        // a record that has it passes, though the record before it would not.
+        let had = record(4, Some(json!({"a": 1, "bad": 1})));
+        let fix = change("p", Op::Patch, Some(json!({"bad": null})), None);
+        let r = written(decide(Some(&had), &fix, Some(&check), now()));
+        assert_eq!((r.version, r.data), (5, Some(obj(json!({"a": 1})))));
+        let good = change("p", Op::Patch, Some(json!({"a": 2})), None);
+        assert_eq!(
+            written(decide(Some(&cur), &good, Some(&check), now())).version,
+            5
+        );
+    }
+
+    #[test]
+    fn only_patches_that_change_a_record_are_checked() {
+        let check = NoBad::default();
+        let cur = record(4, Some(json!({"bad": 1})));
+        let cases = [
+            // Upserts are checked at the edge, deletes need none.
+            (change("u", Op::Upsert, Some(json!({"bad": 2})), None), 5),
+            (change("d", Op::Delete, None, None), 5),
+            // A patch that changes nothing, or whose precondition fails, is decided first.
+            (change("p", Op::Patch, Some(json!({"bad": 1})), None), 4),
+            (change("p", Op::Patch, Some(json!({"bad": 3})), Some(3)), 4),
+        ];
+        for (c, version) in cases {
+            let decision = decide(Some(&cur), &c, Some(&check), now());
+            assert_eq!(
+                match decision {
+                    Decision::Write(r) => r.version,
+                    Decision::Keep(Outcome::Unchanged { version })
+                    | Decision::Keep(Outcome::Rejected {
+                        reason: RejectReason::VersionConflict,
+                        current_version: version,
+                    }) => version,
+                    other => panic!("{c:?}: {other:?}"),
+                },
+                version,
+                "{c:?}"
+            );
+        }
+        assert_eq!(check.0.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // A patch of an absent record is not_found, not a violation.
+        let absent = change("p", Op::Patch, Some(json!({"bad": 1})), None);
+        assert_eq!(
+            kept(decide(None, &absent, Some(&check), now())),
+            Outcome::Rejected {
+                reason: RejectReason::NotFound,
+                current_version: 0
+            }
         );
     }
 
@@ -333,7 +445,7 @@ mod tests {
             let mut current: Option<Record> = None;
             for (i, op) in ops.iter().enumerate() {
                 let expected = model_step(&mut model, op);
-                let decision = decide(current.as_ref(), &to_change(i, op), now());
+                let decision = decide(current.as_ref(), &to_change(i, op), None, now());
                 prop_assert_eq!(decision.outcome(), expected.clone());
                 if let Decision::Write(r) = decision {
                     let before = current.as_ref().map_or(0, |c| c.version);

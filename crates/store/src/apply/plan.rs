@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::decide::{Decision, decide};
 use super::{live_version, truncate_to_micros};
-use crate::{Applied, LoggedChange, Offset, StoredOutcome};
+use crate::{Applied, DataCheck, LoggedChange, Offset, StoredOutcome};
 
 /// What a backend must load before planning a batch: each distinct key and change id the batch
 /// mentions, once, in order of first appearance. The backend answers with one slot per entry
@@ -124,7 +124,8 @@ pub(crate) struct Plan {
 /// or its outcome was pruned past the idempotency window, so it is reported `unchanged`, not
 /// stored, and a warning is logged. Any other change of a
 /// tenant in `erasing` whose id is not an erasure id ([`ChangeId::is_erasure`]) is rejected
-/// `tenant_erasing` with its record's live version, and stored.
+/// `tenant_erasing` with its record's live version, and stored. A patch whose result `check`
+/// refuses is rejected `schema_violation` with its record's live version, and stored.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn plan_batch(
     dataset: &DatasetName,
@@ -137,6 +138,7 @@ pub(crate) fn plan_batch(
     outcomes: Vec<Option<StoredOutcome>>,
     floors: &HashMap<TenantId, u64>,
     erasing: &HashSet<TenantId>,
+    check: Option<&dyn DataCheck>,
     now: DateTime<Utc>,
 ) -> Plan {
     let now = truncate_to_micros(now);
@@ -185,7 +187,7 @@ pub(crate) fn plan_batch(
                     current_version: live_version(current[k].as_ref()),
                 })
             } else {
-                decide(current[k].as_ref(), change, now)
+                decide(current[k].as_ref(), change, check, now)
             };
             if let (None, Decision::Write(created)) = (&current[k], &mut decision) {
                 created.version += floors.get(&change.tenant).copied().unwrap_or(0);
@@ -276,7 +278,16 @@ mod tests {
     ) -> Plan {
         let erasing = erasing.iter().map(|t| TenantId::new(*t).unwrap()).collect();
         let next = changes.len() as u64;
-        plan_with(changes, 0, next, records, HashMap::new(), &erasing, now())
+        plan_with(
+            changes,
+            0,
+            next,
+            records,
+            HashMap::new(),
+            &erasing,
+            None,
+            now(),
+        )
     }
 
     fn plan_at(
@@ -294,11 +305,13 @@ mod tests {
             records,
             outcomes,
             &HashSet::new(),
+            None,
             at,
         )
     }
 
     /// Plans as a backend would: answering the lookups slot for slot from the "stored" maps.
+    #[allow(clippy::too_many_arguments)]
     fn plan_with(
         changes: &[LoggedChange],
         position: Offset,
@@ -306,6 +319,7 @@ mod tests {
         records: Stored<RecordKey, Record>,
         outcomes: Stored<(TenantId, ChangeId), StoredOutcome>,
         erasing: &HashSet<TenantId>,
+        check: Option<&dyn DataCheck>,
         at: DateTime<Utc>,
     ) -> Plan {
         let dataset = DatasetName::new("items").unwrap();
@@ -335,6 +349,7 @@ mod tests {
             o,
             &HashMap::new(),
             erasing,
+            check,
             at,
         )
     }
@@ -573,6 +588,86 @@ mod tests {
         let p = plan_erasing(&changes, records, &[]);
         assert_eq!(p.applied.outcomes[0], Outcome::Applied { version: 4 });
         assert_eq!(p.applied.outcomes[1], Outcome::Applied { version: 1 });
+    }
+
+    /// Refuses a negative `"n"`.
+    struct NonNegative;
+
+    impl DataCheck for NonNegative {
+        fn check(&self, data: &tenantsync_core::Object) -> Result<(), String> {
+            match data.get("n").and_then(serde_json::Value::as_i64) {
+                Some(n) if n < 0 => Err(format!("/n: {n} is negative")),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_patch_refused_by_the_check_is_stored_as_a_schema_violation() {
+        const VIOLATION: RejectReason = RejectReason::SchemaViolation;
+        let stored = record(3, Some(json!({"n": 1})));
+        let records = HashMap::from([(stored.key(), stored.clone())]);
+        let changes = [
+            logged(0, change("p1", Op::Patch, Some(json!({"n": -1})), None)),
+            logged(1, change("p2", Op::Patch, Some(json!({"n": 2})), None)),
+            logged(2, change("p3", Op::Patch, Some(json!({"n": -2})), None)),
+            // An upsert is the writer's to check, never the store's.
+            logged(3, upsert("u1", json!({"n": -3}))),
+        ];
+        let p = plan_with(
+            &changes,
+            0,
+            4,
+            records.clone(),
+            HashMap::new(),
+            &HashSet::new(),
+            Some(&NonNegative),
+            now(),
+        );
+        assert_eq!(
+            p.applied.outcomes,
+            vec![
+                Outcome::Rejected {
+                    reason: VIOLATION,
+                    current_version: 3
+                },
+                Outcome::Applied { version: 4 },
+                Outcome::Rejected {
+                    reason: VIOLATION,
+                    current_version: 4
+                },
+                Outcome::Applied { version: 5 },
+            ]
+        );
+        assert_eq!(p.first_applied, vec![0, 1, 2, 3], "rejections are stored");
+        let after: Vec<_> = p
+            .applied
+            .records
+            .iter()
+            .map(|r| r.clone().unwrap().data)
+            .collect();
+        assert_eq!(
+            after,
+            [
+                json!({"n": 1}),
+                json!({"n": 2}),
+                json!({"n": 2}),
+                json!({"n": -3})
+            ]
+            .map(|v| Some(obj(v))),
+            "a rejected patch leaves the record as it was"
+        );
+
+        // Without a check the same batch applies every change.
+        let p = plan(&changes, 0, 4, records, HashMap::new());
+        assert!(
+            p.applied
+                .outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::Applied { .. })),
+            "{:?}",
+            p.applied.outcomes
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! finds some takes the erasure gate shared (see [`super::ERASURE_GATE_SHARED`]).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,7 +22,9 @@ use tokio_postgres::Row;
 use super::{ERASURE_GATE_SHARED, PostgresStore, corrupt_id, record_row, slot};
 use crate::apply;
 use crate::rows;
-use crate::{Applied, Dataset, LoggedChange, Offset, RecordStore, StoreError, StoredOutcome};
+use crate::{
+    Applied, DataCheck, Dataset, LoggedChange, Offset, RecordStore, StoreError, StoredOutcome,
+};
 
 const INSERT_POSITION: &str = "INSERT INTO positions (dataset, partition, next_offset) \
      VALUES ($1, $2, 0) ON CONFLICT DO NOTHING";
@@ -165,12 +168,13 @@ impl RecordStore for PostgresStore {
             .collect()
     }
 
-    async fn apply(
+    async fn apply_checked(
         &self,
         dataset: &DatasetName,
         partition: u32,
         changes: &[LoggedChange],
         next_offset: Offset,
+        check: Option<Arc<dyn DataCheck>>,
     ) -> Result<Applied, StoreError> {
         let ds = dataset.as_str();
         let part = i64::from(partition);
@@ -294,6 +298,7 @@ impl RecordStore for PostgresStore {
             outcomes,
             &floors,
             &erasing,
+            check.as_deref(),
             now,
         );
 

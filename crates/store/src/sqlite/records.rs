@@ -2,6 +2,7 @@
 //! records, outcomes and positions.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,7 +12,9 @@ use tenantsync_core::{ChangeId, DatasetName, EntityId, Record, TenantId};
 use super::{SqliteStore, partition_param, record_row};
 use crate::apply;
 use crate::rows::{self, RecordRow};
-use crate::{Applied, Dataset, LoggedChange, Offset, RecordStore, StoreError, StoredOutcome};
+use crate::{
+    Applied, DataCheck, Dataset, LoggedChange, Offset, RecordStore, StoreError, StoredOutcome,
+};
 
 const SELECT_POSITION: &str =
     "SELECT next_offset FROM positions WHERE dataset = ?1 AND partition = ?2";
@@ -66,6 +69,7 @@ fn apply_in_transaction(
     partition: u32,
     changes: &[LoggedChange],
     next_offset: Offset,
+    check: Option<&dyn DataCheck>,
 ) -> Result<Applied, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let ds = dataset.as_str();
@@ -146,6 +150,7 @@ fn apply_in_transaction(
         outcomes,
         &floors,
         &erasing,
+        check,
         now,
     );
 
@@ -266,18 +271,26 @@ impl RecordStore for SqliteStore {
         .await
     }
 
-    async fn apply(
+    async fn apply_checked(
         &self,
         dataset: &DatasetName,
         partition: u32,
         changes: &[LoggedChange],
         next_offset: Offset,
+        check: Option<Arc<dyn DataCheck>>,
     ) -> Result<Applied, StoreError> {
         // The writer thread needs owned data; the copy is cheap next to the transaction.
         let dataset = dataset.clone();
         let changes = changes.to_vec();
         self.write(move |conn| {
-            apply_in_transaction(conn, &dataset, partition, &changes, next_offset)
+            apply_in_transaction(
+                conn,
+                &dataset,
+                partition,
+                &changes,
+                next_offset,
+                check.as_deref(),
+            )
         })
         .await
     }

@@ -96,6 +96,7 @@ conformance! {
             store delete_and_recreate_continue_the_version,
             store expected_versions,
             store rejections_are_stored_outcomes,
+            store patches_refused_by_the_check_are_stored_rejections,
             store idempotent_reapply_of_the_same_batch,
             store reapply_below_the_position,
             store position_never_moves_backwards,

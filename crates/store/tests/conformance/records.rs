@@ -1,8 +1,10 @@
 //! Records: declaring datasets, the rules of `apply` case by case, outcomes, scans.
 
+use std::sync::Arc;
+
 use serde_json::json;
-use tenantsync_core::Change;
-use tenantsync_store::{Dataset, MasterStore, StoreError};
+use tenantsync_core::{Change, Object, Outcome, RejectReason};
+use tenantsync_store::{DataCheck, Dataset, MasterStore, StoreError};
 
 use crate::common::*;
 use crate::{apply_ok, get, one};
@@ -313,6 +315,84 @@ pub(crate) async fn rejections_are_stored_outcomes(store: &dyn MasterStore) {
             .unwrap(),
         Some(owned("nope", not_found()))
     );
+}
+
+/// Refuses data whose `"qty"` is not a number: a stand-in for a dataset's schema.
+struct QtyIsANumber;
+
+impl DataCheck for QtyIsANumber {
+    fn check(&self, data: &Object) -> Result<(), String> {
+        match data.get("qty") {
+            Some(qty) if !qty.is_number() => Err(format!("/qty: {qty} is not a number")),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub(crate) async fn patches_refused_by_the_check_are_stored_rejections(store: &dyn MasterStore) {
+    let violation = |current_version| Outcome::Rejected {
+        reason: RejectReason::SchemaViolation,
+        current_version,
+    };
+    let check: Arc<dyn DataCheck> = Arc::new(QtyIsANumber);
+    let checked = |batch: Vec<Change>, first: u64| {
+        let check = Arc::clone(&check);
+        async move {
+            let next = first + batch.len() as u64;
+            store
+                .apply_checked(&ds("items"), 0, &at(first, batch), next, Some(check))
+                .await
+                .expect("apply")
+                .outcomes
+        }
+    };
+    let outcomes = checked(
+        vec![
+            upsert("c1", "acme", "a", json!({"qty": 1})),
+            patch("bad", "acme", "a", json!({"qty": "many"})),
+            patch("good", "acme", "a", json!({"qty": 2, "note": "x"})),
+            // Upserts are the writers' to check: the store applies them as they come.
+            upsert("c2", "acme", "b", json!({"qty": "few"})),
+            // A patch that leaves the data as it was is not checked.
+            patch("same", "acme", "b", json!({"qty": "few"})),
+        ],
+        0,
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        vec![
+            applied(1),
+            violation(1),
+            applied(2),
+            applied(1),
+            unchanged(1)
+        ]
+    );
+    let a = get(store, "acme", "a").await.unwrap();
+    assert_eq!(
+        (a.version, a.data),
+        (2, Some(obj(json!({"qty": 2, "note": "x"}))))
+    );
+    assert_eq!(
+        store
+            .outcome(&ds("items"), &tenant("acme"), &cid("bad"))
+            .await
+            .unwrap(),
+        Some(owned("a", violation(1))),
+        "stored like the other rejections"
+    );
+
+    // Redelivered, even without a check, the rejection reports its first outcome and the record
+    // keeps its data.
+    let again = patch("bad", "acme", "a", json!({"qty": "many"}));
+    assert_eq!(one(store, 5, again).await, violation(1));
+    assert_eq!(get(store, "acme", "a").await.unwrap().version, 2);
+    // The check is of the merged result: a patch fixing a record that violates passes.
+    let fix = patch("fix", "acme", "b", json!({"qty": 3}));
+    assert_eq!(checked(vec![fix], 6).await, vec![applied(2)]);
+    let b = get(store, "acme", "b").await.unwrap();
+    assert_eq!(b.data, Some(obj(json!({"qty": 3}))));
 }
 
 fn mixed_batch() -> Vec<Change> {
