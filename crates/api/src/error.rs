@@ -11,6 +11,7 @@ use tenantsync_dataset::DatasetError;
 use tenantsync_feed::FeedError;
 use tenantsync_feed::subscriptions::SubscriptionError;
 use tenantsync_log::LogError;
+use tenantsync_schema::{SchemaError, Violation};
 use tenantsync_store::StoreError;
 use tracing::error;
 
@@ -48,6 +49,13 @@ pub enum ApiError {
     KeyReused {
         field: &'static str,
         detail: String,
+    },
+    /// The change's data violates the dataset's latest schema (422): `errors` says where, each
+    /// with a JSON pointer into the data; empty when the violations are no longer known (a patch
+    /// rejected at apply time, when the data it was checked against has changed since).
+    SchemaViolation {
+        detail: String,
+        errors: Vec<Violation>,
     },
     /// The dataset exists with another partition count.
     Conflict(String),
@@ -149,6 +157,14 @@ impl ApiError {
                 (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "key-reused",
+                    detail.clone(),
+                )
+            }
+            ApiError::SchemaViolation { detail, errors } => {
+                ext.insert("errors".into(), json!(errors));
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "schema-violation",
                     detail.clone(),
                 )
             }
@@ -339,6 +355,17 @@ impl From<DatasetError> for ApiError {
             DatasetError::Store(e) => e.into(),
             e @ DatasetError::InvalidPartitions { .. } => ApiError::BadBody(e.to_string()),
             e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// A failure to read a dataset's contract to check a write against: never the writer's
+    /// fault (a stored schema that does not compile is an internal error).
+    pub(crate) fn contract(e: SchemaError) -> Self {
+        match e {
+            SchemaError::Store(e) => e.into(),
+            e @ SchemaError::Invalid { .. } => ApiError::Internal(e.to_string()),
         }
     }
 }

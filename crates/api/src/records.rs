@@ -46,6 +46,12 @@ async fn write_one(
     let change = write::change(op, tenant, id, data, pre.change_id, pre.expected_version)?;
     crate::erasure::check_writable(&state, &change.tenant)?;
     write::take_quota(&state, &change.tenant, 1)?;
+    // A delete carries no data and needs no contract.
+    let contract = match op {
+        Op::Delete => Default::default(),
+        Op::Upsert | Op::Patch => write::contract(&state, &dataset).await?,
+    };
+    write::check_data(&contract, &change)?;
     if explicit_key {
         write::check_key(&state, &dataset, &change, write::KEY_HEADER).await?;
     }
@@ -63,7 +69,7 @@ async fn write_one(
             .into_response());
     };
     let applied = write::wait_applied(&state, &dataset, &change, waiter, write::KEY_HEADER).await?;
-    let record = write::applied_reply(&change, &applied, write::KEY_HEADER)?;
+    let record = write::applied_reply(&change, &applied, write::KEY_HEADER, &contract)?;
     let mut response = Json(write::written_json(&caller, &dataset.name, &record)).into_response();
     response
         .headers_mut()

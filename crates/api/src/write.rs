@@ -6,6 +6,11 @@
 //! as 422, early when the store already shows the key taken, and never lets such a change pass
 //! as a duplicate of the other record's change.
 //!
+//! Data is held to the dataset's latest schema before anything is appended: an upsert whose data
+//! violates it is refused with 422 (`check_data`). A patch can only be judged on its merged
+//! result, so the store checks it when it is applied and rejects it `schema_violation`, which
+//! `?wait=applied` reports as 422 too (`applied_reply`).
+//!
 //! It also renders records for replies (`record_json`, `written_json`). `records` builds its
 //! handlers on this module, never the other way round.
 
@@ -22,8 +27,10 @@ use tenantsync_auth::Access;
 use tenantsync_core::DatasetName;
 use tenantsync_core::{
     Change, ChangeId, EntityId, InvalidInput, Object, Op, Outcome, Record, RejectReason, TenantId,
+    merge_patch,
 };
 use tenantsync_dataset::{AppliedChange, QuotaError, Settled, Waiter};
+use tenantsync_schema::{Contract, Violation};
 use tenantsync_store::{Dataset, StoredOutcome};
 use tokio::time::Instant;
 
@@ -130,6 +137,51 @@ pub fn change(
     };
     change.validate()?;
     Ok(change)
+}
+
+/// The dataset's data contract, which writes are checked against (from the schemas' cache).
+pub async fn contract(state: &AppState, dataset: &Dataset) -> Result<Arc<Contract>, ApiError> {
+    state
+        .schemas
+        .contract(&dataset.name)
+        .await
+        .map_err(ApiError::contract)
+}
+
+/// Refuses an upsert whose data violates the dataset's latest schema, so that it never enters
+/// the log. A patch is checked on its merged result when it is applied (the store rejects it
+/// `schema_violation`); a delete carries no data.
+pub fn check_data(contract: &Contract, change: &Change) -> Result<(), ApiError> {
+    let (Op::Upsert, Some(data)) = (change.op, &change.data) else {
+        return Ok(());
+    };
+    contract.validate(data).map_err(|errors| {
+        schema_violation(
+            contract,
+            format!(
+                "the data of record {}:{} violates the dataset's schema",
+                change.tenant, change.id
+            ),
+            errors,
+        )
+    })
+}
+
+/// A schema violation, its detail naming the schema version and the first violation.
+fn schema_violation(contract: &Contract, what: String, errors: Vec<Violation>) -> ApiError {
+    let version = contract
+        .json
+        .as_ref()
+        .map(|json| format!(" (version {})", json.version))
+        .unwrap_or_default();
+    let first = errors
+        .first()
+        .map(|v| format!(": at '{}': {}", v.pointer, v.message))
+        .unwrap_or_default();
+    ApiError::SchemaViolation {
+        detail: format!("{what}{version}{first}; see errors"),
+        errors,
+    }
 }
 
 /// Takes `changes` from the tenant's write quota: 429 (or 413 for more than a burst at once)
@@ -257,11 +309,12 @@ fn urlencode(s: &str) -> String {
 }
 
 /// The reply to a change applied with `?wait=applied`: the record as the change left it, or
-/// why the change was not applied.
+/// why the change was not applied. `contract` explains a patch rejected `schema_violation`.
 pub fn applied_reply(
     change: &Change,
     applied: &AppliedChange,
     field: &'static str,
+    contract: &Contract,
 ) -> Result<Record, ApiError> {
     match applied {
         (
@@ -303,6 +356,33 @@ pub fn applied_reply(
             "record {}:{} does not exist; PATCH only updates existing records, use PUT to create",
             change.tenant, change.id
         ))),
+        (
+            Outcome::Rejected {
+                reason: RejectReason::SchemaViolation,
+                ..
+            },
+            record,
+        ) => {
+            // The store keeps no messages: check the patch's result again, merged into the
+            // record it was rejected on (the current record when another instance applied it,
+            // which may have moved on: then the errors may be gone).
+            let merged = record
+                .as_ref()
+                .and_then(|r| r.data.as_ref())
+                .zip(change.data.as_ref())
+                .map(|(data, patch)| merge_patch(data, patch));
+            let errors = merged
+                .and_then(|merged| contract.validate(&merged).err())
+                .unwrap_or_default();
+            Err(schema_violation(
+                contract,
+                format!(
+                    "the patch would leave record {}:{} with data that violates the dataset's schema; the record is unchanged",
+                    change.tenant, change.id
+                ),
+                errors,
+            ))
+        }
         (_, Some(record)) => Ok(record.clone()),
         (_, None) => Err(ApiError::NotFound(format!(
             "record {}:{} does not exist",
@@ -358,7 +438,8 @@ fn parse_line(line: &[u8]) -> Result<(Change, bool), ApiError> {
 
 /// `POST /v1/datasets/{dataset}/changes`: NDJSON in, one result per non-blank line out, in
 /// order. A bad line is reported with its line number and does not stop the others; so is a
-/// line of a tenant the caller may not write (403), one being erased (409), and the lines of a
+/// line of a tenant the caller may not write (403), one being erased (409), an upsert whose
+/// data violates the dataset's schema (422, with its `errors`), and the lines of a
 /// tenant over its write quota (429, all of the tenant's lines in the request or none). When
 /// every line that would be appended is over quota, the whole answer is a 429 with
 /// `Retry-After`.
@@ -397,6 +478,7 @@ pub async fn bulk(
         });
     }
 
+    let contract = contract(&state, &dataset).await?;
     let mut parsed: Vec<(usize, Result<Change, ApiError>)> = Vec::with_capacity(lines.len());
     // The lines with their own key, as indices into `parsed`, and those keys.
     let (mut keyed, mut keys) = (Vec::new(), Vec::new());
@@ -408,6 +490,7 @@ pub async fn bulk(
         let result = parse_line(line).and_then(|(change, explicit)| {
             caller.require(Access::Write, &dataset.name, &change.tenant)?;
             crate::erasure::check_writable(&state, &change.tenant)?;
+            check_data(&contract, &change)?;
             Ok((change, explicit))
         });
         let result = result.map(|(change, explicit)| {
@@ -449,7 +532,7 @@ pub async fn bulk(
                 let waiter = waiters.pop_front().expect("one waiter per good line");
                 let reply = wait_applied(&state, &dataset, &change, waiter, KEY_MEMBER)
                     .await
-                    .and_then(|applied| applied_reply(&change, &applied, KEY_MEMBER));
+                    .and_then(|applied| applied_reply(&change, &applied, KEY_MEMBER, &contract));
                 match reply {
                     Ok(record) => json!({
                         "line": line, "status": 200,

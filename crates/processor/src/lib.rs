@@ -6,7 +6,11 @@
 //! `tenant:id`, and only then commits its position in the changes log. It must never publish a
 //! state that the master store has not committed, and never commit a position whose states are
 //! not yet published: that ordering is what makes a SIGKILL at any instant harmless.
+//!
+//! Each batch is applied with the dataset's data contract as it stands then (`check`): a patch
+//! whose merged result violates the latest schema is rejected by the store, not applied.
 
+mod check;
 mod error;
 mod processor;
 

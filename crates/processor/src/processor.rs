@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::ProcessorError;
+use crate::{ProcessorError, check};
 
 /// Rejected changes-log entries kept per dataset for `GET /v1/datasets/{dataset}/rejected`; the
 /// oldest beyond it are dropped and counted.
@@ -223,6 +223,9 @@ impl Processor {
         for entry in entries {
             by_partition.entry(entry.partition).or_default().push(entry);
         }
+        // One contract for the whole batch (patches are held to it as they are applied), read
+        // from the schemas' cache.
+        let check = check::for_batch(&self.schemas, &dataset.name).await?;
         let mut messages = Vec::new();
         let mut offsets = Vec::with_capacity(by_partition.len());
         for (partition, entries) in by_partition {
@@ -260,7 +263,7 @@ impl Processor {
             }
             let applied = self
                 .store
-                .apply(&dataset.name, partition, &batch, next)
+                .apply_checked(&dataset.name, partition, &batch, next, check.clone())
                 .await?;
             let first = entries.first().map_or(next, |e| e.offset);
             if first > applied.previous_position {

@@ -3,6 +3,7 @@
 use tenantsync_core::{Classify, ErrorClass};
 use tenantsync_dataset::DatasetError;
 use tenantsync_log::LogError;
+use tenantsync_schema::SchemaError;
 use tenantsync_store::StoreError;
 
 /// Why a source shard's run ended. Messages never carry a password: URLs appear only in their
@@ -15,6 +16,9 @@ pub enum SourceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    /// A dataset's data contract could not be read.
+    #[error("the data contract: {0}")]
+    Schema(#[from] SchemaError),
     /// The service database (the outbox's PostgreSQL), with whether retrying may help.
     #[error("{message}")]
     Database { message: String, class: ErrorClass },
@@ -48,6 +52,9 @@ impl Classify for SourceError {
             SourceError::Log(e) => e.class(),
             SourceError::Store(e) => e.class(),
             SourceError::Dataset(e) => e.class(),
+            SourceError::Schema(SchemaError::Store(e)) => e.class(),
+            // A stored schema that does not compile fails the same way until someone fixes it.
+            SourceError::Schema(SchemaError::Invalid { .. }) => ErrorClass::Permanent,
             SourceError::Database { class, .. } | SourceError::Kafka { class, .. } => *class,
             SourceError::Stopped => ErrorClass::Transient,
         }

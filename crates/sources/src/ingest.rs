@@ -1,6 +1,8 @@
 //! The one way a source's rows and events enter tenantsync: checked into changes by the same
-//! rules as an API write, held to the tenant's write quota, and appended to the dataset's changes
-//! log; those that cannot become a change are recorded under the source's rejected list.
+//! rules as an API write (an upsert's data against the dataset's latest schema included; a patch
+//! is checked on its merged result when applied, as the API's are), held to the tenant's write
+//! quota, and appended to the dataset's changes log; those that cannot become a change are
+//! recorded under the source's rejected list.
 //!
 //! [`Ingest::submit`] returns only once every change it was given is durable in the changes log
 //! and every rejection is stored, so a source may then move its position past them. It never
@@ -9,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use tenantsync_schema::Schemas;
+use tenantsync_schema::{Contract, Schemas};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -87,7 +89,8 @@ impl Ingest {
     ) -> Result<(), SourceError> {
         let mut rejections = Vec::new();
         // By dataset, in first-seen order; a tenant's changes stay in their order within it.
-        let mut batches: Vec<(Dataset, Vec<Change>)> = Vec::new();
+        // Each with the dataset's contract as of this call.
+        let mut batches: Vec<(Dataset, Arc<Contract>, Vec<Change>)> = Vec::new();
         let mut known: HashMap<String, Option<usize>> = HashMap::new();
         for read in reads {
             let candidate = match read {
@@ -103,7 +106,8 @@ impl Ingest {
                     let slot = match DatasetName::new(candidate.dataset.clone()) {
                         Ok(name) => match self.datasets.get(&name).await? {
                             Some(dataset) => {
-                                batches.push((dataset, Vec::new()));
+                                let contract = self.schemas.contract(&dataset.name).await?;
+                                batches.push((dataset, contract, Vec::new()));
                                 Some(batches.len() - 1)
                             }
                             None => None,
@@ -122,17 +126,18 @@ impl Ingest {
                 rejections.push(rejection(candidate.position, reason));
                 continue;
             };
-            match change(&candidate) {
-                Ok(change) => batches[slot].1.push(change),
+            let (_, contract, changes) = &mut batches[slot];
+            match change(&candidate).and_then(|change| conforms(contract, change)) {
+                Ok(change) => changes.push(change),
                 Err(reason) => rejections.push(rejection(candidate.position, reason)),
             }
         }
-        for (_, changes) in &batches {
+        for (_, _, changes) in &batches {
             for change in changes {
                 self.take_quota(&change.tenant, stop).await?;
             }
         }
-        for (dataset, changes) in &batches {
+        for (dataset, _, changes) in &batches {
             self.datasets.append_changes(dataset, changes).await?;
             figures.add_ingested(changes.len() as u64);
         }
@@ -271,6 +276,32 @@ fn change(c: &Candidate) -> Result<Change, String> {
     Ok(change)
 }
 
+/// The change if its data conforms to the dataset's latest schema (an upsert's: a patch is
+/// checked when applied, a delete has no data), else why not, with every violation.
+fn conforms(contract: &Contract, change: Change) -> Result<Change, String> {
+    let (Op::Upsert, Some(data)) = (change.op, &change.data) else {
+        return Ok(change);
+    };
+    match contract.validate(data) {
+        Ok(()) => Ok(change),
+        Err(violations) => {
+            let version = contract
+                .json
+                .as_ref()
+                .map(|json| format!(" (version {})", json.version))
+                .unwrap_or_default();
+            let listed: Vec<String> = violations
+                .iter()
+                .map(|v| format!("at '{}': {}", v.pointer, v.message))
+                .collect();
+            Err(format!(
+                "the data violates the dataset's schema{version}: {}",
+                listed.join("; ")
+            ))
+        }
+    }
+}
+
 fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -375,5 +406,41 @@ mod tests {
             let reason = change(&c).unwrap_err();
             assert!(reason.contains(why), "{c:?}: {reason}");
         }
+    }
+
+    #[test]
+    fn an_upsert_must_conform_to_the_schema_and_a_patch_is_left_to_its_apply() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"a": {"type": "integer"}},
+            "required": ["a"]
+        });
+        let contract = Contract {
+            json: Some(tenantsync_schema::JsonVersion {
+                version: 2,
+                id: 7,
+                validator: Arc::new(tenantsync_schema::Validator::new(&schema).unwrap()),
+            }),
+            ..Contract::default()
+        };
+        let with = |op: &str, data| {
+            change(&Candidate {
+                op: op.into(),
+                data: Some(data),
+                ..candidate()
+            })
+            .unwrap()
+        };
+        let reason = conforms(&contract, with("upsert", json!({"a": "x"}))).unwrap_err();
+        assert!(
+            reason.contains("violates the dataset's schema (version 2)") && reason.contains("/a"),
+            "{reason}"
+        );
+        assert!(conforms(&contract, with("upsert", json!({"a": 1}))).is_ok());
+        // A patch's result is known only when it is applied; a delete has no data.
+        assert!(conforms(&contract, with("patch", json!({"a": "x"}))).is_ok());
+        assert!(conforms(&contract, with("delete", json!({}))).is_ok());
+        // A dataset without a schema takes any object.
+        assert!(conforms(&Contract::default(), with("upsert", json!({"a": "x"}))).is_ok());
     }
 }
