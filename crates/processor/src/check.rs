@@ -35,3 +35,37 @@ pub(crate) async fn for_batch(
         .is_some()
         .then(|| Arc::new(ContractCheck(contract)) as Arc<dyn DataCheck>))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tenantsync_schema::{JsonVersion, Validator};
+
+    use super::*;
+
+    #[test]
+    fn the_check_refuses_what_the_contract_refuses_and_says_where() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"qty": {"type": "integer"}},
+            "required": ["qty"]
+        });
+        let contract = Contract {
+            json: Some(JsonVersion {
+                version: 1,
+                id: 1,
+                validator: Arc::new(Validator::new(&schema).unwrap()),
+            }),
+            ..Contract::default()
+        };
+        let check = ContractCheck(Arc::new(contract));
+        let data = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        assert_eq!(check.check(&data(json!({"qty": 1}))), Ok(()));
+        let why = check.check(&data(json!({"qty": "x"}))).unwrap_err();
+        assert!(why.contains("'/qty'"), "{why}");
+        assert!(check.check(&data(json!({}))).is_err());
+        // A contract without a schema takes anything.
+        let free = ContractCheck(Arc::new(Contract::default()));
+        assert_eq!(free.check(&data(json!({"qty": "x"}))), Ok(()));
+    }
+}
