@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use tenantsync_log::{Cleanup, Message, TopicSpec};
+use tenantsync_log::{Cleanup, Message, Output, TopicSpec};
 
 use crate::{Common, Env};
 
@@ -91,7 +91,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
             Mode::Transactional => {
                 member
                     .publisher()
-                    .publish(&output, messages, offsets)
+                    .publish(vec![Output::new(&output, messages)], offsets)
                     .await?
             }
             Mode::Plain => {

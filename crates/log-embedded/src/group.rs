@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tenantsync_log::{Entry, GroupConsumer, LogError, Message, Offset, Partition, Publisher};
+use tenantsync_log::{Entry, GroupConsumer, LogError, Offset, Output, Partition, Publisher};
 use tokio::sync::watch;
 
 use crate::writer::{Command, GroupCommit};
@@ -354,8 +354,8 @@ impl GroupConsumer for Member {
     }
 }
 
-/// A member's publisher: the entries and the offsets go to the writer as one command, so they
-/// commit in one SQLite transaction.
+/// A member's publisher: the entries of every topic and the offsets go to the writer as one
+/// command, so they commit in one SQLite transaction.
 struct MemberPublisher {
     shared: Arc<Shared>,
     input: Arc<TopicHandle>,
@@ -370,13 +370,16 @@ struct MemberPublisher {
 impl Publisher for MemberPublisher {
     async fn publish(
         &self,
-        topic: &str,
-        messages: Vec<Message>,
+        outputs: Vec<Output>,
         offsets: Vec<(Partition, Offset)>,
     ) -> Result<(), LogError> {
-        let output = self.shared.topic(topic)?;
-        for m in &messages {
-            output.check_partition(m.partition)?;
+        let mut resolved = Vec::with_capacity(outputs.len());
+        for Output { topic, messages } in outputs {
+            let handle = self.shared.topic(&topic)?;
+            for m in &messages {
+                handle.check_partition(m.partition)?;
+            }
+            resolved.push((handle, messages));
         }
         for (p, _) in &offsets {
             self.input.check_partition(*p)?;
@@ -397,8 +400,7 @@ impl Publisher for MemberPublisher {
             |p| self.bound.get(&p).copied(),
             || {
                 permit.send(Command::Append {
-                    topic: output,
-                    messages,
+                    outputs: resolved,
                     commit: (!offsets.is_empty()).then(|| GroupCommit {
                         group: self.group.clone(),
                         topic_id: self.input.id,

@@ -458,8 +458,7 @@ impl Log for EmbeddedLog {
         }
         self.shared
             .call(|reply| Command::Append {
-                topic: handle,
-                messages,
+                outputs: vec![(handle, messages)],
                 commit: None,
                 reply,
             })

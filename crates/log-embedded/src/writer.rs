@@ -31,11 +31,11 @@ pub(crate) enum Command {
         spec: TopicSpec,
         reply: Reply<()>,
     },
-    /// Partitions were checked by the caller. With `commit`, the group's offsets are written in
-    /// the same transaction as the entries (a member's publish).
+    /// Appends to one topic or several (a member's publish), in one transaction. Partitions
+    /// were checked by the caller. With `commit`, the group's offsets are written in the same
+    /// transaction as the entries. Replies the offsets of every topic's messages, in order.
     Append {
-        topic: Arc<TopicHandle>,
-        messages: Vec<Message>,
+        outputs: Vec<(Arc<TopicHandle>, Vec<Message>)>,
         commit: Option<GroupCommit>,
         reply: Reply<Vec<Offset>>,
     },
@@ -67,7 +67,7 @@ pub(crate) struct GroupCommit {
 impl Command {
     fn weight(&self) -> usize {
         match self {
-            Command::Append { messages, .. } => messages.len(),
+            Command::Append { outputs, .. } => outputs.iter().map(|(_, m)| m.len()).sum(),
             Command::Delete { offsets, .. } => offsets.len(),
             _ => 1,
         }
@@ -252,26 +252,23 @@ impl Writer {
             }
             match command {
                 Command::Append {
-                    topic,
-                    messages,
+                    outputs,
                     commit: group_commit,
                     reply,
-                } => match append(&tx, &mut self.next, &topic, &messages, now_ms).and_then(
-                    |offsets| {
-                        if let Some(c) = &group_commit {
-                            commit(&tx, &c.group, c.topic_id, &c.offsets)?;
-                        }
-                        Ok(offsets)
-                    },
-                ) {
+                } => match append_all(&tx, &mut self.next, &outputs, now_ms).and_then(|offsets| {
+                    if let Some(c) = &group_commit {
+                        commit(&tx, &c.group, c.topic_id, &c.offsets)?;
+                    }
+                    Ok(offsets)
+                }) {
                     Ok(offsets) => {
-                        let touched = &mut effects
-                            .appended
-                            .entry(topic.id)
-                            .or_insert_with(|| (topic.clone(), BTreeSet::new()))
-                            .1;
-                        for m in &messages {
-                            touched.insert(m.partition);
+                        for (topic, messages) in &outputs {
+                            let touched = &mut effects
+                                .appended
+                                .entry(topic.id)
+                                .or_insert_with(|| (topic.clone(), BTreeSet::new()))
+                                .1;
+                            touched.extend(messages.iter().map(|m| m.partition));
                         }
                         pending.push(Pending::Offsets(reply, offsets));
                     }
@@ -404,6 +401,19 @@ fn clone_sql_error(error: &rusqlite::Error) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(e, msg) => rusqlite::Error::SqliteFailure(*e, msg.clone()),
         other => rusqlite::Error::ToSqlConversionFailure(other.to_string().into()),
     }
+}
+
+fn append_all(
+    tx: &Transaction<'_>,
+    next: &mut HashMap<i64, Vec<Offset>>,
+    outputs: &[(Arc<TopicHandle>, Vec<Message>)],
+    now_ms: i64,
+) -> rusqlite::Result<Vec<Offset>> {
+    let mut offsets = Vec::with_capacity(outputs.iter().map(|(_, m)| m.len()).sum());
+    for (topic, messages) in outputs {
+        offsets.extend(append(tx, next, topic, messages, now_ms)?);
+    }
+    Ok(offsets)
 }
 
 fn append(

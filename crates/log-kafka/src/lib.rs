@@ -13,10 +13,10 @@
 //!   (`group`). A committed offset is the next offset to read, as in the [`Log`] contract. With
 //!   an instance name, members are static (`group.instance.id`), so a restarted instance gets
 //!   its partitions back without a rebalance.
-//! - **Publishing** from a group member is transactional (`publish`): its messages and its
-//!   offsets commit together, fenced by the group generation (KIP-447). Every client reads with
-//!   `isolation.level=read_committed`, and `read` steps over the offsets that transaction
-//!   markers and aborted entries take.
+//! - **Publishing** from a group member is transactional (`publish`): its messages, to one
+//!   topic or several, and its offsets commit together, fenced by the group generation
+//!   (KIP-447). Every client reads with `isolation.level=read_committed`, and `read` steps over
+//!   the offsets that transaction markers and aborted entries take.
 //! - **Compaction** is the broker's job: [`Log::compact`] does nothing.
 //!
 //! Configuration is [`KafkaConfig`]: typed settings plus pass-through librdkafka properties,

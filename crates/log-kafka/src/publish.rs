@@ -2,8 +2,8 @@
 //!
 //! Each member has one transactional producer, created on its first publish (its
 //! `transactional.id` is stable for a named instance, so a restarted instance aborts what its
-//! previous run left open). A publish is one Kafka transaction: the messages, then the
-//! member's offsets through `send_offsets_to_transaction` with the group metadata of the
+//! previous run left open). A publish is one Kafka transaction: the messages of every topic,
+//! then the member's offsets through `send_offsets_to_transaction` with the group metadata of the
 //! assignment the publisher is bound to (KIP-447), then the commit. The group coordinator
 //! refuses offsets of a stale generation, so a member that lost its partitions (cut off,
 //! frozen past its session timeout, or simply rebalanced) cannot commit, and its transaction
@@ -24,7 +24,7 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
-use tenantsync_log::{LogError, Message, Offset, Partition, Publisher};
+use tenantsync_log::{LogError, Offset, Output, Partition, Publisher};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -77,8 +77,7 @@ pub(crate) struct KafkaPublisher {
 impl Publisher for KafkaPublisher {
     async fn publish(
         &self,
-        topic: &str,
-        messages: Vec<Message>,
+        outputs: Vec<Output>,
         offsets: Vec<(Partition, Offset)>,
     ) -> Result<(), LogError> {
         let binding = &self.binding;
@@ -115,9 +114,9 @@ impl Publisher for KafkaPublisher {
                 producer
             }
         };
-        let context = format!("publishing to topic {topic} in a transaction");
-        let outcome =
-            transaction(&producer, topic, messages, list.clone(), metadata, &context).await;
+        let topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
+        let context = format!("publishing to topics {topics:?} in a transaction");
+        let outcome = transaction(&producer, &outputs, list.clone(), metadata, &context).await;
         match outcome {
             Ok(()) => {
                 // The same offsets once more, outside the transaction and without waiting, for
@@ -174,8 +173,7 @@ impl Transactions {
 
 async fn transaction(
     producer: &FutureProducer<LogContext>,
-    topic: &str,
-    messages: Vec<Message>,
+    outputs: &[Output],
     offsets: TopicPartitionList,
     metadata: Option<Arc<ConsumerGroupMetadata>>,
     context: &str,
@@ -183,10 +181,13 @@ async fn transaction(
     let other = |error: KafkaError| Failure::Other(backend(context.to_string(), error));
     producer.begin_transaction().map_err(other)?;
     // Deliveries are not awaited one by one: the commit flushes them and fails if any failed.
-    let (deliveries, queue_error) = queue_messages(producer, topic, &messages).await;
-    drop(deliveries);
-    if let Some(error) = queue_error {
-        return Err(Failure::Other(error));
+    for output in outputs {
+        let (deliveries, queue_error) =
+            queue_messages(producer, &output.topic, &output.messages).await;
+        drop(deliveries);
+        if let Some(error) = queue_error {
+            return Err(Failure::Other(error));
+        }
     }
     if let Some(metadata) = metadata.filter(|_| offsets.count() > 0) {
         let sending = producer.clone();

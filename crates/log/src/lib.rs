@@ -182,33 +182,51 @@ pub trait GroupConsumer: Send {
     fn publisher(&self) -> Box<dyn Publisher>;
 }
 
-/// Publishes the output of one polled batch and commits the positions the batch covers, as one
-/// step, so that a member that lost its partitions cannot publish stale output. Obtained from
-/// [`GroupConsumer::publisher`].
+/// Messages for one topic, part of a [`Publisher::publish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub topic: String,
+    pub messages: Vec<Message>,
+}
+
+impl Output {
+    pub fn new(topic: impl Into<String>, messages: Vec<Message>) -> Self {
+        Self {
+            topic: topic.into(),
+            messages,
+        }
+    }
+}
+
+/// Publishes the output of one polled batch, to one topic or several, and commits the positions
+/// the batch covers, as one step, so that a member that lost its partitions cannot publish
+/// stale output. Obtained from [`GroupConsumer::publisher`].
 ///
 /// # Contract
 ///
-/// - **Atomic.** When [`publish`](Publisher::publish) returns `Ok`, every message is durable and
-///   every `(partition, next)` is the group's committed offset; readers see the messages at
-///   once, or on Kafka a moment later (once the cluster has written the transaction's commit
-///   markers, which it does after answering the commit). When it fails, no reader ever reads any of the messages and the committed offsets
-///   are unchanged. (Kafka: one transaction, and readers read committed entries only, so an
-///   aborted transaction leaves a gap of offsets nobody reads.)
+/// - **Atomic.** When [`publish`](Publisher::publish) returns `Ok`, every message of every
+///   output is durable and every `(partition, next)` is the group's committed offset; readers
+///   see the messages at once, or on Kafka a moment later (once the cluster has written the
+///   transaction's commit markers, which it does after answering the commit). When it fails, no
+///   reader ever reads any of the messages, of any of the topics, and the committed offsets are
+///   unchanged. (Kafka: one transaction producing to every topic, and readers read committed
+///   entries only, so an aborted transaction leaves a gap of offsets nobody reads.)
 /// - **Fenced.** If a partition in `offsets` was taken from the member since the poll the
 ///   publisher is bound to (even if it came back since), the call fails with
-///   [`LogError::NotOwner`] and publishes nothing. On Kafka this holds across processes: a
-///   member frozen past its session timeout, whose partitions the group gave to another
-///   process, is refused by the group coordinator when it resumes.
+///   [`LogError::NotOwner`] and publishes nothing, to any topic. On Kafka this holds across
+///   processes: a member frozen past its session timeout, whose partitions the group gave to
+///   another process, is refused by the group coordinator when it resumes.
 /// - **Ordered.** Publishes of one member take effect in the order they are called; a call
-///   waits for the member's previous one to finish.
-/// - `messages` or `offsets` may be empty.
+///   waits for the member's previous one to finish. Within a call, messages of one topic and
+///   partition land in the order given (outputs in order, then messages in order).
+/// - `outputs`, any output's `messages`, or `offsets` may be empty.
 #[async_trait]
 pub trait Publisher: Send + Sync + 'static {
-    /// Appends `messages` to `topic` and commits `offsets` for the member's group, atomically.
+    /// Appends every output's messages to its topic and commits `offsets` for the member's
+    /// group, atomically.
     async fn publish(
         &self,
-        topic: &str,
-        messages: Vec<Message>,
+        outputs: Vec<Output>,
         offsets: Vec<(Partition, Offset)>,
     ) -> Result<(), LogError>;
 }

@@ -7,7 +7,7 @@ use chrono::Utc;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 use tenantsync_dataset::{AppliedHub, CommitObserver, Datasets, PerDataset, changes, state};
-use tenantsync_log::{Log, LogError, Message, Offset, Partition, Publisher};
+use tenantsync_log::{Log, LogError, Message, Offset, Output, Partition, Publisher};
 use tenantsync_schema::Schemas;
 use tenantsync_store::{Dataset, LoggedChange, MasterStore, RejectedEntry};
 use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
@@ -312,7 +312,11 @@ impl Publish {
         messages: Vec<Message>,
         offsets: Vec<(Partition, Offset)>,
     ) -> Self {
-        let task = tokio::spawn(async move { publisher.publish(&topic, messages, offsets).await });
+        let task = tokio::spawn(async move {
+            publisher
+                .publish(vec![Output::new(topic, messages)], offsets)
+                .await
+        });
         Self { task }
     }
 

@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{Cleanup, Entry, GroupConsumer, Log, LogError, Message, Offset, Partition, TopicSpec};
+use crate::{
+    Cleanup, Entry, GroupConsumer, Log, LogError, Message, Offset, Output, Partition, Publisher,
+    TopicSpec,
+};
 
 /// A fresh log for one case, and whatever must live as long as it (a temp dir, a mock cluster).
 /// `log` is declared first so it is dropped before `guard`.
@@ -104,6 +107,7 @@ macro_rules! __log_conformance_base {
             compaction_keeps_last_value_and_order,
             publish_appends_and_reads_on_past_it,
             publisher_fenced_after_losing_a_partition,
+            publish_to_two_topics_is_all_or_nothing,
             $($extra),*
         );
     };

@@ -63,15 +63,20 @@ pub async fn publish_appends_and_reads_on_past_it(log: &dyn Log) {
     let publisher = member.publisher();
     publisher
         .publish(
-            &output,
-            vec![msg(0, "a", "1"), msg(1, "b", "2"), msg(0, "c", "3")],
+            vec![Output::new(
+                &output,
+                vec![msg(0, "a", "1"), msg(1, "b", "2"), msg(0, "c", "3")],
+            )],
             vec![(0, 5), (1, 4)],
         )
         .await
         .expect("publish");
     // Messages only: fine too.
     publisher
-        .publish(&output, vec![msg(1, "d", "4")], Vec::new())
+        .publish(
+            vec![Output::new(&output, vec![msg(1, "d", "4")])],
+            Vec::new(),
+        )
         .await
         .expect("publish messages only");
     assert_eq!(
@@ -105,38 +110,52 @@ pub async fn publish_commits_offsets(log: &dyn Log) {
     let output = new_topic(log, "publish_commits-out", 1).await;
     let publisher = member.publisher();
     publisher
-        .publish(&output, vec![msg(0, "a", "1")], vec![(0, 5), (1, 4)])
+        .publish(
+            vec![Output::new(&output, vec![msg(0, "a", "1")])],
+            vec![(0, 5), (1, 4)],
+        )
         .await
         .expect("publish");
     let committed = |p| log.committed(&group, &input, p);
     assert_eq!(committed(0).await.expect("committed"), Some(5));
     assert_eq!(committed(1).await.expect("committed"), Some(4));
     publisher
-        .publish(&output, Vec::new(), vec![(1, 5)])
+        .publish(Vec::new(), vec![(1, 5)])
         .await
         .expect("publish offsets only");
     assert_eq!(committed(1).await.expect("committed"), Some(5));
 }
 
-/// A publisher bound to a poll made before a rebalance took partitions away is refused with
-/// `NotOwner`, and none of its messages or offsets ever becomes visible; the new owner's
-/// publish then goes through.
-pub async fn publisher_fenced_after_losing_a_partition(log: &dyn Log) {
-    const PARTITIONS: u32 = 4;
-    let input = new_topic(log, "publisher_fenced-in", PARTITIONS).await;
-    let output = new_topic(log, "publisher_fenced-out", 1).await;
-    fill(log, &input, PARTITIONS, 3).await;
+/// Two members of a new group on a fresh input topic, after the group moved some of the
+/// partitions `a` had polled to `b`: a publisher `a` made before that (bound to every partition
+/// it polled), `b`, and what `b` polled so far.
+struct Split {
+    group: String,
+    input: String,
+    stale: Box<dyn Publisher>,
+    /// Kept so that the group keeps `b`'s assignment as it is.
+    _a: Box<dyn GroupConsumer>,
+    b: Box<dyn GroupConsumer>,
+    got_b: Vec<Entry>,
+}
+
+/// Partitions of the input topic of [`split`], and entries in each.
+const SPLIT_PARTITIONS: u32 = 4;
+const SPLIT_EACH: usize = 3;
+
+async fn split(log: &dyn Log, case: &str) -> Split {
+    let input = new_topic(log, &format!("{case}-in"), SPLIT_PARTITIONS).await;
+    fill(log, &input, SPLIT_PARTITIONS, SPLIT_EACH).await;
     let group = unique_topic("group");
     let mut a = log.consume(&group, &input).await.expect("consume a");
-    poll_until(&mut *a, 12).await;
+    poll_until(&mut *a, SPLIT_PARTITIONS as usize * SPLIT_EACH).await;
     let stale = a.publisher();
-    let all: Vec<(Partition, Offset)> = (0..PARTITIONS).map(|p| (p, 3)).collect();
     let mut b = log.consume(&group, &input).await.expect("consume b");
     // Wait until the group has moved some partitions to b (both poll: a Kafka rebalance needs
     // every member to take part).
     let deadline = Instant::now() + GROUP_DEADLINE;
     let mut got_b = Vec::new();
-    while b.assignment().is_empty() || a.assignment().len() == PARTITIONS as usize {
+    while b.assignment().is_empty() || a.assignment().len() == SPLIT_PARTITIONS as usize {
         assert!(
             Instant::now() < deadline,
             "the group never gave b a partition"
@@ -145,38 +164,133 @@ pub async fn publisher_fenced_after_losing_a_partition(log: &dyn Log) {
         ra.expect("poll a");
         got_b.extend(rb.expect("poll b"));
     }
-    match stale
-        .publish(&output, vec![msg(0, "stale", "x")], all.clone())
+    Split {
+        group,
+        input,
+        stale,
+        _a: a,
+        b,
+        got_b,
+    }
+}
+
+impl Split {
+    /// Every input partition's offset past its last entry: what `a` would commit.
+    fn all_offsets() -> Vec<(Partition, Offset)> {
+        (0..SPLIT_PARTITIONS)
+            .map(|p| (p, SPLIT_EACH as Offset))
+            .collect()
+    }
+
+    /// Asserts the group committed nothing (the stale publish was refused).
+    async fn assert_nothing_committed(&self, log: &dyn Log) {
+        for p in 0..SPLIT_PARTITIONS {
+            assert_eq!(
+                log.committed(&self.group, &self.input, p)
+                    .await
+                    .expect("committed"),
+                None,
+                "partition {p}: a fenced publish committed"
+            );
+        }
+    }
+
+    /// `b` re-reads its partitions from the start and publishes `outputs` with their offsets.
+    async fn publish_as_b(&mut self, outputs: Vec<Output>) {
+        let owned = self.b.assignment();
+        let want = owned.len() * SPLIT_EACH;
+        let mut entries: Vec<Entry> = std::mem::take(&mut self.got_b)
+            .into_iter()
+            .filter(|e| owned.contains(&e.partition))
+            .collect();
+        if entries.len() < want {
+            entries.extend(poll_until(&mut *self.b, want - entries.len()).await);
+        }
+        let offsets: Vec<(Partition, Offset)> =
+            owned.iter().map(|p| (*p, SPLIT_EACH as Offset)).collect();
+        self.b
+            .publisher()
+            .publish(outputs, offsets)
+            .await
+            .expect("the new owner publishes");
+    }
+}
+
+/// A publisher bound to a poll made before a rebalance took partitions away is refused with
+/// `NotOwner`, and none of its messages or offsets ever becomes visible; the new owner's
+/// publish then goes through.
+pub async fn publisher_fenced_after_losing_a_partition(log: &dyn Log) {
+    let output = new_topic(log, "publisher_fenced-out", 1).await;
+    let mut split = split(log, "publisher_fenced").await;
+    match split
+        .stale
+        .publish(
+            vec![Output::new(&output, vec![msg(0, "stale", "x")])],
+            Split::all_offsets(),
+        )
         .await
     {
         Err(LogError::NotOwner { .. }) => {}
         other => panic!("a publish bound to lost partitions must be NotOwner, got {other:?}"),
     }
-    for p in 0..PARTITIONS {
-        assert_eq!(
-            log.committed(&group, &input, p).await.expect("committed"),
-            None,
-            "partition {p}: a fenced publish committed"
-        );
-    }
-    // b re-reads its partitions from the start and publishes.
-    let owned = b.assignment();
-    let want = owned.len() * 3;
-    let mut entries: Vec<Entry> = got_b
-        .into_iter()
-        .filter(|e| owned.contains(&e.partition))
-        .collect();
-    if entries.len() < want {
-        entries.extend(poll_until(&mut *b, want - entries.len()).await);
-    }
-    let offsets: Vec<(Partition, Offset)> = owned.iter().map(|p| (*p, 3)).collect();
-    b.publisher()
-        .publish(&output, vec![msg(0, "fresh", "y")], offsets)
-        .await
-        .expect("the new owner publishes");
+    split.assert_nothing_committed(log).await;
+    split
+        .publish_as_b(vec![Output::new(&output, vec![msg(0, "fresh", "y")])])
+        .await;
     assert_eq!(
         readable(log, &output, 0, 1).await,
         vec![("fresh".into(), "y".into())],
         "only the new owner's message may be readable"
+    );
+}
+
+/// A publish to two topics is all or nothing: a fenced publisher's messages reach neither
+/// topic, and the new owner's reach both, each in its order.
+pub async fn publish_to_two_topics_is_all_or_nothing(log: &dyn Log) {
+    let first = new_topic(log, "publish_two-first", 2).await;
+    let second = new_topic(log, "publish_two-second", 2).await;
+    let mut split = split(log, "publish_two").await;
+    let outputs = |tag: &str| {
+        vec![
+            Output::new(
+                &first,
+                vec![
+                    msg(0, &format!("{tag}-1"), "a"),
+                    msg(1, &format!("{tag}-2"), "b"),
+                ],
+            ),
+            Output::new(
+                &second,
+                vec![
+                    msg(1, &format!("{tag}-3"), "c"),
+                    msg(1, &format!("{tag}-4"), "d"),
+                ],
+            ),
+        ]
+    };
+    match split
+        .stale
+        .publish(outputs("stale"), Split::all_offsets())
+        .await
+    {
+        Err(LogError::NotOwner { .. }) => {}
+        other => panic!("a publish bound to lost partitions must be NotOwner, got {other:?}"),
+    }
+    split.assert_nothing_committed(log).await;
+    split.publish_as_b(outputs("fresh")).await;
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        readable(log, &first, 0, 1).await,
+        vec![pair("fresh-1", "a")]
+    );
+    assert_eq!(
+        readable(log, &first, 1, 1).await,
+        vec![pair("fresh-2", "b")]
+    );
+    assert_eq!(readable(log, &second, 0, 0).await, Vec::new());
+    assert_eq!(
+        readable(log, &second, 1, 2).await,
+        vec![pair("fresh-3", "c"), pair("fresh-4", "d")],
+        "only the new owner's messages may be readable, in order"
     );
 }
