@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use tenantsync_core::{DatasetName, Object};
-use tenantsync_schema::{Contract, SchemaError, Schemas};
+use tenantsync_core::Object;
+use tenantsync_schema::Contract;
 use tenantsync_store::DataCheck;
 
 /// A dataset's contract as of one batch.
@@ -24,16 +24,13 @@ impl DataCheck for ContractCheck {
     }
 }
 
-/// The check for a batch of `dataset`: `None` when the dataset has no schema (nothing to check).
-pub(crate) async fn for_batch(
-    schemas: &Schemas,
-    dataset: &DatasetName,
-) -> Result<Option<Arc<dyn DataCheck>>, SchemaError> {
-    let contract = schemas.contract(dataset).await?;
-    Ok(contract
+/// The check for a batch applied under `contract`: `None` when the dataset has no schema
+/// (nothing to check).
+pub(crate) fn of(contract: &Arc<Contract>) -> Option<Arc<dyn DataCheck>> {
+    contract
         .json
         .is_some()
-        .then(|| Arc::new(ContractCheck(contract)) as Arc<dyn DataCheck>))
+        .then(|| Arc::new(ContractCheck(Arc::clone(contract))) as Arc<dyn DataCheck>)
 }
 
 #[cfg(test)]

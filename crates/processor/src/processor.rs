@@ -6,9 +6,10 @@ use std::time::Duration;
 use chrono::Utc;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
+use tenantsync_core::Record;
 use tenantsync_dataset::{AppliedHub, CommitObserver, Datasets, PerDataset, changes, state};
 use tenantsync_log::{Log, LogError, Message, Offset, Output, Partition, Publisher};
-use tenantsync_schema::Schemas;
+use tenantsync_schema::{Contract, Schemas};
 use tenantsync_store::{Dataset, LoggedChange, MasterStore, RejectedEntry};
 use tenantsync_supervisor::{MetricsSource, ServiceError, Supervisor};
 use tokio::task::JoinHandle;
@@ -57,6 +58,11 @@ pub struct ProcessorStats {
     pub undecodable: AtomicU64,
     /// Changes-log entries deleted by the log before they were applied.
     pub lost: AtomicU64,
+    /// States handed to the Avro state log (tombstones included), counted when sent.
+    pub avro_published: AtomicU64,
+    /// States of datasets that ask for Avro that fit none of the dataset's Avro versions (or
+    /// that have none): published as JSON only.
+    pub avro_unencodable: AtomicU64,
 }
 
 /// Starts the service `processor/{dataset}`: one member of the processors' consumer group on
@@ -106,6 +112,16 @@ impl MetricsSource for Processor {
                 "processor_lost",
                 "Changes-log entries deleted by retention before they were applied",
                 &stats.lost,
+            ),
+            (
+                "processor_avro_published",
+                "States handed to the Avro state log",
+                &stats.avro_published,
+            ),
+            (
+                "processor_avro_unencodable",
+                "States that fit no Avro version of their dataset, published as JSON only",
+                &stats.avro_unencodable,
             ),
         ] {
             registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
@@ -173,6 +189,8 @@ impl Processor {
             .consume(&topics.processor_group(), &topics.changes(&dataset.name))
             .await?;
         let state_topic = topics.state(&dataset.name);
+        let avro_topic = topics.state_avro(&dataset.name);
+        let mut avro_topic_ready = false;
         // Applying batch N+1 overlaps publishing batch N. Publishes stay in order (N+1's starts
         // after N's finished), and each publishes its states and commits its offsets as one
         // step, bound to the assignment its entries were polled under: a processor that lost
@@ -197,36 +215,41 @@ impl Processor {
             }
             let publisher = consumer.publisher();
             let (count, started) = (entries.len(), Instant::now());
-            let (messages, offsets) = self.apply(dataset, entries).await?;
+            let contract = self.schemas.contract(&dataset.name).await?;
+            if contract.avro && !avro_topic_ready {
+                self.datasets.ensure_avro_topic(dataset).await?;
+                avro_topic_ready = true;
+            }
+            let (states, offsets) = self.apply(dataset, &contract, entries).await?;
             let applied = started.elapsed();
             if let Some(publish) = publishing.take() {
                 publish.finish().await?;
             }
             debug!(dataset = %dataset.name, count, ?applied, waited_for_publish = ?(started.elapsed() - applied), "batch applied");
-            publishing = Some(Publish::start(
-                publisher,
-                state_topic.clone(),
-                messages,
-                offsets,
-            ));
+            let mut outputs = vec![Output::new(&state_topic, states.json)];
+            if contract.avro {
+                outputs.push(Output::new(&avro_topic, states.avro));
+            }
+            publishing = Some(Publish::start(publisher, outputs, offsets));
         }
     }
 
     /// Applies a polled batch, partition by partition, to the master store. Returns the state
-    /// messages to publish and, per partition, the offset to commit once they are published.
+    /// messages to publish (Avro ones too when the contract asks for Avro) and, per partition,
+    /// the offset to commit once they are published.
     async fn apply(
         &self,
         dataset: &Dataset,
+        contract: &Arc<Contract>,
         entries: Vec<tenantsync_log::Entry>,
-    ) -> Result<(Vec<Message>, Vec<(Partition, Offset)>), ProcessorError> {
+    ) -> Result<(States, Vec<(Partition, Offset)>), ProcessorError> {
         let mut by_partition: BTreeMap<Partition, Vec<tenantsync_log::Entry>> = BTreeMap::new();
         for entry in entries {
             by_partition.entry(entry.partition).or_default().push(entry);
         }
-        // One contract for the whole batch (patches are held to it as they are applied), read
-        // from the schemas' cache.
-        let check = check::for_batch(&self.schemas, &dataset.name).await?;
-        let mut messages = Vec::new();
+        // Patches are held to the batch's contract as they are applied.
+        let check = check::of(contract);
+        let mut states = States::default();
         let mut offsets = Vec::with_capacity(by_partition.len());
         for (partition, entries) in by_partition {
             let next = entries.last().map_or(0, |e| e.offset + 1);
@@ -277,12 +300,13 @@ impl Processor {
                      they are lost: keep the changes log's retention longer than any processor outage"
                 );
             }
-            messages.extend(
-                applied
-                    .states
-                    .iter()
-                    .map(|record| state::encode(record, dataset.partitions)),
-            );
+            for record in &applied.states {
+                let message = state::encode(record, dataset.partitions);
+                if contract.avro {
+                    states.add_avro(dataset, contract, record, &message);
+                }
+                states.json.push(message);
+            }
             if let Some(observer) = &self.observer {
                 observer.committed(&dataset.name, &applied.states);
             }
@@ -293,10 +317,77 @@ impl Processor {
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
         }
+        if contract.avro && contract.avro_versions.is_empty() && states.unencodable > 0 {
+            error!(
+                dataset = %dataset.name, states = states.unencodable,
+                "the dataset asks for Avro but has no Avro schema version; its states are published as JSON only"
+            );
+        }
         self.stats
             .states_published
-            .fetch_add(messages.len() as u64, Ordering::Relaxed);
-        Ok((messages, offsets))
+            .fetch_add(states.json.len() as u64, Ordering::Relaxed);
+        self.stats
+            .avro_published
+            .fetch_add(states.avro.len() as u64, Ordering::Relaxed);
+        self.stats
+            .avro_unencodable
+            .fetch_add(states.unencodable, Ordering::Relaxed);
+        Ok((states, offsets))
+    }
+}
+
+/// The state messages of one batch: JSON for the state log, Avro for the Avro state log.
+#[derive(Default)]
+struct States {
+    json: Vec<Message>,
+    avro: Vec<Message>,
+    /// States that fit no Avro version (or there is none).
+    unencodable: u64,
+}
+
+impl States {
+    /// Adds the Avro copy of a state whose JSON message is `json`: same partition, key and
+    /// headers; the value encoded with the newest Avro version the data fits, or none for a
+    /// tombstone. A state that fits no version gets no Avro message: it is counted and logged
+    /// (by tenant and id: the data itself never goes to the logs).
+    fn add_avro(
+        &mut self,
+        dataset: &Dataset,
+        contract: &Contract,
+        record: &Record,
+        json: &Message,
+    ) {
+        let value = match &record.data {
+            None => None,
+            Some(data) => {
+                let encoded = contract
+                    .avro_versions
+                    .iter()
+                    .find_map(|v| v.schema.encode(v.id, data).ok());
+                match encoded {
+                    Some(bytes) => Some(bytes),
+                    None => {
+                        self.unencodable += 1;
+                        // No version at all is reported once per batch by the caller.
+                        if !contract.avro_versions.is_empty() {
+                            error!(
+                                dataset = %dataset.name, tenant = %record.tenant, id = %record.id,
+                                version = record.version,
+                                avro_versions = contract.avro_versions.len(),
+                                "state fits none of the dataset's Avro schema versions; published as JSON only"
+                            );
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        self.avro.push(Message {
+            partition: json.partition,
+            key: json.key.clone(),
+            value,
+            headers: json.headers.clone(),
+        });
     }
 }
 
@@ -308,15 +399,10 @@ struct Publish {
 impl Publish {
     fn start(
         publisher: Box<dyn Publisher>,
-        topic: String,
-        messages: Vec<Message>,
+        outputs: Vec<Output>,
         offsets: Vec<(Partition, Offset)>,
     ) -> Self {
-        let task = tokio::spawn(async move {
-            publisher
-                .publish(vec![Output::new(topic, messages)], offsets)
-                .await
-        });
+        let task = tokio::spawn(async move { publisher.publish(outputs, offsets).await });
         Self { task }
     }
 
