@@ -421,3 +421,130 @@ impl Publish {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use tenantsync_core::{ChangeId, DatasetName, EntityId, Object, TenantId};
+    use tenantsync_schema::AvroVersion;
+    use tenantsync_schema::avro::AvroSchema;
+
+    use super::*;
+
+    fn dataset() -> Dataset {
+        Dataset {
+            name: DatasetName::new("orders").unwrap(),
+            partitions: 4,
+        }
+    }
+
+    fn record(id: &str, data: Option<serde_json::Value>) -> Record {
+        Record {
+            tenant: TenantId::new("acme").unwrap(),
+            id: EntityId::new(id).unwrap(),
+            version: 3,
+            data: data.map(|d| serde_json::from_value::<Object>(d).unwrap()),
+            updated_at: Utc::now(),
+            change_id: ChangeId::new("c-1").unwrap(),
+        }
+    }
+
+    fn version(version: u32, id: u32, fields: serde_json::Value) -> AvroVersion {
+        let text = json!({"type": "record", "name": "Order", "fields": fields}).to_string();
+        AvroVersion {
+            version,
+            id,
+            schema: Arc::new(AvroSchema::parse(&text).unwrap()),
+        }
+    }
+
+    /// Version 3 (id 13) requires `b`; version 2 (id 12) has an optional `c`; version 1 (id 11)
+    /// has only `a`.
+    fn contract() -> Contract {
+        Contract {
+            json: None,
+            avro: true,
+            avro_versions: vec![
+                version(
+                    3,
+                    13,
+                    json!([{"name": "a", "type": "long"}, {"name": "b", "type": "string"}]),
+                ),
+                version(
+                    2,
+                    12,
+                    json!([
+                        {"name": "a", "type": "long"},
+                        {"name": "c", "type": ["null", "string"], "default": null}
+                    ]),
+                ),
+                version(1, 11, json!([{"name": "a", "type": "long"}])),
+            ],
+        }
+    }
+
+    fn add(states: &mut States, contract: &Contract, record: &Record) -> Message {
+        let json = state::encode(record, dataset().partitions);
+        states.add_avro(&dataset(), contract, record, &json);
+        json
+    }
+
+    fn schema_id(value: &[u8]) -> u32 {
+        assert_eq!(value[0], 0, "magic byte");
+        u32::from_be_bytes(value[1..5].try_into().unwrap())
+    }
+
+    #[test]
+    fn a_state_is_encoded_with_the_newest_version_it_fits_keyed_like_the_json_state() {
+        let (contract, mut states) = (contract(), States::default());
+        let newest = add(
+            &mut states,
+            &contract,
+            &record("x", Some(json!({"a": 1, "b": "y"}))),
+        );
+        // Fits versions 2 and 1.
+        let older = add(&mut states, &contract, &record("z", Some(json!({"a": 2}))));
+        assert_eq!(states.unencodable, 0);
+        let ids: Vec<u32> = states
+            .avro
+            .iter()
+            .map(|m| schema_id(m.value.as_deref().unwrap()))
+            .collect();
+        assert_eq!(ids, vec![13, 12]);
+        for (avro, json) in states.avro.iter().zip([newest, older]) {
+            assert_eq!(
+                (avro.partition, &avro.key, &avro.headers),
+                (json.partition, &json.key, &json.headers)
+            );
+        }
+    }
+
+    #[test]
+    fn a_tombstone_is_a_null_value_even_without_versions() {
+        let mut contract = contract();
+        contract.avro_versions.clear();
+        let mut states = States::default();
+        let json = add(&mut states, &contract, &record("x", None));
+        assert_eq!(states.avro.len(), 1);
+        assert_eq!(states.avro[0].value, None);
+        assert_eq!(states.avro[0].key, json.key);
+        assert_eq!(states.unencodable, 0);
+    }
+
+    #[test]
+    fn a_state_that_fits_no_version_is_counted_and_not_published() {
+        let mut states = States::default();
+        add(
+            &mut states,
+            &contract(),
+            &record("x", Some(json!({"a": "no"}))),
+        );
+        let mut none = contract();
+        none.avro_versions.clear();
+        add(&mut states, &none, &record("y", Some(json!({"a": 1}))));
+        assert!(states.avro.is_empty());
+        assert_eq!(states.unencodable, 2);
+    }
+}
