@@ -26,14 +26,17 @@ use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
 /// `?wait=applied`: answer only once the processor applied the change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WriteQuery {
+    /// `applied`: answer once the processor applied the change, with the record.
     #[serde(default)]
+    #[param(inline)]
     pub wait: Option<Wait>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Wait {
     Applied,
