@@ -108,7 +108,7 @@ struct NewToken {
     #[schema(schema_with = crate::openapi::schemas::slug)]
     name: TokenName,
     /// `admin`, or `{read|write}:{dataset|*}:{tenant|*}`.
-    #[schema(min_items = 1)]
+    #[schema(schema_with = crate::openapi::schemas::scopes)]
     scopes: Vec<String>,
 }
 

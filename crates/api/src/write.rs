@@ -455,7 +455,7 @@ fn parse_line(line: &[u8]) -> Result<(Change, bool), ApiError> {
     operation_id = "write_bulk",
     tag = "records",
     params(crate::openapi::schemas::DatasetPath, WriteQuery),
-    request_body(content = String, description = "NDJSON: one change per line, each a `BulkLine`", content_type = "application/x-ndjson"),
+    request_body(content = Vec<BulkLine>, description = "NDJSON: each change (a `BulkLine`) a JSON object on a line of its own; blank lines are skipped", content_type = "application/x-ndjson"),
     responses(
         (status = 200, description = "One result per non-blank line, in order", body = crate::openapi::schemas::BulkResults),
         (status = 400, response = crate::openapi::BadRequest),

@@ -20,6 +20,17 @@ pub fn slug() -> Object {
         .build()
 }
 
+/// A token's scopes, at least one: `admin`, or `{read|write}:{dataset|*}:{tenant|*}`.
+pub fn scopes() -> Array {
+    let slug = "[a-z0-9][a-z0-9_-]{0,62}";
+    let scope = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!(
+            "^(admin|(read|write):(\\*|{slug}):(\\*|{slug}))$"
+        )));
+    ArrayBuilder::new().items(scope).min_items(Some(1)).build()
+}
+
 /// A record's id: 1 to 512 bytes of UTF-8 without control characters.
 fn entity_id() -> Object {
     ObjectBuilder::new()
