@@ -61,7 +61,8 @@ async fn every_answer_conforms_to_the_openapi_document() {
     )
     .await;
 
-    // Data for the examples to find: two datasets with records, written without a schema.
+    // Data for the document's examples to find (dataset `inventory`, tenant `acme`, record
+    // `sku-1`, subscription `everything`): two datasets with records, written without a schema.
     let client = http_client();
     for (dataset, partitions) in [("inventory", 2), ("users", 1)] {
         let r = client
@@ -75,7 +76,8 @@ async fn every_answer_conforms_to_the_openapi_document() {
         let lines: String = (0..20)
             .map(|i| {
                 let line = json!({
-                    "op": "upsert", "tenant": format!("t{}", i % 3), "id": format!("r{i}"),
+                    "op": "upsert", "tenant": ["acme", "globex", "initech"][i % 3],
+                    "id": format!("sku-{i}"),
                     "data": {"n": i, "name": format!("record {i}"), "tags": ["a", "b"]},
                 });
                 format!("{line}\n")

@@ -64,7 +64,7 @@ fn target_name() -> Object {
 #[into_params(parameter_in = Path)]
 pub struct DatasetPath {
     /// The dataset's name.
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "inventory")]
     dataset: String,
 }
 
@@ -81,31 +81,31 @@ pub struct SchemaVersionPath {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct TenantFeedPath {
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "inventory")]
     dataset: String,
     /// The tenant's id.
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "acme")]
     tenant: String,
 }
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct RecordPath {
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "inventory")]
     dataset: String,
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "acme")]
     tenant: String,
     /// The record's id within the tenant.
-    #[param(schema_with = entity_id)]
+    #[param(schema_with = entity_id, example = "sku-1")]
     id: String,
 }
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct ChangePath {
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "inventory")]
     dataset: String,
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "acme")]
     tenant: String,
     /// The change's id: its `Idempotency-Key`, or the `change_id` a write answered.
     #[param(min_length = 1, max_length = 255)]
@@ -115,7 +115,7 @@ pub struct ChangePath {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct BatchPath {
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "inventory")]
     dataset: String,
     /// The batch's id, `{partition}-{first_offset}-{last_offset}`.
     #[param(pattern = "^[0-9]+-[0-9]+-[0-9]+$")]
@@ -126,7 +126,7 @@ pub struct BatchPath {
 #[into_params(parameter_in = Path)]
 pub struct NamePath {
     /// The subscription's or token's name.
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "everything")]
     name: String,
 }
 
@@ -150,7 +150,7 @@ pub struct TargetPath {
 #[into_params(parameter_in = Path)]
 pub struct TenantPath {
     /// The tenant's id.
-    #[param(schema_with = slug)]
+    #[param(schema_with = slug, example = "acme")]
     tenant: String,
 }
 
