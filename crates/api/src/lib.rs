@@ -136,13 +136,14 @@ pub struct AppState {
     pub supervisor: Supervisor,
 }
 
-/// The routes: those open to all (the health checks and this API's OpenAPI document), and
-/// those behind [`auth::authenticate`] (where each handler checks the scope its request needs).
+/// The routes: those open to all (the health checks and this API's OpenAPI document), those
+/// behind [`auth::authenticate`] (where each handler checks the scope its request needs), and
+/// the schema registry's, relative to [`SCHEMA_REGISTRY`] (authenticated by its own layers).
 ///
 /// Every route is registered with `routes!`, which takes its path, methods and documentation
 /// from the handler's `#[utoipa::path]`: a route cannot exist without its documentation.
 /// Handlers of one path go in one `routes!`.
-fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
+fn routes() -> (Routes, Routes, Routes) {
     let open = OpenApiRouter::default()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -189,19 +190,30 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
         .routes(routes!(erasure::start))
         .routes(routes!(erasure::status))
         .routes(routes!(metrics::metrics));
-    (open, authenticated)
+    (open, authenticated, schema_registry::routes())
 }
+
+/// Routes with their documentation, before the state is given.
+type Routes = OpenApiRouter<Arc<AppState>>;
+
+/// Where the Schema-Registry-compatible API is.
+const SCHEMA_REGISTRY: &str = "/v1/schema-registry";
 
 /// The OpenAPI 3.1 document of [`router`], served at `GET /openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (open, authenticated) = routes();
-    openapi::document(open.into_openapi(), authenticated.into_openapi())
+    let (open, authenticated, registry) = routes();
+    let registry = OpenApiRouter::default().nest(SCHEMA_REGISTRY, registry);
+    openapi::document(
+        open.into_openapi(),
+        authenticated.into_openapi(),
+        registry.into_openapi(),
+    )
 }
 
 /// The whole API: [`routes`] with their fallbacks, the open ones as they are, every other one
 /// behind [`auth::authenticate`].
 pub fn router(state: Arc<AppState>) -> Router {
-    let (open, authenticated) = routes();
+    let (open, authenticated, registry) = routes();
     let open = Router::from(open).method_not_allowed_fallback(error::method_not_allowed);
     let authenticated = Router::from(authenticated)
         .fallback(error::not_found)
@@ -214,8 +226,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     // default limit (2 MiB) would cap a larger configured one.
     open.merge(authenticated)
         .nest(
-            "/v1/schema-registry",
-            schema_registry::router(state.clone()),
+            SCHEMA_REGISTRY,
+            schema_registry::router(registry.into(), state.clone()),
         )
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

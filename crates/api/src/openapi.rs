@@ -71,6 +71,41 @@ pub struct Problem {
     breaks: Option<Vec<serde_json::Value>>,
 }
 
+/// An error of the schema registry (`/v1/schema-registry`), as Confluent's renders it, in
+/// `application/vnd.schemaregistry.v1+json`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only
+pub struct RegistryErrorDoc {
+    /// Confluent's code: `40401` (no such subject), `40402` (version), `40403` (schema),
+    /// `42201` (invalid schema), `42203` (invalid mode), `40101`, `40301`, `50001`, or the status.
+    error_code: u32,
+    message: String,
+}
+
+/// The name of the HTTP Basic scheme the schema registry also takes (the token as password).
+pub const BASIC: &str = "basic";
+
+/// The schema registry's media type.
+pub const REGISTRY_JSON: &str = "application/vnd.schemaregistry.v1+json";
+
+/// Any error of the schema registry.
+pub struct RegistryError;
+
+impl<'r> utoipa::ToResponse<'r> for RegistryError {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::response::Response>) {
+        let response = ResponseBuilder::new()
+            .description("An error, as Confluent's Schema Registry renders it")
+            .content(
+                REGISTRY_JSON,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(RegistryErrorDoc::name())))
+                    .build(),
+            )
+            .build();
+        ("RegistryError", RefOr::T(response))
+    }
+}
+
 /// A reusable error response: a [`Problem`] with the statuses that answer it, and the headers
 /// that come with it.
 struct ProblemResponse {
@@ -151,8 +186,26 @@ impl ProblemResponse {
     }
 }
 
-/// The whole document, from the open routes' and the authenticated routes' parts.
-pub fn document(open: OpenApi, authenticated: OpenApi) -> OpenApi {
+/// The whole document, from the parts of the open routes, of the authenticated ones, and of the
+/// schema registry's (authenticated too, with its own errors).
+pub fn document(open: OpenApi, authenticated: OpenApi, registry: OpenApi) -> OpenApi {
+    let mut registry = registry;
+    for item in registry.paths.paths.values_mut() {
+        for operation in operations(item) {
+            normalize_parameters(operation);
+            operation.security = Some(vec![
+                SecurityRequirement::new(BEARER, Vec::<String>::new()),
+                SecurityRequirement::new(BASIC, Vec::<String>::new()),
+            ]);
+            for status in ["401", "503"] {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| Ref::from_response_name("RegistryError").into());
+            }
+        }
+    }
     let mut open = open;
     for item in open.paths.paths.values_mut() {
         operations(item).for_each(normalize_parameters);
@@ -173,6 +226,7 @@ pub fn document(open: OpenApi, authenticated: OpenApi) -> OpenApi {
     }
     let mut api = open;
     api.merge(authenticated);
+    api.merge(registry);
     api.info = InfoBuilder::new()
         .title("tenantsync")
         .version(env!("CARGO_PKG_VERSION"))
@@ -188,6 +242,12 @@ pub fn document(open: OpenApi, authenticated: OpenApi) -> OpenApi {
         Problem::name().into_owned(),
         <Problem as PartialSchema>::schema(),
     );
+    components.schemas.insert(
+        RegistryErrorDoc::name().into_owned(),
+        <RegistryErrorDoc as PartialSchema>::schema(),
+    );
+    let (name, response) = <RegistryError as utoipa::ToResponse>::response();
+    components.responses.insert(name.to_owned(), response);
     for (name, response) in problem_responses() {
         components.responses.insert(name.to_owned(), response);
     }
@@ -200,6 +260,17 @@ pub fn document(open: OpenApi, authenticated: OpenApi) -> OpenApi {
                     .description(Some(
                         "An API token (`tsk_...`) or, when configured, a JWT of the identity \
                          provider",
+                    ))
+                    .build(),
+            ),
+        )
+        .security_scheme(
+            BASIC,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "Schema registry only: any user name, the API token as the password",
                     ))
                     .build(),
             ),
@@ -281,6 +352,9 @@ mod tests {
 
     /// The routes open to all; every other one needs a token.
     const OPEN: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
+
+    /// Where the schema registry's routes are, with errors of their own.
+    const REGISTRY: &str = "/v1/schema-registry/";
 
     const METHODS: [&str; 8] = [
         "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -396,11 +470,12 @@ mod tests {
                 assert!(operation.get("security").is_none(), "{method} {path}");
                 continue;
             }
-            assert_eq!(
-                operation["security"],
-                serde_json::json!([{ super::BEARER: [] }]),
-                "{method} {path}"
-            );
+            let security = if path.starts_with(REGISTRY) {
+                serde_json::json!([{ super::BEARER: [] }, { super::BASIC: [] }])
+            } else {
+                serde_json::json!([{ super::BEARER: [] }])
+            };
+            assert_eq!(operation["security"], security, "{method} {path}");
             assert!(
                 operation["responses"].get("401").is_some(),
                 "{method} {path} does not document 401"
@@ -417,16 +492,21 @@ mod tests {
                 if !status.starts_with(['4', '5']) || path == "/readyz" {
                     continue;
                 }
+                let (media, schema) = if path.starts_with(REGISTRY) {
+                    (
+                        super::REGISTRY_JSON,
+                        "#/components/schemas/RegistryErrorDoc",
+                    )
+                } else {
+                    (super::PROBLEM_JSON, "#/components/schemas/Problem")
+                };
                 let content = &resolve(&doc, response)["content"];
                 assert_eq!(
                     content.as_object().unwrap().keys().collect::<Vec<_>>(),
-                    [super::PROBLEM_JSON],
+                    [media],
                     "{method} {path} {status}"
                 );
-                assert_eq!(
-                    content[super::PROBLEM_JSON]["schema"]["$ref"],
-                    "#/components/schemas/Problem"
-                );
+                assert_eq!(content[media]["schema"]["$ref"], schema);
             }
         }
     }

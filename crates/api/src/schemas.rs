@@ -36,7 +36,9 @@ struct PutBody {
     schema: Value,
     /// The dataset's compatibility mode from now on.
     #[serde(default)]
-    #[schema(pattern = "^(BACKWARD|BACKWARD_TRANSITIVE|FORWARD|FORWARD_TRANSITIVE|FULL|FULL_TRANSITIVE|NONE)$")]
+    #[schema(
+        pattern = "^(BACKWARD|BACKWARD_TRANSITIVE|FORWARD|FORWARD_TRANSITIVE|FULL|FULL_TRANSITIVE|NONE)$"
+    )]
     compatibility: Option<String>,
 }
 

@@ -23,6 +23,9 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 /// with the data below, few enough that a run takes about two minutes on two cores.
 const MAX_EXAMPLES: &str = "25";
 
+/// The tenants the data is written for; the document's examples name `acme`.
+const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+
 /// The seed of every run, so that a failure reproduces.
 const SEED: &str = "14";
 
@@ -62,7 +65,8 @@ async fn every_answer_conforms_to_the_openapi_document() {
     .await;
 
     // Data for the document's examples to find (dataset `inventory`, tenant `acme`, record
-    // `sku-1`, subscription `everything`): two datasets with records, written without a schema.
+    // `sku-1`, subscription `everything`, schema id 1 and its subject): two datasets with
+    // records, written without a schema, then a schema and Avro on one of them.
     let client = http_client();
     for (dataset, partitions) in [("inventory", 2), ("users", 1)] {
         let r = client
@@ -76,7 +80,7 @@ async fn every_answer_conforms_to_the_openapi_document() {
         let lines: String = (0..20)
             .map(|i| {
                 let line = json!({
-                    "op": "upsert", "tenant": ["acme", "globex", "initech"][i % 3],
+                    "op": "upsert", "tenant": TENANTS[i % TENANTS.len()],
                     "id": format!("sku-{i}"),
                     "data": {"n": i, "name": format!("record {i}"), "tags": ["a", "b"]},
                 });
@@ -93,6 +97,33 @@ async fn every_answer_conforms_to_the_openapi_document() {
         assert_eq!(r.status(), 200, "bulk write to {dataset}");
         wait_caught_up_as(&server, dataset, Some(&admin)).await;
     }
+    // A schema, and Avro on, so that the schema registry has a subject
+    // (`tenantsync.inventory.state.avro-value`).
+    let schema = json!({"schema": {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer"},
+            "name": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "additionalProperties": false,
+    }});
+    let r = client
+        .put(server.url("/v1/datasets/inventory/schema"))
+        .bearer_auth(&admin)
+        .json(&schema)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "schema: {:?}", r.text().await);
+    let r = client
+        .put(server.url("/v1/datasets/inventory"))
+        .bearer_auth(&admin)
+        .json(&json!({"partitions": 2, "formats": ["json", "avro"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "avro on: {:?}", r.text().await);
     let r = client
         .put(server.url("/v1/subscriptions/everything"))
         .bearer_auth(&admin)

@@ -704,6 +704,88 @@ pub struct ReplayedDoc {
     tenants: u64,
 }
 
+// --- Schema registry ---------------------------------------------------------------------
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SubjectPath {
+    /// `{topic}-value`, the topic a dataset's Avro state topic.
+    #[param(min_length = 1, example = "tenantsync.inventory.state.avro-value")]
+    subject: String,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SubjectVersionPath {
+    #[param(min_length = 1, example = "tenantsync.inventory.state.avro-value")]
+    subject: String,
+    /// A version number, or `latest`.
+    #[param(pattern = "^([0-9]+|latest|-1)$")]
+    version: String,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SchemaIdPath {
+    /// The schema's id, as the wire format carries it.
+    #[param(pattern = "^[0-9]+$", example = "1")]
+    id: String,
+}
+
+/// A version of a subject.
+#[derive(ToSchema)]
+pub struct RegistrySchema {
+    subject: String,
+    version: u32,
+    id: u32,
+    /// The Avro schema, as text.
+    schema: String,
+}
+
+#[derive(ToSchema)]
+pub struct RegistryRegistered {
+    id: u32,
+    version: u32,
+    subject: String,
+}
+
+#[derive(ToSchema)]
+pub struct RegistrySchemaText {
+    schema: String,
+}
+
+#[derive(ToSchema)]
+pub struct RegistrySubjectVersion {
+    subject: String,
+    version: u32,
+}
+
+#[derive(ToSchema)]
+pub struct RegistryVerdict {
+    is_compatible: bool,
+    /// What breaks, when it is not.
+    messages: Vec<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(non_snake_case)] // Confluent's spelling
+pub struct RegistryLevel {
+    compatibilityLevel: String,
+}
+
+#[derive(ToSchema)]
+pub struct RegistryMode {
+    compatibility: String,
+}
+
+/// `{"compatibility": "BACKWARD"}` (or `compatibilityLevel`).
+#[derive(ToSchema)]
+#[allow(non_snake_case)] // Confluent's spelling
+pub struct RegistryConfigBody {
+    compatibility: Option<String>,
+    compatibilityLevel: Option<String>,
+}
+
 // --- Health ------------------------------------------------------------------------------
 
 #[derive(ToSchema)]
