@@ -20,8 +20,8 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
                       response_headers_conformance,response_schema_conformance";
 
 /// Examples per operation and phase: enough to reach every status an operation documents
-/// with the data below, few enough that a run takes about two minutes on two cores.
-const MAX_EXAMPLES: &str = "25";
+/// with the data below, few enough that a run takes about a minute on two cores.
+const MAX_EXAMPLES: &str = "60";
 
 /// The tenants the data is written for; the document's examples name `acme`.
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
