@@ -43,7 +43,7 @@ pub struct Problem {
     /// `unknown-dataset`, `not-found`, `version-conflict`, `key-reused`, `conflict`,
     /// `payload-too-large`, `apply-timeout`, `cursor-gone`, `unauthenticated`, `forbidden`,
     /// `rate-limited`, `over-burst`, `tenant-erasing`, `unavailable`, `method-not-allowed`,
-    /// `invalid-schema`, `incompatible-schema`.
+    /// `invalid-schema`, `incompatible-schema`, `schema-violation`.
     #[schema(pattern = "^urn:tenantsync:problem:[a-z-]+$")]
     r#type: String,
     /// The status's reason phrase.
@@ -64,7 +64,8 @@ pub struct Problem {
     status_url: Option<String>,
     /// Seconds to wait before writing again (`rate-limited`); also in `Retry-After`.
     retry_after_secs: Option<u64>,
-    /// What is wrong with a refused schema, each `{"pointer", "message"}` (`invalid-schema`).
+    /// What is wrong, each `{"pointer", "message"}`: with a refused schema (`invalid-schema`),
+    /// or with data its dataset's schema refuses (`schema-violation`).
     errors: Option<Vec<serde_json::Value>>,
     /// What an incompatible schema breaks, each `{"pointer", "version", "message"}`
     /// (`incompatible-schema`).
@@ -150,7 +151,7 @@ problem_responses! {
     Conflict: "The request conflicts with the current state (`version-conflict`, `tenant-erasing`, `conflict`)";
     Gone: "The cursor is past tombstone retention: read the feed again without a cursor";
     PayloadTooLarge: "The body is larger than `max_body_bytes`, or carries more changes of a tenant than its burst";
-    UnprocessableContent: "The request is well formed but cannot work (`check-failed`, `key-reused`)";
+    UnprocessableContent: "The request is well formed but cannot work (`check-failed`, `key-reused`, `schema-violation`, `invalid-schema`)";
     TooManyRequests: "The tenant writes faster than its quota", RETRY_AFTER;
     ServiceUnavailable: "The log or the master store is unavailable; retry shortly", RETRY_AFTER;
     GatewayTimeout: "The change is durably accepted but was not applied within the wait; poll `status_url`";

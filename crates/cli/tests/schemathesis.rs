@@ -152,6 +152,8 @@ async fn every_answer_conforms_to_the_openapi_document() {
                 .args(["--no-color", "--report-dir"])
                 .arg(scratch.join("report"))
                 .env("SCHEMATHESIS_HOOKS", "tenantsync_hooks")
+                // Its example database goes there too, not into the source tree.
+                .current_dir(&scratch)
                 .env("PYTHONPATH", &scratch)
                 .output()
                 .expect("TENANTSYNC_TEST_PYTHON runs")
