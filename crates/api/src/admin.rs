@@ -101,14 +101,32 @@ fn token_json(t: &StoredToken) -> Value {
     json!({"name": t.name, "scopes": t.scopes, "created_at": t.created_at})
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = NewToken)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
+    #[schema(schema_with = crate::openapi::schemas::slug)]
     name: TokenName,
+    /// `admin`, or `{read|write}:{dataset|*}:{tenant|*}`.
+    #[schema(schema_with = crate::openapi::schemas::scopes)]
     scopes: Vec<String>,
 }
 
 /// `POST /v1/tokens` with `{"name", "scopes"}`: `201` with the token, shown only this once.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    operation_id = "admin_create",
+    tag = "admin",
+    request_body(content = NewToken, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The token, shown this once", body = crate::openapi::schemas::CreatedToken),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+    )
+)]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     Admin(caller): Admin,
@@ -145,6 +163,16 @@ pub async fn create(
 }
 
 /// `GET /v1/tokens`: names, scopes and creation times; never secrets or hashes.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    operation_id = "admin_list",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Names, scopes and creation times", body = crate::openapi::schemas::TokenList),
+        (status = 403, response = crate::openapi::Forbidden),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -157,6 +185,19 @@ pub async fn list(
 }
 
 /// `DELETE /v1/tokens/{name}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{name}",
+    operation_id = "admin_revoke",
+    tag = "admin",
+    params(crate::openapi::schemas::NamePath),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -173,13 +214,17 @@ pub async fn revoke(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Entries after this seq (the `next` of the previous page).
     #[serde(default)]
+    #[param(required = false)]
     after: u64,
+    /// Entries per page: 1 to 1,000, 100 by default.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -187,6 +232,18 @@ const AUDIT_DEFAULT_LIMIT: usize = 100;
 const AUDIT_MAX_LIMIT: usize = 1_000;
 
 /// `GET /v1/audit?after=&limit=`: admin actions, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "admin_audit_log",
+    tag = "admin",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Admin actions, oldest first", body = crate::openapi::schemas::AuditPage),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+    )
+)]
 pub async fn audit_log(
     State(state): State<Arc<AppState>>,
     _: Admin,

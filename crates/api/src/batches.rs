@@ -25,14 +25,18 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// The longest lease a worker may ask for.
 pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseQuery {
     /// Seconds to long-poll when no batch is ready (capped at the feed's `max_wait`).
     #[serde(default)]
+    #[param(minimum = 0)]
     wait: Option<f64>,
-    /// Seconds the batch stays leased to this worker before it is handed out again.
+    /// Seconds the batch stays leased to this worker before it is handed out again (more than
+    /// 0, capped at an hour; 30 by default).
     #[serde(default)]
+    #[param(exclusive_minimum = 0)]
     lease: Option<f64>,
 }
 
@@ -67,6 +71,20 @@ impl AccessCheck for BatchWorker {
 
 /// `POST /v1/datasets/{dataset}/batches/lease?wait=S&lease=S`: `200` with the batch and
 /// `lease_expires_at`, or `204` when none is ready within `wait`.
+#[utoipa::path(
+    post,
+    path = "/v1/datasets/{dataset}/batches/lease",
+    operation_id = "batches_lease",
+    tag = "batches",
+    params(crate::openapi::schemas::DatasetPath, LeaseQuery),
+    responses(
+        (status = 200, description = "The next batch, leased to the caller", body = crate::openapi::schemas::LeasedBatch),
+        (status = 204, description = "No batch was ready within `wait`"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn lease(
     State(state): State<Arc<AppState>>,
     Allowed(name): Allowed<BatchWorker>,
@@ -103,6 +121,19 @@ pub async fn lease(
 
 /// `POST /v1/datasets/{dataset}/batches/{id}/ack`: `204` once completed; `404` if the batch
 /// is not outstanding (acknowledged before, or never handed out).
+#[utoipa::path(
+    post,
+    path = "/v1/datasets/{dataset}/batches/{id}/ack",
+    operation_id = "batches_ack",
+    tag = "batches",
+    params(crate::openapi::schemas::BatchPath),
+    responses(
+        (status = 204, description = "The batch is completed"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn ack(
     State(state): State<Arc<AppState>>,
     caller: Caller,

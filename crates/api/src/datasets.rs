@@ -18,11 +18,17 @@ use crate::auth::{Admin, Caller};
 use crate::extract::{self, ApiBody};
 use crate::{ApiError, AppState, schemas};
 
-#[derive(Debug, Deserialize)]
+/// `{"partitions": N}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = DatasetDeclaration)]
 #[serde(deny_unknown_fields)]
 struct DeclareBody {
+    /// The dataset's partition count, fixed once declared.
+    #[schema(minimum = 1, maximum = 1024)]
     partitions: u32,
+    /// `["json"]` (the default) or `["json", "avro"]`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     formats: Option<serde_json::Value>,
 }
 
@@ -76,6 +82,24 @@ pub(crate) async fn avro_on(state: &AppState, name: &DatasetName) -> Result<bool
 /// same partition count, 409 when it exists with another. Asking for Avro creates the Avro
 /// state topic and turns Avro publishing on (422 when the latest schema has no Avro
 /// equivalent); declaring without it turns it off. Needs `admin`.
+#[utoipa::path(
+    put,
+    path = "/v1/datasets/{dataset}",
+    operation_id = "datasets_declare",
+    tag = "datasets",
+    params(crate::openapi::schemas::DatasetPath),
+    request_body(content = DeclareBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The dataset existed with this partition count", body = crate::openapi::schemas::DatasetDoc),
+        (status = 201, description = "The dataset was declared", body = crate::openapi::schemas::DatasetDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableContent),
+    )
+)]
 pub async fn declare(
     State(state): State<Arc<AppState>>,
     _: Admin,
@@ -125,6 +149,19 @@ pub async fn declare(
 /// `end_offset` of the changes log, `applied` (the master store's position) and `committed`
 /// (the processor group's position, reached once the states are published). The processor has
 /// caught up when all three are equal. Open to a caller with any scope on the dataset.
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{dataset}",
+    operation_id = "datasets_show",
+    tag = "datasets",
+    params(crate::openapi::schemas::DatasetPath),
+    responses(
+        (status = 200, description = "The dataset and the processor's progress per partition", body = crate::openapi::schemas::DatasetProgress),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn show(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -157,6 +194,15 @@ pub async fn show(
 }
 
 /// `GET /v1/datasets`: the datasets the caller has a scope on.
+#[utoipa::path(
+    get,
+    path = "/v1/datasets",
+    operation_id = "datasets_list",
+    tag = "datasets",
+    responses(
+        (status = 200, description = "The datasets the caller has a scope on", body = crate::openapi::schemas::DatasetList),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,

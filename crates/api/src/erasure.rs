@@ -40,6 +40,19 @@ fn status_url(tenant: &TenantId) -> String {
 
 /// `DELETE /v1/tenants/{tenant}`: starts erasing the tenant (or reports the erasure already
 /// running): `202 Accepted`, with the progress URL in `Location`.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}",
+    operation_id = "erasure_start",
+    tag = "tenants",
+    params(crate::openapi::schemas::TenantPath),
+    responses(
+        (status = 202, description = "The erasure started (or was running)", body = crate::openapi::schemas::ErasureDoc, headers(("Location" = String, description = "Where its progress is"))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn start(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -57,6 +70,19 @@ pub async fn start(
 }
 
 /// `GET /v1/tenants/{tenant}/erasure`: the last erasure of the tenant.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/erasure",
+    operation_id = "erasure_status",
+    tag = "tenants",
+    params(crate::openapi::schemas::TenantPath),
+    responses(
+        (status = 200, description = "The tenant's last erasure", body = crate::openapi::schemas::ErasureDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn status(
     State(state): State<Arc<AppState>>,
     caller: Caller,

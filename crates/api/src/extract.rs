@@ -26,14 +26,17 @@ use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
 /// `?wait=applied`: answer only once the processor applied the change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WriteQuery {
+    /// `applied`: answer once the processor applied the change, with the record.
     #[serde(default)]
+    #[param(inline)]
     pub wait: Option<Wait>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Wait {
     Applied,
@@ -49,7 +52,10 @@ pub fn seconds(
 ) -> Result<Duration, ApiError> {
     match value {
         None => Ok(default),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s).min(max)),
+        // Past what a Duration holds is past `max` too.
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            Ok(Duration::try_from_secs_f64(s).map_or(max, |d| d.min(max)))
+        }
         Some(s) => Err(InvalidInput::new(
             field,
             format!("must be a number of seconds >= 0, got {s}"),
@@ -323,4 +329,26 @@ pub fn preconditions(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
         change_id,
         expected_version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_past_what_a_duration_holds_are_capped_not_a_panic() {
+        let max = Duration::from_secs(30);
+        for huge in [1.8446744073709552e19, f64::MAX] {
+            assert_eq!(
+                seconds("wait", Some(huge), Duration::ZERO, max).unwrap(),
+                max
+            );
+        }
+        assert_eq!(
+            seconds("wait", Some(0.5), Duration::ZERO, max).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert!(seconds("wait", Some(f64::NAN), Duration::ZERO, max).is_err());
+        assert!(seconds("wait", Some(-1.0), Duration::ZERO, max).is_err());
+    }
 }

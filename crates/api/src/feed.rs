@@ -27,15 +27,20 @@ use crate::revocation::TokenWatch;
 use crate::{ApiError, AppState};
 
 /// `?cursor=&limit=&wait=`, shared with subscriptions.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
+    /// Where to continue: the `cursor` of the previous answer.
     #[serde(default)]
     pub cursor: Option<String>,
+    /// Changes per answer, at most the server's `max_limit`.
     #[serde(default)]
+    #[param(minimum = 1)]
     pub limit: Option<usize>,
-    /// Seconds to long-poll when nothing is new.
+    /// Seconds to long-poll when nothing is new (capped at the server's `max_wait`).
     #[serde(default)]
+    #[param(minimum = 0)]
     pub wait: Option<f64>,
 }
 
@@ -73,6 +78,23 @@ fn wants_event_stream(headers: &HeaderMap) -> bool {
         })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{dataset}/tenants/{tenant}/changes",
+    operation_id = "feed_changes",
+    tag = "feeds",
+    params(crate::openapi::schemas::TenantFeedPath, FeedQuery, crate::openapi::schemas::FeedHeaders),
+    responses(
+        (status = 200, description = "A page of the tenant's changes, or with `Accept: text/event-stream` a stream of `change` and `up-to-date` events", content(
+            (crate::openapi::schemas::FeedPage = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 410, response = crate::openapi::Gone),
+    )
+)]
 pub async fn changes(
     State(state): State<Arc<AppState>>,
     Allowed(Tenant {

@@ -11,6 +11,15 @@ use tenantsync_supervisor::ErrorClass;
 use crate::AppState;
 
 /// Alive: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "health_healthz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "The process answers", body = crate::openapi::schemas::Healthz),
+    )
+)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -18,6 +27,16 @@ pub async fn healthz() -> Json<Value> {
 /// Ready: the log and the master store answer, and no background service fails with a
 /// permanent error. Services failing with a transient error are listed too, as what they are:
 /// trouble expected to heal by itself.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "health_readyz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::schemas::Readyz),
+        (status = 503, description = "Not ready: the log or the store does not answer, or a service fails permanently", body = crate::openapi::schemas::Readyz),
+    )
+)]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     let log = state.log.check().await.map_err(|e| e.to_string());
     let store = state.store.check().await.map_err(|e| e.to_string());

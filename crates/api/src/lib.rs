@@ -13,6 +13,7 @@ mod feed;
 mod health;
 pub mod instances;
 mod metrics;
+pub mod openapi;
 mod push;
 mod records;
 mod rejected;
@@ -30,7 +31,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
 use tenantsync_batcher::BatchQueue;
 use tenantsync_dataset::{AppliedHub, Datasets};
 use tenantsync_feed::{CursorKey, Hub};
@@ -40,6 +40,8 @@ use tenantsync_retention::Erasures;
 use tenantsync_schema::Schemas;
 use tenantsync_store::MasterStore;
 use tenantsync_supervisor::{MetricsSource, Supervisor};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::Auth;
 pub use error::ApiError;
@@ -134,96 +136,86 @@ pub struct AppState {
     pub supervisor: Supervisor,
 }
 
-/// The whole API: the health checks open to all, every other route behind
-/// [`auth::authenticate`] (and each handler checks the scope its request needs).
+/// The routes: those open to all (the health checks and this API's OpenAPI document), those
+/// behind [`auth::authenticate`] (where each handler checks the scope its request needs), and
+/// the schema registry's, relative to [`SCHEMA_REGISTRY`] (authenticated by its own layers).
+///
+/// Every route is registered with `routes!`, which takes its path, methods and documentation
+/// from the handler's `#[utoipa::path]`: a route cannot exist without its documentation.
+/// Handlers of one path go in one `routes!`.
+fn routes() -> (Routes, Routes, Routes) {
+    let open = OpenApiRouter::default()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi::serve));
+    let authenticated = OpenApiRouter::default()
+        .routes(routes!(datasets::list))
+        .routes(routes!(datasets::declare, datasets::show))
+        .routes(routes!(rejected::list))
+        .routes(routes!(schemas::put, schemas::latest))
+        .routes(routes!(schemas::versions))
+        .routes(routes!(schemas::version))
+        .routes(routes!(
+            records::put,
+            records::patch,
+            records::delete,
+            records::get
+        ))
+        .routes(routes!(records::change_status))
+        .routes(routes!(write::bulk))
+        .routes(routes!(feed::changes))
+        .routes(routes!(batches::lease))
+        .routes(routes!(batches::ack))
+        .routes(routes!(subscriptions::list))
+        .routes(routes!(
+            subscriptions::put,
+            subscriptions::show,
+            subscriptions::delete
+        ))
+        .routes(routes!(subscriptions::changes))
+        .routes(routes!(subscriptions::ack))
+        .routes(routes!(sources::list))
+        .routes(routes!(sources::put, sources::show, sources::delete))
+        .routes(routes!(sources::rejected))
+        .routes(routes!(webhooks::list))
+        .routes(routes!(webhooks::put, webhooks::show, webhooks::delete))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::attempts))
+        .routes(routes!(webhooks::replay))
+        .routes(routes!(sinks::list))
+        .routes(routes!(sinks::put, sinks::show, sinks::delete))
+        .routes(routes!(admin::create, admin::list))
+        .routes(routes!(admin::revoke))
+        .routes(routes!(admin::audit_log))
+        .routes(routes!(erasure::start))
+        .routes(routes!(erasure::status))
+        .routes(routes!(metrics::metrics));
+    (open, authenticated, schema_registry::routes())
+}
+
+/// Routes with their documentation, before the state is given.
+type Routes = OpenApiRouter<Arc<AppState>>;
+
+/// Where the Schema-Registry-compatible API is.
+const SCHEMA_REGISTRY: &str = "/v1/schema-registry";
+
+/// The OpenAPI 3.1 document of [`router`], served at `GET /openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (open, authenticated, registry) = routes();
+    let registry = OpenApiRouter::default().nest(SCHEMA_REGISTRY, registry);
+    openapi::document(
+        open.into_openapi(),
+        authenticated.into_openapi(),
+        registry.into_openapi(),
+    )
+}
+
+/// The whole API: [`routes`] with their fallbacks, the open ones as they are, every other one
+/// behind [`auth::authenticate`].
 pub fn router(state: Arc<AppState>) -> Router {
-    let record = "/v1/datasets/{dataset}/tenants/{tenant}/records/{id}";
-    let open = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .method_not_allowed_fallback(error::method_not_allowed);
-    let authenticated = Router::new()
-        .route("/v1/datasets", get(datasets::list))
-        .route(
-            "/v1/datasets/{dataset}",
-            put(datasets::declare).get(datasets::show),
-        )
-        .route("/v1/datasets/{dataset}/rejected", get(rejected::list))
-        .route(
-            "/v1/datasets/{dataset}/schema",
-            put(schemas::put).get(schemas::latest),
-        )
-        .route(
-            "/v1/datasets/{dataset}/schema/versions",
-            get(schemas::versions),
-        )
-        .route(
-            "/v1/datasets/{dataset}/schema/versions/{version}",
-            get(schemas::version),
-        )
-        .route(
-            record,
-            put(records::put)
-                .patch(records::patch)
-                .delete(records::delete)
-                .get(records::get),
-        )
-        .route(
-            "/v1/datasets/{dataset}/tenants/{tenant}/changes/{change_id}",
-            get(records::change_status),
-        )
-        .route("/v1/datasets/{dataset}/changes", post(write::bulk))
-        .route(
-            "/v1/datasets/{dataset}/tenants/{tenant}/changes",
-            get(feed::changes),
-        )
-        .route("/v1/datasets/{dataset}/batches/lease", post(batches::lease))
-        .route(
-            "/v1/datasets/{dataset}/batches/{id}/ack",
-            post(batches::ack),
-        )
-        .route("/v1/subscriptions", get(subscriptions::list))
-        .route(
-            "/v1/subscriptions/{name}",
-            put(subscriptions::put)
-                .get(subscriptions::show)
-                .delete(subscriptions::delete),
-        )
-        .route(
-            "/v1/subscriptions/{name}/changes",
-            get(subscriptions::changes),
-        )
-        .route("/v1/subscriptions/{name}/ack", post(subscriptions::ack))
-        .route("/v1/sources", get(sources::list))
-        .route(
-            "/v1/sources/{name}",
-            put(sources::put).get(sources::show).delete(sources::delete),
-        )
-        .route("/v1/sources/{name}/rejected", get(sources::rejected))
-        .route("/v1/webhooks", get(webhooks::list))
-        .route(
-            "/v1/webhooks/{name}",
-            put(webhooks::put)
-                .get(webhooks::show)
-                .delete(webhooks::delete),
-        )
-        .route(
-            "/v1/webhooks/{name}/rotate-secret",
-            post(webhooks::rotate_secret),
-        )
-        .route("/v1/webhooks/{name}/attempts", get(webhooks::attempts))
-        .route("/v1/webhooks/{name}/replay", post(webhooks::replay))
-        .route("/v1/sinks", get(sinks::list))
-        .route(
-            "/v1/sinks/{name}",
-            put(sinks::put).get(sinks::show).delete(sinks::delete),
-        )
-        .route("/v1/tokens", post(admin::create).get(admin::list))
-        .route("/v1/tokens/{name}", delete(admin::revoke))
-        .route("/v1/audit", get(admin::audit_log))
-        .route("/v1/tenants/{tenant}", delete(erasure::start))
-        .route("/v1/tenants/{tenant}/erasure", get(erasure::status))
-        .route("/metrics", get(metrics::metrics))
+    let (open, authenticated, registry) = routes();
+    let open = Router::from(open).method_not_allowed_fallback(error::method_not_allowed);
+    let authenticated = Router::from(authenticated)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -234,8 +226,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     // default limit (2 MiB) would cap a larger configured one.
     open.merge(authenticated)
         .nest(
-            "/v1/schema-registry",
-            schema_registry::router(state.clone()),
+            SCHEMA_REGISTRY,
+            schema_registry::router(registry.into(), state.clone()),
         )
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

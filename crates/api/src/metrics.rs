@@ -68,6 +68,16 @@ type Labels = Vec<(&'static str, String)>;
 /// and a subscription that far behind shows it anyway.
 const LAG_COUNT_LIMIT: usize = 100;
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics_metrics",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Prometheus text exposition (OpenMetrics)", body = String, content_type = "application/openmetrics-text"),
+        (status = 403, response = crate::openapi::Forbidden),
+    )
+)]
 pub async fn metrics(
     State(state): State<Arc<AppState>>,
     caller: crate::auth::Caller,

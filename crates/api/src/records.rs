@@ -77,38 +77,112 @@ async fn write_one(
     Ok(response)
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/datasets/{dataset}/tenants/{tenant}/records/{id}",
+    operation_id = "records_put",
+    tag = "records",
+    params(crate::openapi::schemas::RecordPath, WriteQuery, crate::openapi::schemas::WriteHeaders),
+    request_body(content = crate::openapi::schemas::Data, description = "The record's new data", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied (`?wait=applied`): the record as the change left it", body = crate::openapi::schemas::WrittenRecord, headers(("ETag" = String, description = "The record's version, quoted"))),
+        (status = 202, description = "Durably accepted", body = crate::openapi::schemas::Accepted, headers(("Location" = String, description = "Where the change's outcome is"))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableContent),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    )
+)]
 pub async fn put(
     State(state): State<Arc<AppState>>,
     Allowed(tenant): Allowed<TenantAccess<Write>>,
-    Path((_, _, id)): RecordPath,
+    path: RecordPath,
     ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
+    let Path((_, _, id)) = path;
     write_one(state, tenant, id, query, headers, Op::Upsert, Some(body)).await
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/datasets/{dataset}/tenants/{tenant}/records/{id}",
+    operation_id = "records_patch",
+    tag = "records",
+    params(crate::openapi::schemas::RecordPath, WriteQuery, crate::openapi::schemas::WriteHeaders),
+    request_body(content = crate::openapi::schemas::Data, description = "A JSON Merge Patch (RFC 7396) of the record's data", content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "Applied (`?wait=applied`): the record as the change left it", body = crate::openapi::schemas::WrittenRecord, headers(("ETag" = String, description = "The record's version, quoted"))),
+        (status = 202, description = "Durably accepted", body = crate::openapi::schemas::Accepted, headers(("Location" = String, description = "Where the change's outcome is"))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableContent),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    )
+)]
 pub async fn patch(
     State(state): State<Arc<AppState>>,
     Allowed(tenant): Allowed<TenantAccess<Write>>,
-    Path((_, _, id)): RecordPath,
+    path: RecordPath,
     ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
+    let Path((_, _, id)) = path;
     write_one(state, tenant, id, query, headers, Op::Patch, Some(body)).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/datasets/{dataset}/tenants/{tenant}/records/{id}",
+    operation_id = "records_delete",
+    tag = "records",
+    params(crate::openapi::schemas::RecordPath, WriteQuery, crate::openapi::schemas::WriteHeaders),
+    responses(
+        (status = 200, description = "Applied (`?wait=applied`): the record as the change left it", body = crate::openapi::schemas::WrittenRecord, headers(("ETag" = String, description = "The record's version, quoted"))),
+        (status = 202, description = "Durably accepted", body = crate::openapi::schemas::Accepted, headers(("Location" = String, description = "Where the change's outcome is"))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 422, response = crate::openapi::UnprocessableContent),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    )
+)]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     Allowed(tenant): Allowed<TenantAccess<Write>>,
-    Path((_, _, id)): RecordPath,
+    path: RecordPath,
     ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Path((_, _, id)) = path;
     write_one(state, tenant, id, query, headers, Op::Delete, None).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{dataset}/tenants/{tenant}/records/{id}",
+    operation_id = "records_get",
+    tag = "records",
+    params(crate::openapi::schemas::RecordPath),
+    responses(
+        (status = 200, description = "The record", body = crate::openapi::schemas::RecordDoc, headers(("ETag" = String, description = "The record's version, quoted"))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -140,6 +214,19 @@ pub async fn get(
 /// the record the change id belongs to: the first change applied with it; a later change of
 /// another record with the same id was refused (`key_reused`, never stored, so never shown here).
 /// Its writer may ask, so `write` on the tenant is enough, as is `read`: the answer holds no data.
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{dataset}/tenants/{tenant}/changes/{change_id}",
+    operation_id = "records_change_status",
+    tag = "records",
+    params(crate::openapi::schemas::ChangePath),
+    responses(
+        (status = 200, description = "What became of the change", body = crate::openapi::schemas::ChangeStatus),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn change_status(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -18,11 +18,14 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
 
 /// `?after=&limit=` of a page of rejected entries (of a dataset, or of a source).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RejectedQuery {
     /// Entries after this id (the `next` of the previous page).
     pub after: Option<u64>,
+    /// Entries per page: 1 to 1,000, 100 by default.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -39,6 +42,19 @@ impl RejectedQuery {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{dataset}/rejected",
+    operation_id = "rejected_list",
+    tag = "datasets",
+    params(crate::openapi::schemas::DatasetPath, RejectedQuery),
+    responses(
+        (status = 200, description = "A page of the entries the processor skipped", body = crate::openapi::schemas::RejectedPageDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     _: Admin,

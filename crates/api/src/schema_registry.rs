@@ -25,7 +25,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::any;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
@@ -34,6 +34,8 @@ use tenantsync_core::DatasetName;
 use tenantsync_schema::avro::AvroSchema;
 use tenantsync_schema::{Break, Compatibility, RegisterError, SchemaError};
 use tenantsync_store::{SchemaFormat, StoreError, StoredSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{self, Caller};
 use crate::extract::{ApiBody, ApiQuery};
@@ -42,28 +44,24 @@ use crate::{ApiError, AppState, datasets};
 /// The media type of every body this API answers with.
 pub const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
-/// The routes, each behind authentication (Bearer, or Basic with the token as password).
-pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/subjects", get(subjects))
-        .route("/subjects/{subject}", post(lookup))
-        .route("/subjects/{subject}/versions", get(versions).post(register))
-        .route("/subjects/{subject}/versions/{version}", get(version))
-        .route("/schemas/ids/{id}", get(schema_by_id))
-        .route("/schemas/ids/{id}/versions", get(id_versions))
-        .route(
-            "/compatibility/subjects/{subject}/versions",
-            post(compatible_with_all),
-        )
-        .route(
-            "/compatibility/subjects/{subject}/versions/{version}",
-            post(compatible_with),
-        )
-        .route("/config", get(config).put(set_config))
-        .route(
-            "/config/{subject}",
-            get(subject_config).put(set_subject_config),
-        )
+/// The documented routes, without their layers (see [`router`]).
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::default()
+        .routes(routes!(subjects))
+        .routes(routes!(lookup))
+        .routes(routes!(versions, register))
+        .routes(routes!(version))
+        .routes(routes!(schema_by_id))
+        .routes(routes!(id_versions))
+        .routes(routes!(compatible_with_all))
+        .routes(routes!(compatible_with))
+        .routes(routes!(config, set_config))
+        .routes(routes!(subject_config, set_subject_config))
+}
+
+/// [`routes`], each behind authentication (Bearer, or Basic with the token as password).
+pub fn router(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router<Arc<AppState>> {
+    routes
         // Recent clients ask for a topic's associations first, and fall back to the topic
         // naming strategy on 404.
         .route("/associations", any(not_found))
@@ -376,9 +374,12 @@ fn version_json(subject: &str, stored: &StoredSchema) -> Value {
 
 /// A schema as clients send it: `{"schema": "<text>"}`, with `schemaType` AVRO or absent and
 /// no references; other fields (metadata, rule sets) are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = RegistrySchemaBody)]
 struct SchemaBody {
+    /// The Avro schema, as text.
     schema: String,
+    /// `AVRO`, or absent.
     #[serde(default, rename = "schemaType")]
     schema_type: Option<String>,
     #[serde(default)]
@@ -407,13 +408,27 @@ fn schema_text(body: &[u8]) -> Result<String, SrError> {
 }
 
 /// `?subjectPrefix=`; the other parameters clients send (`deleted`, `offset`, ...) are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SubjectsQuery {
+    /// Only the subjects starting with this.
     #[serde(rename = "subjectPrefix")]
     subject_prefix: Option<String>,
 }
 
 /// `GET /subjects`: the subjects of the datasets with Avro on that the caller may read.
+#[utoipa::path(
+    get,
+    path = "/subjects",
+    operation_id = "schema_registry_subjects",
+    tag = "schema-registry",
+    params(SubjectsQuery),
+    responses(
+        (status = 200, description = "The subjects the caller may read", body = Vec<String>, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+    )
+)]
 async fn subjects(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -435,6 +450,20 @@ async fn subjects(
 }
 
 /// `GET /subjects/{subject}/versions`: the version numbers, oldest first.
+#[utoipa::path(
+    get,
+    path = "/subjects/{subject}/versions",
+    operation_id = "schema_registry_versions",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SubjectPath),
+    responses(
+        (status = 200, description = "The version numbers, oldest first", body = Vec<u32>, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn versions(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -448,6 +477,20 @@ async fn versions(
 }
 
 /// `GET /subjects/{subject}/versions/{version|latest}`.
+#[utoipa::path(
+    get,
+    path = "/subjects/{subject}/versions/{version}",
+    operation_id = "schema_registry_version",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SubjectVersionPath),
+    responses(
+        (status = 200, description = "The version", body = crate::openapi::schemas::RegistrySchema, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn version(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -460,6 +503,22 @@ async fn version(
 
 /// `POST /subjects/{subject}`: the version of the subject that has this schema (compared in
 /// canonical form), or 40403.
+#[utoipa::path(
+    post,
+    path = "/subjects/{subject}",
+    operation_id = "schema_registry_lookup",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SubjectPath),
+    request_body(content = SchemaBody, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "The version that has this schema", body = crate::openapi::schemas::RegistrySchema, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 413, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn lookup(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -482,6 +541,23 @@ async fn lookup(
 
 /// `POST /subjects/{subject}/versions`: registers an Avro schema under the dataset's mode;
 /// `{"id"}` (also of an identical latest version). Needs `admin`.
+#[utoipa::path(
+    post,
+    path = "/subjects/{subject}/versions",
+    operation_id = "schema_registry_register",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SubjectPath),
+    request_body(content = SchemaBody, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "Registered, or already the latest version", body = crate::openapi::schemas::RegistryRegistered, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 409, response = crate::openapi::RegistryError),
+        (status = 413, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn register(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -523,6 +599,20 @@ async fn by_id(state: &AppState, caller: &Caller, id: &str) -> Result<StoredSche
 
 /// `GET /schemas/ids/{id}`: `{"schema"}`. Query parameters (`subject`, `format`,
 /// `fetchMaxId`, ...) are accepted and ignored: ids are unique across subjects.
+#[utoipa::path(
+    get,
+    path = "/schemas/ids/{id}",
+    operation_id = "schema_registry_schema_by_id",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SchemaIdPath),
+    responses(
+        (status = 200, description = "The schema with this id", body = crate::openapi::schemas::RegistrySchemaText, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn schema_by_id(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -533,6 +623,20 @@ async fn schema_by_id(
 }
 
 /// `GET /schemas/ids/{id}/versions`: `[{"subject", "version"}]`.
+#[utoipa::path(
+    get,
+    path = "/schemas/ids/{id}/versions",
+    operation_id = "schema_registry_id_versions",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SchemaIdPath),
+    responses(
+        (status = 200, description = "The subject and version with this id", body = Vec<crate::openapi::schemas::RegistrySubjectVersion>, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn id_versions(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -555,6 +659,22 @@ fn verdict(breaks: &[Break]) -> Response {
 /// `POST /compatibility/subjects/{subject}/versions/{version|latest}`: whether the schema could
 /// be read with, or read, that version, in the directions of the dataset's mode;
 /// `{"is_compatible", "messages"}` (`?verbose=` is accepted: messages are always given).
+#[utoipa::path(
+    post,
+    path = "/compatibility/subjects/{subject}/versions/{version}",
+    operation_id = "schema_registry_compatible_with",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SubjectVersionPath),
+    request_body(content = SchemaBody, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "Whether the schema is compatible with that version", body = crate::openapi::schemas::RegistryVerdict, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 413, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn compatible_with(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -579,6 +699,22 @@ async fn compatible_with(
 
 /// `POST /compatibility/subjects/{subject}/versions`: as registering would check it, against
 /// every version the dataset's mode names.
+#[utoipa::path(
+    post,
+    path = "/compatibility/subjects/{subject}/versions",
+    operation_id = "schema_registry_compatible_with_all",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SubjectPath),
+    request_body(content = SchemaBody, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "Whether the schema is compatible with the versions its mode checks", body = crate::openapi::schemas::RegistryVerdict, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 413, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn compatible_with_all(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -613,12 +749,36 @@ fn mode(body: &[u8]) -> Result<Compatibility, SrError> {
 }
 
 /// `GET /config`: the store-wide mode, `{"compatibilityLevel"}`.
+#[utoipa::path(
+    get,
+    path = "/config",
+    operation_id = "schema_registry_config",
+    tag = "schema-registry",
+    responses(
+        (status = 200, description = "The default compatibility mode", body = crate::openapi::schemas::RegistryLevel, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 403, response = crate::openapi::RegistryError),
+    )
+)]
 async fn config(State(state): State<Arc<AppState>>, _: Caller) -> Result<Response, SrError> {
     let mode = state.schemas.compatibility(None).await?;
     Ok(answer(json!({ "compatibilityLevel": mode.as_str() })))
 }
 
 /// `PUT /config` with `{"compatibility"}`: sets the store-wide mode. Needs `admin`.
+#[utoipa::path(
+    put,
+    path = "/config",
+    operation_id = "schema_registry_set_config",
+    tag = "schema-registry",
+    request_body(content = crate::openapi::schemas::RegistryConfigBody, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "The new default mode", body = crate::openapi::schemas::RegistryMode, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 413, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn set_config(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -632,6 +792,20 @@ async fn set_config(
 
 /// `GET /config/{subject}`: the dataset's mode (its own, else the store-wide one), as
 /// Confluent answers with `defaultToGlobal=true`.
+#[utoipa::path(
+    get,
+    path = "/config/{subject}",
+    operation_id = "schema_registry_subject_config",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SubjectPath),
+    responses(
+        (status = 200, description = "The subject's compatibility mode", body = crate::openapi::schemas::RegistryLevel, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn subject_config(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -644,6 +818,22 @@ async fn subject_config(
 
 /// `PUT /config/{subject}` with `{"compatibility"}`: sets the dataset's mode, for its JSON
 /// Schema and Avro versions alike. Needs `admin`.
+#[utoipa::path(
+    put,
+    path = "/config/{subject}",
+    operation_id = "schema_registry_set_subject_config",
+    tag = "schema-registry",
+    params(crate::openapi::schemas::SubjectPath),
+    request_body(content = crate::openapi::schemas::RegistryConfigBody, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "The subject's new mode", body = crate::openapi::schemas::RegistryMode, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 400, response = crate::openapi::RegistryError),
+        (status = 403, response = crate::openapi::RegistryError),
+        (status = 404, response = crate::openapi::RegistryError),
+        (status = 413, response = crate::openapi::RegistryError),
+        (status = 422, response = crate::openapi::RegistryError),
+    )
+)]
 async fn set_subject_config(
     State(state): State<Arc<AppState>>,
     caller: Caller,

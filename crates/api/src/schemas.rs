@@ -27,11 +27,18 @@ const VIOLATION_EXAMPLES: usize = 10;
 /// Records read per store call while looking for violations.
 const SCAN_PAGE: usize = 500;
 
-#[derive(Debug, Deserialize)]
+/// `{"schema": <JSON Schema>, "compatibility": "BACKWARD"}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = SchemaRegistration)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
+    /// A JSON Schema (draft 2020-12) of a record's data.
     schema: Value,
+    /// The dataset's compatibility mode from now on.
     #[serde(default)]
+    #[schema(
+        pattern = "^(BACKWARD|BACKWARD_TRANSITIVE|FORWARD|FORWARD_TRANSITIVE|FULL|FULL_TRANSITIVE|NONE)$"
+    )]
     compatibility: Option<String>,
 }
 
@@ -108,6 +115,24 @@ async fn json_versions(state: &AppState, dataset: &Dataset) -> Result<Vec<Stored
 /// (mode optional; given, it becomes the dataset's mode first): 201 with the new version, 200
 /// with the latest when it is identical. Either way, records that violate the schema are
 /// counted in `violations`, with the first examples. Needs `admin`.
+#[utoipa::path(
+    put,
+    path = "/v1/datasets/{dataset}/schema",
+    operation_id = "schemas_put",
+    tag = "schemas",
+    params(crate::openapi::schemas::DatasetPath),
+    request_body(content = PutBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Identical to the latest version", body = crate::openapi::schemas::SchemaVersion),
+        (status = 201, description = "Registered as a new version", body = crate::openapi::schemas::SchemaVersion),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableContent),
+    )
+)]
 pub async fn put(
     State(state): State<Arc<AppState>>,
     _: Admin,
@@ -204,6 +229,19 @@ async fn violations(
 }
 
 /// `GET /v1/datasets/{dataset}/schema`: the latest version; 404 when the dataset has none.
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{dataset}/schema",
+    operation_id = "schemas_latest",
+    tag = "schemas",
+    params(crate::openapi::schemas::DatasetPath),
+    responses(
+        (status = 200, description = "The latest version", body = crate::openapi::schemas::SchemaVersion),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn latest(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -224,6 +262,19 @@ pub async fn latest(
 
 /// `GET /v1/datasets/{dataset}/schema/versions`: every version, oldest first, without the
 /// schemas.
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{dataset}/schema/versions",
+    operation_id = "schemas_versions",
+    tag = "schemas",
+    params(crate::openapi::schemas::DatasetPath),
+    responses(
+        (status = 200, description = "Every version, oldest first", body = crate::openapi::schemas::SchemaVersionList),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn versions(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -242,6 +293,19 @@ pub async fn versions(
 }
 
 /// `GET /v1/datasets/{dataset}/schema/versions/{version}`: one version.
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{dataset}/schema/versions/{version}",
+    operation_id = "schemas_version",
+    tag = "schemas",
+    params(crate::openapi::schemas::SchemaVersionPath),
+    responses(
+        (status = 200, description = "The version", body = crate::openapi::schemas::SchemaVersion),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn version(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -37,6 +37,24 @@ fn needs_check(old: Option<&Definition>, new: &Definition) -> bool {
 }
 
 /// `PUT /v1/sinks/{name}`: 201 created, 200 updated or unchanged.
+#[utoipa::path(
+    put,
+    path = "/v1/sinks/{name}",
+    operation_id = "sinks_put",
+    tag = "sinks",
+    params(crate::openapi::schemas::TargetPath),
+    request_body(content = crate::openapi::schemas::SinkSpecDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Updated or unchanged", body = crate::openapi::schemas::TargetPutDoc),
+        (status = 201, description = "Created", body = crate::openapi::schemas::TargetPutDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableContent),
+    )
+)]
 pub async fn put(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -114,6 +132,15 @@ pub async fn put(
 }
 
 /// `GET /v1/sinks`: the sinks the caller may read, with their status.
+#[utoipa::path(
+    get,
+    path = "/v1/sinks",
+    operation_id = "sinks_list",
+    tag = "sinks",
+    responses(
+        (status = 200, description = "The sinks the caller may read", body = crate::openapi::schemas::SinkList),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -135,6 +162,19 @@ pub async fn list(
 }
 
 /// `GET /v1/sinks/{name}`: the definition (never the password) and its status.
+#[utoipa::path(
+    get,
+    path = "/v1/sinks/{name}",
+    operation_id = "sinks_show",
+    tag = "sinks",
+    params(crate::openapi::schemas::TargetPath),
+    responses(
+        (status = 200, description = "The sink and its status", body = crate::openapi::schemas::TargetDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn show(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -152,6 +192,19 @@ pub async fn show(
 
 /// `DELETE /v1/sinks/{name}`: 204. The sink's table and the position kept in its database are
 /// left as they are (they are the consumer's).
+#[utoipa::path(
+    delete,
+    path = "/v1/sinks/{name}",
+    operation_id = "sinks_delete",
+    tag = "sinks",
+    params(crate::openapi::schemas::TargetPath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -40,6 +40,24 @@ fn parse(stored: &StoredSource) -> Result<Definition, ApiError> {
 }
 
 /// `PUT /v1/sources/{name}`: 201 created, 200 updated or unchanged.
+#[utoipa::path(
+    put,
+    path = "/v1/sources/{name}",
+    operation_id = "sources_put",
+    tag = "sources",
+    params(crate::openapi::schemas::SourcePath),
+    request_body(content = crate::openapi::schemas::SourceDefinition, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Updated or unchanged", body = crate::openapi::schemas::SourcePutDoc),
+        (status = 201, description = "Created", body = crate::openapi::schemas::SourcePutDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableContent),
+    )
+)]
 pub async fn put(
     State(state): State<Arc<AppState>>,
     Admin(caller): Admin,
@@ -91,6 +109,16 @@ pub async fn put(
 }
 
 /// `GET /v1/sources`: every source with its figures.
+#[utoipa::path(
+    get,
+    path = "/v1/sources",
+    operation_id = "sources_list",
+    tag = "sources",
+    responses(
+        (status = 200, description = "Every source with its figures", body = crate::openapi::schemas::SourceList),
+        (status = 403, response = crate::openapi::Forbidden),
+    )
+)]
 pub async fn list(State(state): State<Arc<AppState>>, _: Admin) -> Result<Json<Value>, ApiError> {
     let mut sources = Vec::new();
     for stored in state.store.sources().await? {
@@ -101,6 +129,19 @@ pub async fn list(State(state): State<Arc<AppState>>, _: Admin) -> Result<Json<V
 
 /// `GET /v1/sources/{name}`: the definition (secrets hidden), its state and figures, per shard
 /// and in total.
+#[utoipa::path(
+    get,
+    path = "/v1/sources/{name}",
+    operation_id = "sources_show",
+    tag = "sources",
+    params(crate::openapi::schemas::SourcePath),
+    responses(
+        (status = 200, description = "The source, its state and figures", body = crate::openapi::schemas::SourceDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn show(
     State(state): State<Arc<AppState>>,
     _: Admin,
@@ -192,6 +233,19 @@ async fn source_json(state: &AppState, stored: &StoredSource) -> Result<Value, A
 
 /// `DELETE /v1/sources/{name}`: 204. The instance running it stops within seconds; an outbox's
 /// replication slots and publication are dropped.
+#[utoipa::path(
+    delete,
+    path = "/v1/sources/{name}",
+    operation_id = "sources_delete",
+    tag = "sources",
+    params(crate::openapi::schemas::SourcePath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     Admin(caller): Admin,
@@ -215,6 +269,19 @@ pub async fn delete(
 
 /// `GET /v1/sources/{name}/rejected`: rows or events that could not become a change, with their
 /// source position and why, oldest first; `dropped` counts those beyond the bound.
+#[utoipa::path(
+    get,
+    path = "/v1/sources/{name}/rejected",
+    operation_id = "sources_rejected",
+    tag = "sources",
+    params(crate::openapi::schemas::SourcePath, RejectedQuery),
+    responses(
+        (status = 200, description = "Rows or events that could not become a change", body = crate::openapi::schemas::SourceRejectedPage),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn rejected(
     State(state): State<Arc<AppState>>,
     _: Admin,

@@ -28,10 +28,13 @@ use crate::{ApiError, AppState};
 const LAG_COUNT_LIMIT: usize = 10_000;
 
 /// `PUT` body: `{"datasets": ["inventory"], "tenants": ["acme", "globex"] | "*"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = SubscriptionSpec)]
 #[serde(deny_unknown_fields)]
 struct Spec {
+    #[schema(schema_with = crate::openapi::schemas::slug_list, min_items = 1)]
     datasets: Vec<DatasetName>,
+    #[schema(value_type = crate::openapi::schemas::Tenants)]
     tenants: Tenants,
 }
 
@@ -84,6 +87,22 @@ impl AccessCheck for ReadSubscription {
 /// `PUT /v1/subscriptions/{name}`: creates or updates a subscription. The caller must be
 /// allowed to read every dataset and tenant it covers, and, when it exists, everything it
 /// covered before.
+#[utoipa::path(
+    put,
+    path = "/v1/subscriptions/{name}",
+    operation_id = "subscriptions_put",
+    tag = "subscriptions",
+    params(crate::openapi::schemas::NamePath),
+    request_body(content = Spec, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Updated", body = crate::openapi::schemas::SubscriptionDoc),
+        (status = 201, description = "Created", body = crate::openapi::schemas::SubscriptionDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+    )
+)]
 pub async fn put(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -164,6 +183,15 @@ pub async fn put(
 }
 
 /// `GET /v1/subscriptions`: the subscriptions the caller may read.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    operation_id = "subscriptions_list",
+    tag = "subscriptions",
+    responses(
+        (status = 200, description = "The subscriptions the caller may read", body = crate::openapi::schemas::SubscriptionList),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -178,6 +206,19 @@ pub async fn list(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{name}",
+    operation_id = "subscriptions_show",
+    tag = "subscriptions",
+    params(crate::openapi::schemas::NamePath),
+    responses(
+        (status = 200, description = "The subscription and its lag", body = crate::openapi::schemas::SubscriptionDetail),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn show(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -206,6 +247,19 @@ pub async fn show(
     Ok(Json(body))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{name}",
+    operation_id = "subscriptions_delete",
+    tag = "subscriptions",
+    params(crate::openapi::schemas::NamePath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -227,6 +281,20 @@ pub async fn delete(
 
 /// The next batch: one tenant's changes. `?cursor=` acknowledges the previous batch first.
 /// `204 No Content` when nothing is pending after `?wait=`.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{name}/changes",
+    operation_id = "subscriptions_changes",
+    tag = "subscriptions",
+    params(crate::openapi::schemas::NamePath, FeedQuery),
+    responses(
+        (status = 200, description = "The next batch: one tenant's changes", body = crate::openapi::schemas::SubscriptionBatch),
+        (status = 204, description = "Nothing pending within `wait`"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn changes(
     State(state): State<Arc<AppState>>,
     Allowed(subscription): Allowed<ReadSubscription>,
@@ -274,13 +342,29 @@ fn batch_json(state: &AppState, batch: &Batch) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = CursorBody)]
 #[serde(deny_unknown_fields)]
 struct Ack {
     cursor: String,
 }
 
 /// `POST .../ack` with `{"cursor": "..."}`: records that the batch was processed.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/ack",
+    operation_id = "subscriptions_ack",
+    tag = "subscriptions",
+    params(crate::openapi::schemas::NamePath),
+    request_body(content = Ack, content_type = "application/json"),
+    responses(
+        (status = 204, description = "The batch is acknowledged"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+    )
+)]
 pub async fn ack(
     State(state): State<Arc<AppState>>,
     Allowed(subscription): Allowed<ReadSubscription>,

@@ -51,6 +51,24 @@ async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
 
 /// `PUT /v1/webhooks/{name}`: 201 with the signing secret when created, 200 when updated or
 /// unchanged (no secret).
+#[utoipa::path(
+    put,
+    path = "/v1/webhooks/{name}",
+    operation_id = "webhooks_put",
+    tag = "webhooks",
+    params(crate::openapi::schemas::TargetPath),
+    request_body(content = crate::openapi::schemas::WebhookSpecDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Updated or unchanged", body = crate::openapi::schemas::TargetPutDoc),
+        (status = 201, description = "Created, with its signing secret", body = crate::openapi::schemas::TargetPutDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableContent),
+    )
+)]
 pub async fn put(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -125,6 +143,15 @@ pub async fn put(
 }
 
 /// `GET /v1/webhooks`: the endpoints the caller may read, with their status.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    operation_id = "webhooks_list",
+    tag = "webhooks",
+    responses(
+        (status = 200, description = "The endpoints the caller may read", body = crate::openapi::schemas::WebhookList),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -146,6 +173,19 @@ pub async fn list(
 }
 
 /// `GET /v1/webhooks/{name}`: the definition (no secret, header names only) and its status.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{name}",
+    operation_id = "webhooks_show",
+    tag = "webhooks",
+    params(crate::openapi::schemas::TargetPath),
+    responses(
+        (status = 200, description = "The endpoint and its status", body = crate::openapi::schemas::TargetDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn show(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -162,6 +202,19 @@ pub async fn show(
 }
 
 /// `DELETE /v1/webhooks/{name}`: 204; its holder stops at its next renewal.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{name}",
+    operation_id = "webhooks_delete",
+    tag = "webhooks",
+    params(crate::openapi::schemas::TargetPath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -173,6 +226,20 @@ pub async fn delete(
 
 /// `POST /v1/webhooks/{name}/rotate-secret`: a new signing secret, shown in this answer only;
 /// the previous ones keep signing until `previous_secrets_expire_at`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{name}/rotate-secret",
+    operation_id = "webhooks_rotate_secret",
+    tag = "webhooks",
+    params(crate::openapi::schemas::TargetPath),
+    responses(
+        (status = 200, description = "The new signing secret, shown this once", body = crate::openapi::schemas::RotatedSecret),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+    )
+)]
 pub async fn rotate_secret(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -213,13 +280,29 @@ pub async fn rotate_secret(
     Err(shared::conflict(KIND, &name))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptsQuery {
+    /// Attempts listed: 1 to 1,000, 100 by default.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// `GET /v1/webhooks/{name}/attempts?limit=N`: the newest delivery attempts, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{name}/attempts",
+    operation_id = "webhooks_attempts",
+    tag = "webhooks",
+    params(crate::openapi::schemas::TargetPath, AttemptsQuery),
+    responses(
+        (status = 200, description = "The newest delivery attempts, newest first", body = crate::openapi::schemas::AttemptList),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
 pub async fn attempts(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -257,7 +340,8 @@ pub async fn attempts(
 }
 
 /// `POST .../replay` body: exactly one of `since` and `cursor`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = ReplayRequest)]
 #[serde(deny_unknown_fields)]
 struct Replay {
     since: Option<DateTime<Utc>>,
@@ -267,6 +351,22 @@ struct Replay {
 /// `POST /v1/webhooks/{name}/replay`: sends again from a time, or from a delivered message's
 /// cursor; 202 with the number of tenants moved. Whoever delivers the endpoint is fenced and
 /// continues from the new positions.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{name}/replay",
+    operation_id = "webhooks_replay",
+    tag = "webhooks",
+    params(crate::openapi::schemas::TargetPath),
+    request_body(content = Replay, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The tenants moved back", body = crate::openapi::schemas::ReplayedDoc),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableContent),
+    )
+)]
 pub async fn replay(
     State(state): State<Arc<AppState>>,
     caller: Caller,

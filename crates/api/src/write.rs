@@ -400,13 +400,19 @@ fn expected(v: Option<u64>) -> String {
 }
 
 /// One line of a bulk `POST /v1/datasets/{dataset}/changes` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkLine {
+    /// `upsert`, `patch` or `delete`.
+    #[schema(value_type = String, pattern = "^(upsert|patch|delete)$")]
     op: Op,
+    #[schema(schema_with = crate::openapi::schemas::slug)]
     tenant: String,
+    #[schema(min_length = 1, max_length = 512)]
     id: String,
+    /// The record's data (upsert) or a JSON Merge Patch of it (patch); none for a delete.
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::schemas::Data>)]
     data: Option<Value>,
     #[serde(default)]
     idempotency_key: Option<String>,
@@ -443,6 +449,22 @@ fn parse_line(line: &[u8]) -> Result<(Change, bool), ApiError> {
 /// tenant over its write quota (429, all of the tenant's lines in the request or none). When
 /// every line that would be appended is over quota, the whole answer is a 429 with
 /// `Retry-After`.
+#[utoipa::path(
+    post,
+    path = "/v1/datasets/{dataset}/changes",
+    operation_id = "write_bulk",
+    tag = "records",
+    params(crate::openapi::schemas::DatasetPath, WriteQuery),
+    request_body(content = Vec<BulkLine>, description = "NDJSON: each change (a `BulkLine`) a JSON object on a line of its own; blank lines are skipped", content_type = "application/x-ndjson"),
+    responses(
+        (status = 200, description = "One result per non-blank line, in order", body = crate::openapi::schemas::BulkResults),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    )
+)]
 pub async fn bulk(
     State(state): State<Arc<AppState>>,
     Allowed((caller, dataset)): Allowed<BulkWrite>,
