@@ -487,7 +487,7 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
     supervisor.shutdown(SHUTDOWN).await?;
     let stats = processor.stats();
     println!(
-        "processor ({:?} log, {}): {} changes in {:.2} s = {:.0} changes/s; {} batches, {} states published",
+        "processor ({:?} log, {}): {} changes in {:.2} s = {:.0} changes/s; {} batches, {} states published ({} as Avro, {} unencodable)",
         args.common.log,
         env.store_url.split("://").next().unwrap_or(""),
         args.changes,
@@ -495,6 +495,8 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
         args.changes as f64 / elapsed.as_secs_f64(),
         stats.batches.load(Ordering::Relaxed),
         stats.states_published.load(Ordering::Relaxed),
+        stats.avro_published.load(Ordering::Relaxed),
+        stats.avro_unencodable.load(Ordering::Relaxed),
     );
     drop(env.dir);
     Ok(())
