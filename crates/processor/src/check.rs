@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use tenantsync_core::Object;
-use tenantsync_schema::Contract;
+use tenantsync_schema::{Contract, Violation};
 use tenantsync_store::DataCheck;
 
 /// A dataset's contract as of one batch.
@@ -14,13 +14,9 @@ pub(crate) struct ContractCheck(Arc<Contract>);
 
 impl DataCheck for ContractCheck {
     fn check(&self, data: &Object) -> Result<(), String> {
-        self.0.validate(data).map_err(|violations| {
-            violations
-                .iter()
-                .map(|v| format!("at '{}': {}", v.pointer, v.message))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        self.0
+            .validate(data)
+            .map_err(|violations| Violation::describe(&violations))
     }
 }
 

@@ -40,6 +40,18 @@ pub struct Violation {
     pub message: String,
 }
 
+impl Violation {
+    /// Violations as one line of text (`at '/qty': ...; at '': ...`), for the places that keep
+    /// a reason as text: a patch's rejection, a source's rejected entry.
+    pub fn describe(violations: &[Violation]) -> String {
+        violations
+            .iter()
+            .map(|v| format!("at '{}': {}", v.pointer, v.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// A JSON Schema (draft 2020-12) compiled once; cheap to share.
 #[derive(Debug)]
 pub struct Validator {

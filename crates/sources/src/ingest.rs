@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use tenantsync_schema::{Contract, Schemas};
+use tenantsync_schema::{Contract, Schemas, Violation};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -290,13 +290,9 @@ fn conforms(contract: &Contract, change: Change) -> Result<Change, String> {
                 .as_ref()
                 .map(|json| format!(" (version {})", json.version))
                 .unwrap_or_default();
-            let listed: Vec<String> = violations
-                .iter()
-                .map(|v| format!("at '{}': {}", v.pointer, v.message))
-                .collect();
             Err(format!(
                 "the data violates the dataset's schema{version}: {}",
-                listed.join("; ")
+                Violation::describe(&violations)
             ))
         }
     }
